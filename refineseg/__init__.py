@@ -1,0 +1,22 @@
+"""refineseg: RefineNet (Lin et al., CVPR 2017) and its family for semantic segmentation.
+
+Quick start::
+
+    import refineseg
+    model = refineseg.create_model("lw_refinenet50", num_classes=21)
+    logits = model(batch)  # (N, 3, H, W) normalized -> (N, 21, H, W)
+"""
+
+from .blocks import ChainedResidualPooling, MultiResolutionFusion, RefineNetBlock, ResidualConvUnit
+from .checkpoints import from_pretrained, from_reference, load_backbone_weights, save_pretrained, to_reference
+from .errors import CheckpointError, DataError, RefineSegError
+from .models import ModelConfig, SegmentationModel, create_model, list_models
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ResidualConvUnit", "MultiResolutionFusion", "ChainedResidualPooling", "RefineNetBlock",
+    "ModelConfig", "SegmentationModel", "create_model", "list_models",
+    "from_pretrained", "from_reference", "load_backbone_weights", "save_pretrained", "to_reference",
+    "RefineSegError", "DataError", "CheckpointError",
+]

@@ -1,0 +1,57 @@
+"""The model configuration: everything needed to rebuild a model and use it on images."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ModelConfig:
+    """Architecture, options, classes and input normalization of a segmentation model.
+
+    Saved as ``config.json`` next to the weights by ``save_pretrained``.
+    """
+
+    name: str
+    num_classes: int
+    output_stride: int = 32
+    freeze_bn: bool = False
+    dropout: float | None = None  # None: the family's published default
+    class_names: list[str] = field(default_factory=list)
+    palette: list[tuple[int, int, int]] = field(default_factory=list)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        from ..visualize import color_palette  # local: visualize is heavier than this module
+
+        if not self.class_names:
+            self.class_names = [f"class_{i}" for i in range(self.num_classes)]
+        if not self.palette:
+            self.palette = color_palette(self.num_classes)
+        self.palette = [tuple(int(v) for v in c) for c in self.palette]
+        self.mean, self.std = tuple(self.mean), tuple(self.std)
+        if len(self.class_names) != self.num_classes or len(self.palette) != self.num_classes:
+            raise ValueError(
+                f"{self.name}: num_classes={self.num_classes} but {len(self.class_names)} class names "
+                f"and {len(self.palette)} palette colors"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["palette"] = [list(c) for c in self.palette]
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**d)
