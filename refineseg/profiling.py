@@ -1,0 +1,58 @@
+"""Model size and compute: parameter counts and multiply-accumulates (MACs).
+
+MACs are counted with :class:`torch.utils.flop_counter.FlopCounterMode` on the meta device,
+so even the largest variant is measured in a fraction of a second without allocating memory.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def count_macs(model: nn.Module, height: int = 512, width: int = 512, batch: int = 1) -> int:
+    """Multiply-accumulates of one forward pass at (batch, 3, height, width).
+
+    Counts convolutions, matmuls and the like (FlopCounterMode's FLOPs / 2); pooling,
+    activations and interpolation are not counted, as is customary for GMAC figures.
+    """
+    x = torch.empty(batch, 3, height, width, device="meta")
+    meta_model = model if _on_meta(model) else _meta_copy(model)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        meta_model.eval()(x)
+    return counter.get_total_flops() // 2
+
+
+def _on_meta(model: nn.Module) -> bool:
+    return all(p.is_meta for p in model.parameters())
+
+
+def _meta_copy(model: nn.Module) -> nn.Module:
+    from .models import SegmentationModel, build_model
+
+    if isinstance(model, SegmentationModel):
+        with torch.device("meta"):
+            return build_model(model.config)
+    return model  # other modules are measured where they are
+
+
+def summarize_model(name: str, num_classes: int = 21, height: int = 512, width: int = 512) -> dict:
+    """Name, parameter count, GMACs and output shape of a registered variant at (1, 3, H, W)."""
+    from .models import create_model
+
+    with torch.device("meta"):
+        model = create_model(name, num_classes=num_classes).eval()
+        with torch.no_grad():
+            out = model(torch.empty(1, 3, height, width))
+    return {
+        "model": name,
+        "params": count_parameters(model),
+        "GMACs": count_macs(model, height, width) / 1e9,
+        "output": "×".join(str(s) for s in out.shape),
+    }
