@@ -1,0 +1,110 @@
+"""Inference on images of any size: whole-image, sliding-window and multi-scale + flip.
+
+All functions take a model that maps a normalized (N, 3, H, W) batch to logits at input size
+(every :class:`~refineseg.models.SegmentationModel` does) and return full-size outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def preprocess(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB -> normalized (1, 3, H, W) float32."""
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return ((x - mean_t) / std_t).unsqueeze(0)
+
+
+def _window_starts(length: int, crop: int, stride: int) -> list[int]:
+    """Start offsets of windows of ``crop`` covering ``length``; the last one ends at the border."""
+    if length <= crop:
+        return [0]
+    count = math.ceil((length - crop) / stride) + 1
+    return [min(i * stride, length - crop) for i in range(count)]
+
+
+def slide_logits(model: nn.Module, x: torch.Tensor, crop_size: int, stride: int) -> torch.Tensor:
+    """Sliding-window logits: (N, 3, H, W) -> (N, C, H, W), overlapping windows averaged.
+
+    Windows are ``crop_size`` square (smaller where the image is smaller) every ``stride`` pixels.
+    """
+    if stride <= 0 or stride > crop_size:
+        raise ValueError(f"stride must be in (0, crop_size], got stride={stride}, crop_size={crop_size}")
+    n, _, h, w = x.shape
+    total = count = None
+    for top in _window_starts(h, crop_size, stride):
+        for left in _window_starts(w, crop_size, stride):
+            window = x[:, :, top:top + crop_size, left:left + crop_size]
+            logits = model(window)
+            if total is None:
+                total = logits.new_zeros(n, logits.shape[1], h, w)
+                count = logits.new_zeros(1, 1, h, w)
+            total[:, :, top:top + window.shape[2], left:left + window.shape[3]] += logits
+            count[:, :, top:top + window.shape[2], left:left + window.shape[3]] += 1
+    return total / count
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    x: torch.Tensor,
+    mode: str = "whole",
+    crop_size: int = 512,
+    stride: int | None = None,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+) -> torch.Tensor:
+    """Class scores (N, C, H, W) for a normalized batch (N, 3, H, W).
+
+    * ``whole``: one forward pass over the whole image; returns logits.
+    * ``slide``: sliding windows of ``crop_size`` every ``stride`` (default 2/3 of the crop);
+      returns logits averaged over overlaps.
+    * ``multiscale``: the image resized by each of ``scales`` (each pass sliding when the scaled
+      image exceeds ``crop_size``), optionally also flipped horizontally; returns softmax
+      probabilities averaged over all passes.
+    """
+    if mode not in ("whole", "slide", "multiscale"):
+        raise ValueError(f"mode must be whole, slide or multiscale, got {mode!r}")
+    stride = stride or max(1, crop_size * 2 // 3)
+    if mode == "whole":
+        return model(x)
+    if mode == "slide":
+        return slide_logits(model, x, crop_size, stride)
+    h, w = x.shape[-2:]
+    probs = None
+    passes = 0
+    for scale in scales:
+        size = (max(32, round(h * scale)), max(32, round(w * scale)))
+        scaled = F.interpolate(x, size=size, mode="bilinear", align_corners=False) if size != (h, w) else x
+        for flipped in (False, True) if flip else (False,):
+            inp = scaled.flip(-1) if flipped else scaled
+            logits = slide_logits(model, inp, crop_size, stride) if max(size) > crop_size else model(inp)
+            if flipped:
+                logits = logits.flip(-1)
+            p = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False).softmax(1)
+            probs = p if probs is None else probs + p
+            passes += 1
+    return probs / passes
+
+
+def segment(model: nn.Module, image: np.ndarray, mean: Sequence[float] | None = None,
+            std: Sequence[float] | None = None, **options) -> np.ndarray:
+    """Segment one (H, W, 3) uint8 RGB image -> (H, W) uint8 label map.
+
+    ``mean``/``std`` default to the model's config; ``options`` go to :func:`predict_logits`.
+    """
+    config = getattr(model, "config", None)
+    mean = mean or config.mean
+    std = std or config.std
+    device = next(model.parameters()).device
+    x = preprocess(image, mean, std).to(device)
+    scores = predict_logits(model, x, **options)
+    return scores.argmax(1)[0].to(torch.uint8).cpu().numpy()
