@@ -1,0 +1,98 @@
+"""Crash-safe training checkpoints.
+
+A checkpoint is a directory that :func:`refineseg.from_pretrained` reads (``model.safetensors``
++ ``config.json``) plus ``training_state.pt`` (optimizer, scheduler, grad scaler, RNG states,
+step, best mIoU), loaded back with ``weights_only=True``. Directories are written next to their
+final place and swapped in with renames, so a ``kill -9`` at any moment leaves either the old or
+the new checkpoint, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError, file_error
+
+STATE_NAME = "training_state.pt"
+
+
+def _fsync_tree(directory: Path) -> None:
+    for path in directory.iterdir():
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_directory(target: Path, write: Callable[[Path], None]) -> None:
+    """Write a directory with ``write(tmp_dir)`` and swap it in for ``target``.
+
+    Sequence: write ``.NAME.tmp`` -> fsync -> rename ``NAME`` to ``.NAME.old`` -> rename tmp to
+    ``NAME`` -> delete the old one. :func:`recover_directory` undoes an interrupted swap.
+    """
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.tmp")
+    old = target.with_name(f".{target.name}.old")
+    recover_directory(target)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    _fsync_tree(tmp)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_directory(target: Path) -> None:
+    """After a crash mid-swap, put the previous complete checkpoint back in place."""
+    target = Path(target)
+    old = target.with_name(f".{target.name}.old")
+    if not target.exists() and old.exists():
+        os.replace(old, target)
+    shutil.rmtree(target.with_name(f".{target.name}.tmp"), ignore_errors=True)
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """torch (CPU and CUDA), numpy and Python RNG states as plain tensors and numbers."""
+    np_state = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64),
+                   "gauss": py_gauss},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_training_state(directory: Path) -> dict[str, Any]:
+    path = Path(directory) / STATE_NAME
+    if not path.is_file():
+        raise file_error(CheckpointError, path, "no training state to resume from")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise file_error(CheckpointError, path, f"cannot read training state ({type(e).__name__})")

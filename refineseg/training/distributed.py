@@ -1,0 +1,90 @@
+"""torchrun / DDP plumbing: process group set-up, rank queries, a resumable sharded sampler."""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+
+
+def init_distributed(device_type: str) -> bool:
+    """Join the process group torchrun describes (``WORLD_SIZE`` > 1); False for one process.
+
+    NCCL on CUDA, gloo on CPU. Multi-node runs work through torchrun's rendezvous flags.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return dist.is_initialized()
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend)
+    return True
+
+
+def cleanup_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
+    """Sum ``value`` over all processes (a no-op with one process)."""
+    if dist.is_initialized():
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+class ResumableShardedSampler(torch.utils.data.Sampler[int]):
+    """Indices of one process's shard of a seeded per-epoch permutation, from a given step on.
+
+    The epoch-``e`` permutation comes from ``seed + e``; process ``r`` of ``w`` takes
+    ``perm[r::w]`` (cycled to equal length), so step ``i`` of every process together covers
+    ``perm[i*b*w : (i+1)*b*w]``: the same images a single process with batch ``b*w`` would see.
+    ``start_batch`` skips the first batches of the epoch, which is how training resumes mid-epoch
+    without replaying the data loader.
+    """
+
+    def __init__(self, dataset_len: int, batch_size: int, seed: int, epoch: int = 0, start_batch: int = 0,
+                 num_replicas: int | None = None, rank_: int | None = None) -> None:
+        self.dataset_len = dataset_len
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = epoch
+        self.start_batch = start_batch
+        self.num_replicas = world_size() if num_replicas is None else num_replicas
+        self.rank = rank() if rank_ is None else rank_
+
+    def batches_per_epoch(self) -> int:
+        return max(1, self.dataset_len // (self.batch_size * self.num_replicas))
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        perm = torch.randperm(self.dataset_len, generator=g).tolist()
+        per_epoch = self.batches_per_epoch() * self.batch_size * self.num_replicas
+        while len(perm) < per_epoch:  # tiny datasets: repeat the permutation
+            perm += perm[: per_epoch - len(perm)]
+        shard = perm[:per_epoch][self.rank::self.num_replicas]
+        return iter(shard[self.start_batch * self.batch_size:])
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch() - self.start_batch) * self.batch_size

@@ -1,0 +1,283 @@
+"""The training loop behind ``refineseg train`` (single process, or DDP under torchrun).
+
+Step ``k`` consumes ``accum_steps`` micro-batches whose data order, augmentation and dropout are
+functions of the seed and the step alone, and every checkpoint stores the optimizer, scheduler,
+scaler and RNG states. Resuming from ``OUT/last`` therefore reproduces an uninterrupted run
+bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ..checkpoints import from_pretrained, save_pretrained
+from ..config_utils import save_yaml
+from ..data import build_dataset, eval_transform, train_transform
+from ..errors import CheckpointError, RefineSegError, file_error
+from ..evaluation import evaluate_model
+from ..models import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel, create_model
+from ..visualize import plot_curves
+from . import distributed as dist_utils
+from .checkpointing import STATE_NAME, atomic_directory, capture_rng_state, load_training_state, recover_directory, restore_rng_state
+from .config import TrainConfig
+
+log = logging.getLogger("refineseg.train")
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name:
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", dist_utils.local_rank())
+    return torch.device("cpu")
+
+
+def poly_lr_lambda(config: TrainConfig):
+    """Multiplier of the base LR at step ``s``: linear warm-up, then ``(1 - s/iters) ** power``."""
+
+    def factor(step: int) -> float:
+        poly = (1.0 - min(step, config.iters) / config.iters) ** config.poly_power
+        if step < config.warmup_iters:
+            alpha = step / config.warmup_iters
+            return poly * (config.warmup_ratio + (1.0 - config.warmup_ratio) * alpha)
+        return poly
+
+    return factor
+
+
+def build_optimizer(model: SegmentationModel, config: TrainConfig) -> torch.optim.Optimizer:
+    """Two parameter groups: the backbone at ``lr``, decoder and head at ``lr × decoder_lr_mult``."""
+    groups = [
+        {"params": model.encoder_parameters(), "lr": config.lr},
+        {"params": model.decoder_parameters(), "lr": config.lr * config.decoder_lr_mult},
+    ]
+    groups = [g for g in groups if g["params"]]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+    """Cross-entropy averaged over the valid pixels of *all* processes' batches.
+
+    Each process divides its summed loss by the global valid-pixel count (times the world size,
+    which DDP's gradient averaging divides out again), so DDP gradients equal those of one
+    process on the whole global batch, even when processes hold different numbers of
+    ignored pixels.
+    """
+    total = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum")
+    count = (target != ignore_index).sum().to(torch.float64)
+    count = dist_utils.all_reduce_sum(count.clone())
+    return total * dist_utils.world_size() / count.clamp(min=1).to(total.dtype)
+
+
+class MetricsLog:
+    """``metrics.jsonl`` (one JSON record per line) plus TensorBoard scalars, on rank 0 only."""
+
+    def __init__(self, out: Path, resume_step: int | None, enabled: bool) -> None:
+        self.path = out / "metrics.jsonl"
+        self.enabled = enabled
+        self.records: list[dict[str, Any]] = []
+        self.writer = None
+        if not enabled:
+            return
+        if resume_step is not None and self.path.exists():  # drop what a killed run logged after the checkpoint
+            kept = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            self.records = [r for r in kept if r["iter"] <= resume_step]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(out / "tensorboard"))
+        except ImportError:
+            log.info("tensorboard is not installed; skipping TensorBoard logs")
+
+    def add(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.records.append(record)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "iter" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, record["iter"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _datasets(config: TrainConfig, mean, std):
+    synthetic = config.dataset == "synthetic"
+    train_kw = {"num_samples": config.synthetic_train, "size": config.synthetic_size} if synthetic else {}
+    val_kw = {"num_samples": config.synthetic_val, "size": config.synthetic_size} if synthetic else {}
+    train_set = build_dataset(config.dataset, config.data_root, config.train_split,
+                              transform=train_transform(config.crop, mean, std, (config.scale_min, config.scale_max),
+                                                        seed=config.seed), **train_kw)
+    val_set = build_dataset(config.dataset, config.data_root, config.val_split,
+                            transform=eval_transform(mean, std, resize=config.val_size), **val_kw)
+    if len(train_set) == 0:
+        raise RefineSegError(f"{config.data_root or config.dataset}: the {config.train_split!r} split has no samples")
+    return train_set, val_set
+
+
+def _build_or_resume(config: TrainConfig, train_set, out: Path) -> tuple[SegmentationModel, dict | None]:
+    last = out / "last"
+    if config.resume:
+        recover_directory(last)
+        if not (last / STATE_NAME).is_file():
+            raise file_error(CheckpointError, last, "no checkpoint to resume from (run without --resume first)")
+        model = from_pretrained(last)
+        if model.config.name != config.model or model.num_classes != train_set.num_classes:
+            raise file_error(CheckpointError, last, f"checkpoint is {model.config.name} with {model.num_classes} classes, "
+                                                    f"but the run asks for {config.model} with {train_set.num_classes}")
+        return model, load_training_state(last)
+    model = create_model(config.model, num_classes=train_set.num_classes, class_names=train_set.class_names,
+                         palette=train_set.palette, freeze_bn=config.freeze_bn, dropout=config.dropout,
+                         output_stride=config.output_stride, backbone_weights=config.backbone_weights)
+    return model, None
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Train as configured; returns ``{"best_miou", "last", "best", "out"}``."""
+    device = resolve_device(config.device)
+    if config.amp == "fp16" and device.type != "cuda":
+        raise RefineSegError("--amp fp16 needs CUDA; use --amp bf16 on CPU")
+    distributed = dist_utils.init_distributed(device.type)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    try:
+        return _train(config, device, distributed)
+    finally:
+        dist_utils.cleanup_distributed()
+
+
+def _train(config: TrainConfig, device: torch.device, distributed: bool) -> dict[str, Any]:
+    out = Path(config.out)
+    main = dist_utils.is_main_process()
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_yaml(config, out / "config.yaml")
+    torch.manual_seed(config.seed)  # identical initialization on every rank
+
+    train_set, val_set = _datasets(config, IMAGENET_MEAN, IMAGENET_STD)  # the models' input normalization
+    model, state = _build_or_resume(config, train_set, out)
+    model.to(device).train()
+    if config.sync_bn and distributed and device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    optimizer = build_optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lr_lambda(config))
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
+    step, best_miou = 0, -1.0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        step, best_miou = int(state["step"]), float(state["best_miou"])
+        restore_rng_state(state["rng"])
+    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if distributed else model
+
+    metrics = MetricsLog(out, step if state is not None else None, main)
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp)
+    world = dist_utils.world_size()
+    probe = dist_utils.ResumableShardedSampler(len(train_set), config.batch_size, config.seed)
+    batches_per_epoch = probe.batches_per_epoch()
+    bar = tqdm(total=config.iters, initial=step, disable=not main, desc="train", dynamic_ncols=True)
+    if main:
+        log.info("training %s on %d images (%s/%s), %d process(es) × batch %d × accum %d, %d steps",
+                 config.model, len(train_set), config.dataset, config.train_split, world,
+                 config.batch_size, config.accum_steps, config.iters)
+
+    def micro_batches():
+        """Yield (images, masks) from micro-batch ``step * accum_steps`` on, epoch after epoch."""
+        index = step * config.accum_steps
+        while True:
+            epoch, start = divmod(index, batches_per_epoch)
+            sampler = dist_utils.ResumableShardedSampler(len(train_set), config.batch_size, config.seed, epoch, start)
+            if hasattr(train_set.transform, "set_epoch"):
+                train_set.transform.set_epoch(epoch)
+            loader = torch.utils.data.DataLoader(
+                train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
+                drop_last=True, pin_memory=device.type == "cuda",
+                generator=torch.Generator().manual_seed(config.seed + epoch))
+            for batch in loader:
+                yield batch
+                index += 1
+
+    data = micro_batches()
+    window_loss, window_start, window_steps = 0.0, time.perf_counter(), 0
+    while step < config.iters:
+        optimizer.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for micro in range(config.accum_steps):
+            images, masks = next(data)
+            images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
+            sync = micro == config.accum_steps - 1 or not distributed
+            with (nullcontext() if sync else net.no_sync()):
+                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    logits = net(images)
+                loss = segmentation_loss(logits, masks) / config.accum_steps
+                scaler.scale(loss).backward()
+            step_loss += loss.item()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        step += 1
+        if not math.isfinite(step_loss):
+            raise RefineSegError(f"loss became {step_loss} at step {step}; lower --lr or disable --amp")
+        rng_after_step = capture_rng_state()
+
+        window_loss += step_loss
+        window_steps += 1
+        lr = optimizer.param_groups[0]["lr"]
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
+        if step % config.log_interval == 0 or step == config.iters:
+            elapsed = time.perf_counter() - window_start
+            metrics.add({"iter": step, "loss": window_loss / window_steps, "lr": lr,
+                         "it/s": window_steps / max(elapsed, 1e-9)})
+            window_loss, window_start, window_steps = 0.0, time.perf_counter(), 0
+
+        final = step == config.iters
+        if (config.val_interval and step % config.val_interval == 0) or final:
+            summary, _ = evaluate_model(model, val_set, device=device, progress=False)
+            model.train()
+            metrics.add({"iter": step, "mIoU": summary["mIoU"], "aAcc": summary["aAcc"], "mAcc": summary["mAcc"]})
+            bar.write(f"step {step}: val mIoU {summary['mIoU']:.4f}  aAcc {summary['aAcc']:.4f}")
+            if summary["mIoU"] > best_miou:
+                best_miou = summary["mIoU"]
+                if main:
+                    atomic_directory(out / "best", lambda d: (save_pretrained(model, d),
+                                                              (d / "metrics.json").write_text(json.dumps(summary, indent=2))))
+            if main:
+                plot_curves(metrics.records, out / "plots")
+        if step % config.ckpt_interval == 0 or final:
+            if main:
+                training_state = {"step": step, "best_miou": best_miou, "optimizer": optimizer.state_dict(),
+                                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                                  "rng": rng_after_step, "config": dataclasses.asdict(config)}
+                atomic_directory(out / "last", lambda d: (save_pretrained(model, d),
+                                                          torch.save(training_state, d / STATE_NAME)))
+            dist_utils.barrier()
+        restore_rng_state(rng_after_step)  # validation and checkpointing must not perturb the run
+
+    bar.close()
+    metrics.close()
+    return {"best_miou": best_miou, "last": out / "last", "best": out / "best", "out": out}
