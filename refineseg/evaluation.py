@@ -1,0 +1,194 @@
+"""Evaluate a saved model on a labelled dataset: confusion matrix, mIoU and friends, plots.
+
+:func:`evaluate_model` is the loop (also used by the trainer for validation, across DDP ranks);
+:func:`run_evaluate` is what ``refineseg evaluate`` runs: load a checkpoint, build the dataset,
+evaluate, write ``metrics.json`` and ``confusion_matrix.png``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .checkpoints import from_pretrained
+from .data import build_dataset, eval_transform
+from .errors import CheckpointError, RefineSegError, file_error
+from .inference import predict_logits
+from .metrics import ConfusionMatrix, format_table, summarize
+
+MODES = ["whole", "slide", "multiscale"]
+DATASET_NAMES = ["synthetic", "voc", "cityscapes", "ade20k", "folder"]
+
+
+# Same small helpers as refineseg/training/config.py (not imported: the trainer imports this module).
+def _opt(default, help: str, **metadata):
+    """A dataclass field with a default and CLI help (lists get a fresh copy per instance)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **metadata})
+    return field(default=default, metadata={"help": help, **metadata})
+
+
+def _required(help: str, **metadata):
+    """A dataclass field without a default (a required option)."""
+    return field(metadata={"help": help, **metadata})
+
+
+def check_inference_options(mode: str, crop_size: int, stride: int | None, scales: Sequence[float]) -> None:
+    """Raise ValueError for options :func:`~refineseg.inference.predict_logits` cannot use."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if crop_size < 1:
+        raise ValueError(f"crop_size must be >= 1, got {crop_size}")
+    if stride is not None and not 0 < stride <= crop_size:
+        raise ValueError(f"stride must be in [1, crop_size={crop_size}], got {stride}")
+    if not scales or any(s <= 0 for s in scales):
+        raise ValueError(f"scales must be positive numbers, got {list(scales)}")
+
+
+@dataclass
+class EvalConfig:
+    """Everything ``refineseg evaluate`` needs; one CLI flag / YAML key per field."""
+
+    checkpoint: str = _required("checkpoint directory written by save_pretrained (e.g. runs/train/best)")
+    dataset: str = _required("dataset type", choices=DATASET_NAMES)
+    data_root: str | None = _opt(None, "dataset root folder (not needed for synthetic)")
+    split: str = _opt("val", "split to evaluate")
+    out: str = _opt("runs/eval", "output directory for metrics.json and confusion_matrix.png")
+    mode: str = _opt("whole", "inference mode", choices=MODES)
+    crop_size: int = _opt(512, "window size for slide/multiscale inference")
+    stride: int | None = _opt(None, "sliding-window step (default: 2/3 of crop_size)")
+    scales: list[float] = _opt([0.5, 0.75, 1.0, 1.25, 1.5, 1.75], "image scales for multiscale inference")
+    flip: bool = _opt(True, "also average horizontally flipped passes (multiscale only)")
+    resize: int | None = _opt(None, "resize the shorter image side to this before inference; "
+                                    "metrics are computed at that size (default: as is)")
+    confusion_png: bool = _opt(True, "write confusion_matrix.png")
+    device: str | None = _opt(None, "cpu, cuda, cuda:1 ... (default: cuda when available)")
+    synthetic_val: int = _opt(64, "synthetic dataset: number of images")
+    synthetic_size: int = _opt(128, "synthetic dataset: image side")
+    workers: int = _opt(0, "data-loading worker processes")
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASET_NAMES:
+            raise ValueError(f"dataset must be one of {', '.join(DATASET_NAMES)}, got {self.dataset!r}")
+        check_inference_options(self.mode, self.crop_size, self.stride, self.scales)
+        if self.resize is not None and self.resize < 1:
+            raise ValueError(f"resize must be >= 1, got {self.resize}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+
+
+def select_device(device: str | None) -> torch.device:
+    """``device`` as a torch.device; None means cuda when available, else cpu."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise RefineSegError(f"invalid device {device!r} ({e})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RefineSegError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def evaluate_model(
+    model: nn.Module,
+    dataset: Any,
+    mode: str = "whole",
+    crop_size: int = 512,
+    stride: int | None = None,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    workers: int = 0,
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Score ``model`` on a dataset yielding normalized (3, H, W) images and (H, W) int masks.
+
+    Images go through one at a time (sizes may differ). Under torch.distributed, rank r evaluates
+    samples r, r + world_size, ... and the confusion matrices are summed over ranks, so every rank
+    returns the same result. Pass the bare model, not a DDP wrapper. The model's train/eval mode is
+    restored afterwards.
+
+    Returns ``(summarize(...) dict, (C, C) int64 confusion matrix)`` with C = ``dataset.num_classes``,
+    rows = ground truth.
+    """
+    check_inference_options(mode, crop_size, stride, scales)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    rank, world = _dist_rank_world()
+    indices = list(range(rank, len(dataset), world))
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, indices), batch_size=1, shuffle=False, num_workers=workers)
+    matrix = ConfusionMatrix(dataset.num_classes, getattr(dataset, "ignore_index", 255), device=device)
+
+    was_training = model.training
+    model.eval()
+    # disable=None: no bar when stderr is not a terminal (logs, captured output).
+    bar = tqdm(loader, desc="evaluate", unit="img", disable=True if not progress or rank != 0 else None)
+    try:
+        with torch.inference_mode(), bar:
+            for image, mask in bar:
+                scores = predict_logits(model, image.to(device), mode=mode, crop_size=crop_size,
+                                        stride=stride, scales=scales, flip=flip)
+                matrix.update(scores.argmax(1), mask.to(device))
+    finally:
+        model.train(was_training)
+    matrix.all_reduce()
+    summary = summarize(matrix.compute(), list(dataset.class_names))
+    return summary, matrix.matrix.cpu().numpy().astype(np.int64)
+
+
+def run_evaluate(config: EvalConfig) -> dict[str, Any]:
+    """Evaluate ``config.checkpoint`` on ``config.dataset``; write metrics.json (+ confusion PNG).
+
+    Returns the summary dict written to metrics.json. Raises CheckpointError when the checkpoint
+    and the dataset have different numbers of classes.
+    """
+    device = select_device(config.device)
+    model = from_pretrained(config.checkpoint, map_location=device)
+    transform = eval_transform(model.config.mean, model.config.std, resize=config.resize)
+    extra = {}
+    if config.dataset == "synthetic":
+        extra = {"num_samples": config.synthetic_val, "size": config.synthetic_size}
+    dataset = build_dataset(config.dataset, config.data_root, config.split, transform, **extra)
+    if dataset.num_classes != model.config.num_classes:
+        raise file_error(CheckpointError, config.checkpoint,
+                         f"model has {model.config.num_classes} classes but the {config.dataset} dataset "
+                         f"has {dataset.num_classes}")
+
+    rank, _ = _dist_rank_world()
+    summary, matrix = evaluate_model(model, dataset, mode=config.mode, crop_size=config.crop_size,
+                                     stride=config.stride, scales=config.scales, flip=config.flip,
+                                     device=device, workers=config.workers)
+    summary.update(mode=config.mode, checkpoint=str(config.checkpoint), dataset=config.dataset,
+                   split=config.split, num_images=len(dataset))
+    if rank != 0:
+        return summary
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_path = out / "metrics.json"
+    metrics_path.write_text(json.dumps({**summary, "config": asdict(config)}, indent=2) + "\n")
+    print(format_table(summary))
+    print(f"Metrics: {metrics_path}")
+    if config.confusion_png:
+        from .visualize import plot_confusion_matrix
+
+        try:
+            png = plot_confusion_matrix(matrix, dataset.class_names, out / "confusion_matrix.png")
+            print(f"Confusion matrix: {png}")
+        except ImportError:
+            print("Skipped confusion_matrix.png: needs matplotlib (pip install 'refineseg[train]')")
+    return summary

@@ -1,0 +1,131 @@
+"""Segment image files with a saved model: label PNGs and colour overlays.
+
+:func:`run_predict` is what ``refineseg predict`` runs. For every input image it writes
+``OUT/<stem>.png``, a palette PNG of class indices (viewers show the class colours, readers get
+the indices back), and, optionally, ``OUT/<stem>_overlay.png``, the photo with the coloured
+labels blended over it and a legend of the classes present.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from tqdm import tqdm
+
+from .checkpoints import from_pretrained
+from .data import read_image, write_label_png
+from .errors import DataError, file_error
+from .evaluation import MODES, _opt, _required, check_inference_options, select_device
+from .inference import segment
+from .visualize import overlay
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class PredictConfig:
+    """Everything ``refineseg predict`` needs; one CLI flag / YAML key per field."""
+
+    checkpoint: str = _required("checkpoint directory written by save_pretrained (e.g. runs/train/best)")
+    inputs: list[str] = _required("image files, folders (their images, not recursive) or glob patterns")
+    out: str = _opt("runs/predict", "output directory for label PNGs and overlays")
+    mode: str = _opt("whole", "inference mode", choices=MODES)
+    crop_size: int = _opt(512, "window size for slide/multiscale inference")
+    stride: int | None = _opt(None, "sliding-window step (default: 2/3 of crop_size)")
+    scales: list[float] = _opt([1.0], "image scales for multiscale inference")
+    flip: bool = _opt(False, "also average horizontally flipped passes (multiscale only)")
+    overlay: bool = _opt(True, "also write <stem>_overlay.png (photo + colours + legend)")
+    alpha: float = _opt(0.5, "overlay opacity of the label colours, 0..1")
+    device: str | None = _opt(None, "cpu, cuda, cuda:1 ... (default: cuda when available)")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.inputs, str):
+            self.inputs = [self.inputs]
+        check_inference_options(self.mode, self.crop_size, self.stride, self.scales)
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+
+
+def _is_image(path: str) -> bool:
+    return os.path.isfile(path) and os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Turn files, folders and glob patterns into a list of image paths.
+
+    Files are kept as given (whatever their suffix: reading them reports non-images); folders give
+    their image files, sorted, not recursive; patterns go through ``glob.glob(recursive=True)``
+    and keep the image files they match. Duplicates are dropped, first occurrence kept. Raises
+    DataError for an input that matches no image, or when there are no inputs at all.
+    """
+    found: list[Path] = []
+    seen: set[str] = set()
+    for item in inputs:
+        item = os.fspath(item)
+        if os.path.isdir(item):
+            matches = sorted(os.path.join(item, n) for n in os.listdir(item))
+            matches = [m for m in matches if _is_image(m)]
+            if not matches:
+                raise file_error(DataError, item, f"folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        elif os.path.isfile(item):
+            matches = [item]
+        elif any(c in item for c in "*?["):
+            matches = [m for m in sorted(glob.glob(item, recursive=True)) if _is_image(m)]
+            if not matches:
+                raise file_error(DataError, item, "pattern matches no image files")
+        else:
+            raise file_error(DataError, item, "file not found")
+        for match in matches:
+            key = os.path.realpath(match)
+            if key not in seen:
+                seen.add(key)
+                found.append(Path(match))
+    if not found:
+        raise DataError("no input images given")
+    return found
+
+
+def _output_name(stem: str, taken: set[str]) -> str:
+    """``stem``, or ``stem_1``, ``stem_2`` ... so neither <name>.png nor <name>_overlay.png is taken."""
+    name, k = stem, 0
+    while f"{name}.png" in taken or f"{name}_overlay.png" in taken:
+        k += 1
+        name = f"{stem}_{k}"
+    taken.update({f"{name}.png", f"{name}_overlay.png"})
+    return name
+
+
+def run_predict(config: PredictConfig) -> list[Path]:
+    """Segment every input image; write OUT/<stem>.png (+ OUT/<stem>_overlay.png).
+
+    Returns the label PNG paths in input order. An unreadable input raises DataError naming it.
+    """
+    paths = expand_inputs(config.inputs)
+    device = select_device(config.device)
+    model = from_pretrained(config.checkpoint, map_location=device)
+    palette, names = model.config.palette, model.config.class_names
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    # Never overwrite an input that happens to live in the output folder.
+    taken = {p.name for p in paths if os.path.realpath(p.parent) == os.path.realpath(out)}
+
+    written = []
+    # disable=None: no bar when stderr is not a terminal; closing it on errors keeps them on their own line.
+    with tqdm(paths, desc="predict", unit="img", disable=None) as bar:
+        for path in bar:
+            image = read_image(path)
+            labels = segment(model, image, mode=config.mode, crop_size=config.crop_size, stride=config.stride,
+                             scales=config.scales, flip=config.flip)
+            name = _output_name(path.stem, taken)
+            label_path = out / f"{name}.png"
+            write_label_png(label_path, labels, palette)
+            if config.overlay:
+                overlay(image, labels, palette, names, alpha=config.alpha).save(out / f"{name}_overlay.png")
+            written.append(label_path)
+    what = "label PNGs and overlays" if config.overlay else "label PNGs"
+    print(f"Wrote {len(written)} {what} to {out}")
+    return written

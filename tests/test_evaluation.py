@@ -1,0 +1,219 @@
+"""evaluate_model / run_evaluate checked against an independent numpy evaluation of the same model."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from PIL import Image
+
+import refineseg
+from refineseg.data import (
+    SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, FolderDataset, SyntheticSegmentation, eval_transform, read_mask,
+    write_label_png, write_synthetic,
+)
+from refineseg.errors import CheckpointError
+from refineseg.evaluation import EvalConfig, evaluate_model, run_evaluate
+
+K = len(SYNTHETIC_CLASSES)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest single-threaded (no oversubscription on busy CI machines)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_model(num_classes: int = K, seed: int = 0) -> refineseg.SegmentationModel:
+    """Untrained lw_refinenet_mbv2; zero head bias so predictions vary over classes and pixels."""
+    torch.manual_seed(seed)
+    names = SYNTHETIC_CLASSES if num_classes == K else [f"c{i}" for i in range(num_classes)]
+    palette = SYNTHETIC_PALETTE if num_classes == K else None
+    model = refineseg.create_model("lw_refinenet_mbv2", num_classes=num_classes, class_names=list(names),
+                                   **({"palette": palette} if palette else {}))
+    with torch.no_grad():
+        model.head.conv.bias.zero_()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    """Folder dataset with 3 val images (64 px); one mask gets an ignore (255) band."""
+    root = Path(write_synthetic(tmp_path_factory.mktemp("data"), num_train=1, num_val=3, size=64))
+    mask_path = root / "masks" / "val_00001.png"
+    mask = read_mask(mask_path)
+    mask[10:20] = 255
+    write_label_png(mask_path, mask, SYNTHETIC_PALETTE)
+    return root
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "best"
+    make_model().save_pretrained(path)
+    return path
+
+
+def numpy_reference(model, dataset) -> tuple[np.ndarray, float, float]:
+    """Confusion matrix, mIoU and aAcc from running the model image by image, numpy only."""
+    mat = np.zeros((K, K), np.int64)
+    with torch.no_grad():
+        for i in range(len(dataset)):
+            image, mask = dataset[i]
+            pred = model(image[None]).argmax(1)[0].numpy()
+            target = mask.numpy()
+            keep = target != 255
+            np.add.at(mat, (target[keep], pred[keep]), 1)
+    tp, gt, pr = np.diag(mat), mat.sum(1), mat.sum(0)
+    union = gt + pr - tp
+    miou = float(np.mean(tp[union > 0] / union[union > 0]))
+    return mat, miou, float(tp.sum() / mat.sum())
+
+
+def test_evaluate_model_matches_numpy_reference(data_root):
+    model = make_model()
+    dataset = FolderDataset(data_root, "val", transform=eval_transform(model.config.mean, model.config.std))
+    summary, matrix = evaluate_model(model, dataset, progress=False)
+    ref_matrix, ref_miou, ref_aacc = numpy_reference(model, dataset)
+
+    assert matrix.dtype == np.int64 and np.array_equal(matrix, ref_matrix)
+    assert matrix.sum() == 3 * 64 * 64 - 10 * 64  # ignored band excluded
+    assert len(np.flatnonzero(matrix.sum(0))) >= 2  # the model predicts several classes
+    assert summary["mIoU"] == pytest.approx(ref_miou, abs=1e-12)
+    assert summary["aAcc"] == pytest.approx(ref_aacc, abs=1e-12)
+    assert [c["name"] for c in summary["per_class"]] == SYNTHETIC_CLASSES
+    assert not model.training
+
+
+def test_slide_and_multiscale_agree_with_whole(data_root):
+    model = make_model()
+    dataset = FolderDataset(data_root, "val", transform=eval_transform(model.config.mean, model.config.std))
+    _, whole = evaluate_model(model, dataset, mode="whole", progress=False)
+    _, slide = evaluate_model(model, dataset, mode="slide", crop_size=64, progress=False)
+    _, multi = evaluate_model(model, dataset, mode="multiscale", crop_size=96, scales=[1.0], flip=False,
+                              progress=False)
+    assert np.array_equal(whole, slide) and np.array_equal(whole, multi)
+    # Real sliding windows (crop < image) and flipping do change the result.
+    _, small = evaluate_model(model, dataset, mode="slide", crop_size=40, stride=24, progress=False)
+    assert small.sum() == whole.sum() and not np.array_equal(small, whole)
+
+
+def test_evaluate_model_restores_training_mode(data_root):
+    model = make_model().train()
+    dataset = FolderDataset(data_root, "val", transform=eval_transform())
+    evaluate_model(model, dataset, progress=False)
+    assert model.training
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, root: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        model = make_model()
+        dataset = FolderDataset(root, "val", transform=eval_transform())
+        summary, matrix = evaluate_model(model, dataset, progress=False)
+        np.save(f"{out_dir}/rank{rank}.npy", matrix)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_evaluation_equals_single_process(data_root, tmp_path):
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(data_root), str(tmp_path)), nprocs=2, join=True)
+    # Single-threaded like the workers (one_thread fixture), so the arithmetic is identical.
+    _, single = evaluate_model(make_model(), FolderDataset(data_root, "val", transform=eval_transform()),
+                               progress=False)
+    for rank in range(2):
+        assert np.array_equal(np.load(tmp_path / f"rank{rank}.npy"), single)
+
+
+def test_run_evaluate_writes_metrics_and_plot(data_root, checkpoint, tmp_path, capsys):
+    out = tmp_path / "eval"
+    summary = run_evaluate(EvalConfig(checkpoint=str(checkpoint), dataset="folder", data_root=str(data_root),
+                                      out=str(out), device="cpu"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("aAcc", "mAcc", "mIoU", "mDice"):
+        assert 0.0 <= metrics[key] <= 1.0 and metrics[key] == pytest.approx(summary[key])
+    assert len(metrics["per_class"]) == K
+    assert all(c["IoU"] is None or 0.0 <= c["IoU"] <= 1.0 for c in metrics["per_class"])
+    assert metrics["mode"] == "whole" and metrics["split"] == "val" and metrics["num_images"] == 3
+    assert metrics["dataset"] == "folder" and metrics["checkpoint"] == str(checkpoint)
+
+    dataset = FolderDataset(data_root, "val", transform=eval_transform())
+    _, ref_miou, _ = numpy_reference(make_model(), dataset)
+    assert metrics["mIoU"] == pytest.approx(ref_miou, abs=1e-12)  # same weights after the round trip
+
+    with Image.open(out / "confusion_matrix.png") as png:
+        png.load()
+        assert png.width > 100 and png.height > 100
+    printed = capsys.readouterr().out
+    assert "mIoU" in printed and str(out / "metrics.json") in printed
+
+
+def test_run_evaluate_synthetic_with_resize(checkpoint, tmp_path):
+    config = EvalConfig(checkpoint=str(checkpoint), dataset="synthetic", out=str(tmp_path), device="cpu",
+                        synthetic_val=2, synthetic_size=64, resize=40, confusion_png=False)
+    summary = run_evaluate(config)
+    dataset = SyntheticSegmentation("val", 2, size=64, transform=eval_transform(resize=40))
+    expected, matrix = evaluate_model(make_model(), dataset, progress=False)
+    assert matrix.sum() == 2 * 40 * 40
+    assert summary["mIoU"] == pytest.approx(expected["mIoU"], abs=1e-12) and summary["num_images"] == 2
+    assert not (tmp_path / "confusion_matrix.png").exists()
+
+
+def test_class_count_mismatch_names_checkpoint(data_root, tmp_path):
+    ckpt = tmp_path / "four"
+    make_model(num_classes=4).save_pretrained(ckpt)
+    with pytest.raises(CheckpointError) as err:
+        run_evaluate(EvalConfig(checkpoint=str(ckpt), dataset="folder", data_root=str(data_root),
+                                out=str(tmp_path / "eval"), device="cpu"))
+    message = str(err.value)
+    assert str(ckpt) in message and "4" in message and "6" in message and "\n" not in message
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+def test_config_rejects_bad_options():
+    with pytest.raises(ValueError, match="mode"):
+        EvalConfig(checkpoint="x", dataset="synthetic", mode="tiles")
+    with pytest.raises(ValueError, match="stride"):
+        EvalConfig(checkpoint="x", dataset="synthetic", crop_size=64, stride=128)
+    assert math.isclose(EvalConfig(checkpoint="x", dataset="voc").scales[-1], 1.75)
+
+
+def _has_subcommand(name: str) -> bool:
+    import argparse
+
+    from refineseg.cli import build_parser
+
+    return any(isinstance(a, argparse._SubParsersAction) and name in a.choices for a in build_parser()._actions)
+
+
+@pytest.mark.skipif(not _has_subcommand("evaluate"), reason="`refineseg evaluate` not wired into the CLI yet")
+def test_cli_class_mismatch_is_one_line_error(data_root, tmp_path):
+    ckpt = tmp_path / "four"
+    make_model(num_classes=4).save_pretrained(ckpt)
+    result = subprocess.run(
+        [sys.executable, "-m", "refineseg", "evaluate", "--checkpoint", str(ckpt), "--dataset", "folder",
+         "--data-root", str(data_root), "--out", str(tmp_path / "eval"), "--device", "cpu"],
+        capture_output=True, text=True)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and str(ckpt) in lines[0]
+    assert "Traceback" not in result.stderr
