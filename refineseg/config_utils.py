@@ -20,6 +20,18 @@ from .errors import RefineSegError, file_error
 T = TypeVar("T")
 
 
+def option(default: Any, help: str, **metadata: Any) -> Any:
+    """A dataclass field with a default and its CLI help (lists get a fresh copy per instance)."""
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata={"help": help, **metadata})
+    return dataclasses.field(default=default, metadata={"help": help, **metadata})
+
+
+def required(help: str, **metadata: Any) -> Any:
+    """A dataclass field without a default: a required option."""
+    return dataclasses.field(metadata={"help": help, **metadata})
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 

@@ -8,7 +8,7 @@ evaluate, write ``metrics.json`` and ``confusion_matrix.png``.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,7 +17,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from . import distributed
 from .checkpoints import from_pretrained
+from .config_utils import option, required
 from .data import build_dataset, eval_transform
 from .errors import CheckpointError, RefineSegError, file_error
 from .inference import predict_logits
@@ -25,19 +27,6 @@ from .metrics import ConfusionMatrix, format_table, summarize
 
 MODES = ["whole", "slide", "multiscale"]
 DATASET_NAMES = ["synthetic", "voc", "cityscapes", "ade20k", "folder"]
-
-
-# Same small helpers as refineseg/training/config.py (not imported: the trainer imports this module).
-def _opt(default, help: str, **metadata):
-    """A dataclass field with a default and CLI help (lists get a fresh copy per instance)."""
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **metadata})
-    return field(default=default, metadata={"help": help, **metadata})
-
-
-def _required(help: str, **metadata):
-    """A dataclass field without a default (a required option)."""
-    return field(metadata={"help": help, **metadata})
 
 
 def check_inference_options(mode: str, crop_size: int, stride: int | None, scales: Sequence[float]) -> None:
@@ -56,23 +45,23 @@ def check_inference_options(mode: str, crop_size: int, stride: int | None, scale
 class EvalConfig:
     """Everything ``refineseg evaluate`` needs; one CLI flag / YAML key per field."""
 
-    checkpoint: str = _required("checkpoint directory written by save_pretrained (e.g. runs/train/best)")
-    dataset: str = _required("dataset type", choices=DATASET_NAMES)
-    data_root: str | None = _opt(None, "dataset root folder (not needed for synthetic)")
-    split: str = _opt("val", "split to evaluate")
-    out: str = _opt("runs/eval", "output directory for metrics.json and confusion_matrix.png")
-    mode: str = _opt("whole", "inference mode", choices=MODES)
-    crop_size: int = _opt(512, "window size for slide/multiscale inference")
-    stride: int | None = _opt(None, "sliding-window step (default: 2/3 of crop_size)")
-    scales: list[float] = _opt([0.5, 0.75, 1.0, 1.25, 1.5, 1.75], "image scales for multiscale inference")
-    flip: bool = _opt(True, "also average horizontally flipped passes (multiscale only)")
-    resize: int | None = _opt(None, "resize the shorter image side to this before inference; "
+    checkpoint: str = required("checkpoint directory written by save_pretrained (e.g. runs/train/best)")
+    dataset: str = required("dataset type", choices=DATASET_NAMES)
+    data_root: str | None = option(None, "dataset root folder (not needed for synthetic)")
+    split: str = option("val", "split to evaluate")
+    out: str = option("runs/eval", "output directory for metrics.json and confusion_matrix.png")
+    mode: str = option("whole", "inference mode", choices=MODES)
+    crop_size: int = option(512, "window size for slide/multiscale inference")
+    stride: int | None = option(None, "sliding-window step (default: 2/3 of crop_size)")
+    scales: list[float] = option([0.5, 0.75, 1.0, 1.25, 1.5, 1.75], "image scales for multiscale inference")
+    flip: bool = option(True, "also average horizontally flipped passes (multiscale only)")
+    resize: int | None = option(None, "resize the shorter image side to this before inference; "
                                     "metrics are computed at that size (default: as is)")
-    confusion_png: bool = _opt(True, "write confusion_matrix.png")
-    device: str | None = _opt(None, "cpu, cuda, cuda:1 ... (default: cuda when available)")
-    synthetic_val: int = _opt(64, "synthetic dataset: number of images")
-    synthetic_size: int = _opt(128, "synthetic dataset: image side")
-    workers: int = _opt(0, "data-loading worker processes")
+    confusion_png: bool = option(True, "write confusion_matrix.png")
+    device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: cuda when available)")
+    synthetic_val: int = option(64, "synthetic dataset: number of images")
+    synthetic_size: int = option(128, "synthetic dataset: image side")
+    workers: int = option(0, "data-loading worker processes")
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASET_NAMES:
@@ -95,12 +84,6 @@ def select_device(device: str | None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RefineSegError(f"device {device!r} requested but CUDA is not available")
     return dev
-
-
-def _dist_rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def evaluate_model(
@@ -127,7 +110,7 @@ def evaluate_model(
     """
     check_inference_options(mode, crop_size, stride, scales)
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    rank, world = _dist_rank_world()
+    rank, world = distributed.rank(), distributed.world_size()
     indices = list(range(rank, len(dataset), world))
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, indices), batch_size=1, shuffle=False, num_workers=workers)
@@ -168,7 +151,7 @@ def run_evaluate(config: EvalConfig) -> dict[str, Any]:
                          f"model has {model.config.num_classes} classes but the {config.dataset} dataset "
                          f"has {dataset.num_classes}")
 
-    rank, _ = _dist_rank_world()
+    rank = distributed.rank()
     summary, matrix = evaluate_model(model, dataset, mode=config.mode, crop_size=config.crop_size,
                                      stride=config.stride, scales=config.scales, flip=config.flip,
                                      device=device, workers=config.workers)

@@ -19,7 +19,8 @@ from tqdm import tqdm
 from .checkpoints import from_pretrained
 from .data import read_image, write_label_png
 from .errors import DataError, file_error
-from .evaluation import MODES, _opt, _required, check_inference_options, select_device
+from .config_utils import option, required
+from .evaluation import MODES, check_inference_options, select_device
 from .inference import segment
 from .visualize import overlay
 
@@ -30,17 +31,17 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 class PredictConfig:
     """Everything ``refineseg predict`` needs; one CLI flag / YAML key per field."""
 
-    checkpoint: str = _required("checkpoint directory written by save_pretrained (e.g. runs/train/best)")
-    inputs: list[str] = _required("image files, folders (their images, not recursive) or glob patterns")
-    out: str = _opt("runs/predict", "output directory for label PNGs and overlays")
-    mode: str = _opt("whole", "inference mode", choices=MODES)
-    crop_size: int = _opt(512, "window size for slide/multiscale inference")
-    stride: int | None = _opt(None, "sliding-window step (default: 2/3 of crop_size)")
-    scales: list[float] = _opt([1.0], "image scales for multiscale inference")
-    flip: bool = _opt(False, "also average horizontally flipped passes (multiscale only)")
-    overlay: bool = _opt(True, "also write <stem>_overlay.png (photo + colours + legend)")
-    alpha: float = _opt(0.5, "overlay opacity of the label colours, 0..1")
-    device: str | None = _opt(None, "cpu, cuda, cuda:1 ... (default: cuda when available)")
+    checkpoint: str = required("checkpoint directory written by save_pretrained (e.g. runs/train/best)")
+    inputs: list[str] = required("image files, folders (their images, not recursive) or glob patterns")
+    out: str = option("runs/predict", "output directory for label PNGs and overlays")
+    mode: str = option("whole", "inference mode", choices=MODES)
+    crop_size: int = option(512, "window size for slide/multiscale inference")
+    stride: int | None = option(None, "sliding-window step (default: 2/3 of crop_size)")
+    scales: list[float] = option([1.0], "image scales for multiscale inference")
+    flip: bool = option(False, "also average horizontally flipped passes (multiscale only)")
+    overlay: bool = option(True, "also write <stem>_overlay.png (photo + colours + legend)")
+    alpha: float = option(0.5, "overlay opacity of the label colours, 0..1")
+    device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: cuda when available)")
 
     def __post_init__(self) -> None:
         if isinstance(self.inputs, str):

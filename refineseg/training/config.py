@@ -2,56 +2,52 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-
-def _opt(default, help: str, **metadata):
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **metadata})
-    return field(default=default, metadata={"help": help, **metadata})
+from ..config_utils import option
 
 
 @dataclass
 class TrainConfig:
     """Everything ``refineseg train`` needs; ``configs/*.yaml`` set these keys."""
 
-    model: str = _opt("lw_refinenet50", "model name (see `refineseg models`)")
-    dataset: str = _opt("synthetic", "dataset type", choices=["synthetic", "voc", "cityscapes", "ade20k", "folder"])
-    data_root: str | None = _opt(None, "dataset root folder (not needed for synthetic)")
-    train_split: str = _opt("train", "split to train on (e.g. train_aug for VOC + SBD)")
-    val_split: str = _opt("val", "split to validate on")
-    out: str = _opt("runs/train", "output directory: checkpoints, logs, plots")
-    iters: int = _opt(1000, "optimizer steps")
-    batch_size: int = _opt(8, "images per process per step")
-    accum_steps: int = _opt(1, "gradient accumulation: micro-batches per optimizer step")
-    crop: int = _opt(512, "training crop size")
-    scale_min: float = _opt(0.5, "random scale lower bound")
-    scale_max: float = _opt(2.0, "random scale upper bound")
-    optimizer: str = _opt("sgd", "optimizer", choices=["sgd", "adam", "adamw"])
-    lr: float = _opt(0.01, "backbone learning rate")
-    decoder_lr_mult: float = _opt(10.0, "decoder/head learning rate = lr × this")
-    momentum: float = _opt(0.9, "SGD momentum")
-    weight_decay: float = _opt(1e-4, "weight decay")
-    poly_power: float = _opt(0.9, "poly learning-rate decay power")
-    warmup_iters: int = _opt(0, "linear warm-up steps")
-    warmup_ratio: float = _opt(0.1, "learning rate at the start of warm-up, as a fraction")
-    freeze_bn: bool = _opt(False, "freeze backbone BatchNorm (statistics and affine)")
-    sync_bn: bool = _opt(False, "SyncBatchNorm across processes (CUDA DDP only)")
-    dropout: float | None = _opt(None, "dropout probability (default: the family's published value)")
-    output_stride: int = _opt(32, "backbone output stride (ResNet: 32, 16 or 8)")
-    backbone_weights: str | None = _opt(None, "torchvision ImageNet checkpoint for the backbone")
-    amp: str = _opt("none", "mixed precision", choices=["none", "bf16", "fp16"])
-    seed: int = _opt(0, "random seed (data order, augmentation, initialization)")
-    workers: int = _opt(2, "data-loading worker processes per training process")
-    val_interval: int = _opt(500, "validate every N steps (0: only at the end)")
-    ckpt_interval: int = _opt(500, "checkpoint `last` every N steps (and always at the end)")
-    log_interval: int = _opt(10, "log loss/LR every N steps")
-    val_size: int | None = _opt(None, "resize validation images to this shorter side (default: as is)")
-    synthetic_train: int = _opt(512, "synthetic dataset: training samples")
-    synthetic_val: int = _opt(64, "synthetic dataset: validation samples")
-    synthetic_size: int = _opt(128, "synthetic dataset: image side")
-    device: str | None = _opt(None, "cpu, cuda, cuda:1 ... (default: cuda when available)")
-    resume: bool = _opt(False, "continue from OUT/last (bit-identical to an uninterrupted run on CPU)")
+    model: str = option("lw_refinenet50", "model name (see `refineseg models`)")
+    dataset: str = option("synthetic", "dataset type", choices=["synthetic", "voc", "cityscapes", "ade20k", "folder"])
+    data_root: str | None = option(None, "dataset root folder (not needed for synthetic)")
+    train_split: str = option("train", "split to train on (e.g. train_aug for VOC + SBD)")
+    val_split: str = option("val", "split to validate on")
+    out: str = option("runs/train", "output directory: checkpoints, logs, plots")
+    iters: int = option(1000, "optimizer steps")
+    batch_size: int = option(8, "images per process per step")
+    accum_steps: int = option(1, "gradient accumulation: micro-batches per optimizer step")
+    crop: int = option(512, "training crop size")
+    scale_min: float = option(0.5, "random scale lower bound")
+    scale_max: float = option(2.0, "random scale upper bound")
+    optimizer: str = option("sgd", "optimizer", choices=["sgd", "adam", "adamw"])
+    lr: float = option(0.01, "backbone learning rate")
+    decoder_lr_mult: float = option(10.0, "decoder/head learning rate = lr × this")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(1e-4, "weight decay")
+    poly_power: float = option(0.9, "poly learning-rate decay power")
+    warmup_iters: int = option(0, "linear warm-up steps")
+    warmup_ratio: float = option(0.1, "learning rate at the start of warm-up, as a fraction")
+    freeze_bn: bool = option(False, "freeze backbone BatchNorm (statistics and affine)")
+    sync_bn: bool = option(False, "SyncBatchNorm across processes (CUDA DDP only)")
+    dropout: float | None = option(None, "dropout probability (default: the family's published value)")
+    output_stride: int = option(32, "backbone output stride (ResNet: 32, 16 or 8)")
+    backbone_weights: str | None = option(None, "torchvision ImageNet checkpoint for the backbone")
+    amp: str = option("none", "mixed precision", choices=["none", "bf16", "fp16"])
+    seed: int = option(0, "random seed (data order, augmentation, initialization)")
+    workers: int = option(2, "data-loading worker processes per training process")
+    val_interval: int = option(500, "validate every N steps (0: only at the end)")
+    ckpt_interval: int = option(500, "checkpoint `last` every N steps (and always at the end)")
+    log_interval: int = option(10, "log loss/LR every N steps")
+    val_size: int | None = option(None, "resize validation images to this shorter side (default: as is)")
+    synthetic_train: int = option(512, "synthetic dataset: training samples")
+    synthetic_val: int = option(64, "synthetic dataset: validation samples")
+    synthetic_size: int = option(128, "synthetic dataset: image side")
+    device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: cuda when available)")
+    resume: bool = option(False, "continue from OUT/last (bit-identical to an uninterrupted run on CPU)")
 
     def __post_init__(self) -> None:
         for name in ("iters", "batch_size", "accum_steps", "crop"):

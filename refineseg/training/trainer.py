@@ -24,25 +24,17 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..checkpoints import from_pretrained, save_pretrained
+from .. import distributed as dist_utils
 from ..config_utils import save_yaml
 from ..data import build_dataset, eval_transform, train_transform
 from ..errors import CheckpointError, RefineSegError, file_error
-from ..evaluation import evaluate_model
+from ..evaluation import evaluate_model, select_device
 from ..models import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel, create_model
 from ..visualize import plot_curves
-from . import distributed as dist_utils
 from .checkpointing import STATE_NAME, atomic_directory, capture_rng_state, load_training_state, recover_directory, restore_rng_state
 from .config import TrainConfig
 
 log = logging.getLogger("refineseg.train")
-
-
-def resolve_device(name: str | None) -> torch.device:
-    if name:
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda", dist_utils.local_rank())
-    return torch.device("cpu")
 
 
 def poly_lr_lambda(config: TrainConfig):
@@ -157,7 +149,9 @@ def _build_or_resume(config: TrainConfig, train_set, out: Path) -> tuple[Segment
 
 def train(config: TrainConfig) -> dict[str, Any]:
     """Train as configured; returns ``{"best_miou", "last", "best", "out"}``."""
-    device = resolve_device(config.device)
+    device = select_device(config.device)
+    if device.type == "cuda" and device.index is None:  # one GPU per torchrun process
+        device = torch.device("cuda", dist_utils.local_rank())
     if config.amp == "fp16" and device.type != "cuda":
         raise RefineSegError("--amp fp16 needs CUDA; use --amp bf16 on CPU")
     distributed = dist_utils.init_distributed(device.type)

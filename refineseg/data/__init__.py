@@ -1,0 +1,29 @@
+"""Data loading: image/mask I/O, datasets (VOC, Cityscapes, ADE20K, folders, synthetic), transforms.
+
+Datasets yield ``(image, mask)``; with a transform from :mod:`refineseg.data.transforms` these are
+a normalised float32 (3, H, W) tensor and an int64 (H, W) tensor of class indices, 255 = ignore.
+"""
+
+from .build import DATASETS, build_dataset
+from .classes import (
+    ADE20K_CLASSES, ADE20K_PALETTE, CITYSCAPES_CLASSES, CITYSCAPES_LABEL_TO_TRAIN, CITYSCAPES_PALETTE,
+    VOC_CLASSES, VOC_PALETTE, voc_colormap,
+)
+from .datasets import ADE20K, Cityscapes, SegmentationDataset, VOCSegmentation
+from .folder import FolderDataset, load_classes_file, parse_classes
+from .io import read_image, read_large_image, read_mask, unlimited_pixels, write_image, write_label_png
+from .synthetic import (
+    SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, SyntheticSegmentation, make_synthetic_sample, write_synthetic,
+)
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, PairTransform, denormalize, eval_transform, normalize, train_transform
+
+__all__ = [
+    "read_image", "read_mask", "read_large_image", "unlimited_pixels", "write_image", "write_label_png",
+    "SegmentationDataset", "VOCSegmentation", "Cityscapes", "ADE20K", "FolderDataset",
+    "SyntheticSegmentation", "make_synthetic_sample", "write_synthetic", "build_dataset", "DATASETS",
+    "load_classes_file", "parse_classes",
+    "train_transform", "eval_transform", "PairTransform", "normalize", "denormalize",
+    "IMAGENET_MEAN", "IMAGENET_STD",
+    "VOC_CLASSES", "VOC_PALETTE", "CITYSCAPES_CLASSES", "CITYSCAPES_PALETTE", "CITYSCAPES_LABEL_TO_TRAIN",
+    "ADE20K_CLASSES", "ADE20K_PALETTE", "SYNTHETIC_CLASSES", "SYNTHETIC_PALETTE", "voc_colormap",
+]
