@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m refineseg demo
+	$(PY) -m refineseg demo --config configs/demo.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q

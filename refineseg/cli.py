@@ -31,7 +31,7 @@ def _cmd_models(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    run_demo(Path(args.out))
+    run_demo(args.config, args.out)
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -104,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_cmd_make_synthetic)
 
-    p = sub.add_parser("demo", help="the demo job that `make demo` runs")
-    p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    p = sub.add_parser("demo", help="train, evaluate and predict on the synthetic dataset (what `make demo` runs)")
+    p.add_argument("--config", default="configs/demo.yaml", help="training config (default configs/demo.yaml)")
+    p.add_argument("--out", default=None, help="run directory (default: the config's `out`)")
     p.set_defaults(handler=_cmd_demo)
     return parser
 

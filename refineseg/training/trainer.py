@@ -205,8 +205,7 @@ def _train(config: TrainConfig, device: torch.device, distributed: bool) -> dict
         while True:
             epoch, start = divmod(index, batches_per_epoch)
             sampler = dist_utils.ResumableShardedSampler(len(train_set), config.batch_size, config.seed, epoch, start)
-            if hasattr(train_set.transform, "set_epoch"):
-                train_set.transform.set_epoch(epoch)
+            train_set.set_epoch(epoch)  # augmentation = f(seed, epoch, index); workers are re-created per epoch
             loader = torch.utils.data.DataLoader(
                 train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
                 drop_last=True, pin_memory=device.type == "cuda",
