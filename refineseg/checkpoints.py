@@ -13,6 +13,7 @@ import json
 import os
 import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import Mapping
 
@@ -41,10 +42,14 @@ def load_weights_file(path: str | os.PathLike) -> StateDict:
         if path.suffix == ".safetensors":
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise file_error(CheckpointError, path, f"not a plain tensor checkpoint, refused to unpickle it ({first_line})")
+        unsupported = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        detail = f": it references {unsupported[1]}" if unsupported else ""
+        raise file_error(CheckpointError, path,
+                         f"not a plain tensor checkpoint, refused to unpickle it{detail} (nothing was executed)")
     except Exception as e:  # corrupt zip, truncated file, not a checkpoint at all
         raise file_error(CheckpointError, path, f"cannot read weights ({type(e).__name__}: {e})".splitlines()[0])
     for wrapper in ("state_dict", "model"):

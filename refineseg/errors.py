@@ -20,3 +20,16 @@ class CheckpointError(RefineSegError):
 def file_error(cls: type[RefineSegError], path: str | os.PathLike, cause: str) -> RefineSegError:
     """Build ``cls("<path>: <cause>")``, the one message format used for every file problem."""
     return cls(f"{os.fspath(path)}: {cause}")
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line.
+
+    An error raised inside a DataLoader worker comes back re-wrapped with the worker's
+    traceback in its message; its last line holds the original ``Type: message``.
+    """
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(text.split())

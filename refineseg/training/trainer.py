@@ -193,7 +193,8 @@ def _train(config: TrainConfig, device: torch.device, distributed: bool) -> dict
     world = dist_utils.world_size()
     probe = dist_utils.ResumableShardedSampler(len(train_set), config.batch_size, config.seed)
     batches_per_epoch = probe.batches_per_epoch()
-    bar = tqdm(total=config.iters, initial=step, disable=not main, desc="train", dynamic_ncols=True)
+    # The bar shows on rank 0 when stderr is a terminal (tqdm's disable=None).
+    bar = tqdm(total=config.iters, initial=step, disable=None if main else True, desc="train", dynamic_ncols=True)
     if main:
         log.info("training %s on %d images (%s/%s), %d process(es) × batch %d × accum %d, %d steps",
                  config.model, len(train_set), config.dataset, config.train_split, world,
@@ -214,63 +215,70 @@ def _train(config: TrainConfig, device: torch.device, distributed: bool) -> dict
                 yield batch
                 index += 1
 
-    data = micro_batches()
-    window_loss, window_start, window_steps = 0.0, time.perf_counter(), 0
-    while step < config.iters:
-        optimizer.zero_grad(set_to_none=True)
-        step_loss = 0.0
-        for micro in range(config.accum_steps):
-            images, masks = next(data)
-            images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-            sync = micro == config.accum_steps - 1 or not distributed
-            with (nullcontext() if sync else net.no_sync()):
-                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    logits = net(images)
-                loss = segmentation_loss(logits, masks) / config.accum_steps
-                scaler.scale(loss).backward()
-            step_loss += loss.item()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        step += 1
-        if not math.isfinite(step_loss):
-            raise RefineSegError(f"loss became {step_loss} at step {step}; lower --lr or disable --amp")
-        rng_after_step = capture_rng_state()
+    try:
+        data = micro_batches()
+        window_loss, window_start, window_steps = 0.0, time.perf_counter(), 0
+        while step < config.iters:
+            optimizer.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for micro in range(config.accum_steps):
+                images, masks = next(data)
+                images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
+                sync = micro == config.accum_steps - 1 or not distributed
+                with (nullcontext() if sync else net.no_sync()):
+                    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                        logits = net(images)
+                    loss = segmentation_loss(logits, masks) / config.accum_steps
+                    scaler.scale(loss).backward()
+                step_loss += loss.item()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            if not math.isfinite(step_loss):
+                raise RefineSegError(f"loss became {step_loss} at step {step}; lower --lr or disable --amp")
+            rng_after_step = capture_rng_state()
 
-        window_loss += step_loss
-        window_steps += 1
-        lr = optimizer.param_groups[0]["lr"]
-        bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
-        if step % config.log_interval == 0 or step == config.iters:
-            elapsed = time.perf_counter() - window_start
-            metrics.add({"iter": step, "loss": window_loss / window_steps, "lr": lr,
-                         "it/s": window_steps / max(elapsed, 1e-9)})
-            window_loss, window_start, window_steps = 0.0, time.perf_counter(), 0
+            window_loss += step_loss
+            window_steps += 1
+            lr = optimizer.param_groups[0]["lr"]
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
+            if step % config.log_interval == 0 or step == config.iters:
+                elapsed = time.perf_counter() - window_start
+                record = {"iter": step, "loss": window_loss / window_steps, "lr": lr,
+                          "it/s": window_steps / max(elapsed, 1e-9)}
+                metrics.add(record)
+                if main and bar.disable:  # no terminal: a plain log line instead of the bar
+                    print(f"step {step}/{config.iters}  loss {record['loss']:.4f}  lr {lr:.2e}  "
+                          f"{record['it/s']:.2f} it/s", flush=True)
+                window_loss, window_start, window_steps = 0.0, time.perf_counter(), 0
 
-        final = step == config.iters
-        if (config.val_interval and step % config.val_interval == 0) or final:
-            summary, _ = evaluate_model(model, val_set, device=device, progress=False)
-            model.train()
-            metrics.add({"iter": step, "mIoU": summary["mIoU"], "aAcc": summary["aAcc"], "mAcc": summary["mAcc"]})
-            bar.write(f"step {step}: val mIoU {summary['mIoU']:.4f}  aAcc {summary['aAcc']:.4f}")
-            if summary["mIoU"] > best_miou:
-                best_miou = summary["mIoU"]
+            final = step == config.iters
+            if (config.val_interval and step % config.val_interval == 0) or final:
+                summary, _ = evaluate_model(model, val_set, device=device, progress=False)
+                model.train()
+                metrics.add({"iter": step, "mIoU": summary["mIoU"], "aAcc": summary["aAcc"], "mAcc": summary["mAcc"]})
                 if main:
-                    atomic_directory(out / "best", lambda d: (save_pretrained(model, d),
-                                                              (d / "metrics.json").write_text(json.dumps(summary, indent=2))))
-            if main:
-                plot_curves(metrics.records, out / "plots")
-        if step % config.ckpt_interval == 0 or final:
-            if main:
-                training_state = {"step": step, "best_miou": best_miou, "optimizer": optimizer.state_dict(),
-                                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                                  "rng": rng_after_step, "config": dataclasses.asdict(config)}
-                atomic_directory(out / "last", lambda d: (save_pretrained(model, d),
-                                                          torch.save(training_state, d / STATE_NAME)))
-            dist_utils.barrier()
-        restore_rng_state(rng_after_step)  # validation and checkpointing must not perturb the run
+                    bar.write(f"step {step}: val mIoU {summary['mIoU']:.4f}  aAcc {summary['aAcc']:.4f}")
+                if summary["mIoU"] > best_miou:
+                    best_miou = summary["mIoU"]
+                    if main:
+                        atomic_directory(out / "best", lambda d: (save_pretrained(model, d),
+                                                                  (d / "metrics.json").write_text(json.dumps(summary, indent=2))))
+                if main:
+                    plot_curves(metrics.records, out / "plots")
+            if step % config.ckpt_interval == 0 or final:
+                if main:
+                    training_state = {"step": step, "best_miou": best_miou, "optimizer": optimizer.state_dict(),
+                                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                                      "rng": rng_after_step, "config": dataclasses.asdict(config)}
+                    atomic_directory(out / "last", lambda d: (save_pretrained(model, d),
+                                                              torch.save(training_state, d / STATE_NAME)))
+                dist_utils.barrier()
+            restore_rng_state(rng_after_step)  # validation and checkpointing must not perturb the run
 
-    bar.close()
-    metrics.close()
+    finally:  # leave the terminal clean, also when an error ends the run
+        bar.close()
+        metrics.close()
     return {"best_miou": best_miou, "last": out / "last", "best": out / "best", "out": out}
