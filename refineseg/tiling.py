@@ -1,0 +1,135 @@
+"""Tiled inference for images of any size in memory bounded by the tile, not the image.
+
+Tiles of ``tile × tile`` pixels are laid every ``tile - overlap`` pixels along each axis (the
+last one along an axis is cut at the border). Each tile's logits are weighted by a separable
+window that ramps linearly from 0 to 1 over ``overlap`` pixels on every side that touches
+another tile, so neighbouring tiles blend smoothly instead of meeting at a seam.
+
+Tiles run in raster order and only two small buffers of weighted logits are kept: the strip of
+``overlap`` rows shared with the next row of tiles (C × overlap × W, stored as float16) and the
+``overlap`` columns shared with the next tile (C × tile × overlap). A pixel's label is final once
+the last tile covering it is done; it goes straight into the uint8 label map. No float tensor of
+the full image is ever allocated.
+
+When one tile covers the whole image the result equals whole-image inference exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+MIN_SIDE = 32  # the models' smallest accepted input side
+
+
+def tile_spans(length: int, tile: int, overlap: int) -> list[tuple[int, int]]:
+    """``[(start, end), ...]`` of tiles along one axis: every ``tile - overlap`` pixels, last cut short."""
+    if length <= tile:
+        return [(0, length)]
+    stride = tile - overlap
+    count = math.ceil((length - tile) / stride) + 1
+    return [(k * stride, min(k * stride + tile, length)) for k in range(count)]
+
+
+def blend_window(start: int, end: int, prev_end: int | None, next_start: int | None) -> torch.Tensor:
+    """1-D weights of a tile spanning [start, end): linear ramps over the parts shared with neighbours.
+
+    The ramp of the overlap with the previous tile, [start, prev_end), rises from 0 to 1; the ramp
+    of the overlap with the next one, [next_start, end), falls from 1 to 0. Two neighbours' ramps
+    over the same pixels sum to 1.
+    """
+    w = torch.ones(end - start)
+    if prev_end is not None and prev_end > start:
+        n = prev_end - start
+        w[:n] = torch.minimum(w[:n], (torch.arange(n) + 0.5) / n)
+    if next_start is not None and next_start < end:
+        n = end - next_start
+        w[-n:] = torch.minimum(w[-n:], 1 - (torch.arange(n) + 0.5) / n)
+    return w
+
+
+def _windows(spans: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
+    return [
+        blend_window(s, e, spans[k - 1][1] if k > 0 else None, spans[k + 1][0] if k + 1 < len(spans) else None)
+        for k, (s, e) in enumerate(spans)
+    ]
+
+
+def _normalize(tile: np.ndarray, mean: torch.Tensor, std: torch.Tensor, device: torch.device) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(tile)).to(device).permute(2, 0, 1).float().div_(255)
+    return ((x - mean) / std).unsqueeze(0)
+
+
+def _run(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Logits (C, h, w) for one tile; tiles thinner than the models' minimum are edge-padded."""
+    h, w = x.shape[-2:]
+    pad_h, pad_w = max(0, MIN_SIDE - h), max(0, MIN_SIDE - w)
+    if pad_h or pad_w:
+        x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+    return model(x)[0, :, :h, :w].float()
+
+
+@torch.inference_mode()
+def predict_tiled(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    image: np.ndarray,
+    tile: int = 1024,
+    overlap: int = 128,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    out: np.ndarray | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """Segment an (H, W, 3) uint8 image of any size tile by tile -> (H, W) uint8 labels.
+
+    ``model`` maps a normalized (1, 3, h, w) float batch to logits (1, C, h, w) (a
+    SegmentationModel, an optimized wrapper or an ONNX session wrapper). ``image`` may be a
+    numpy memmap: only the current tile is read. ``out`` may be a preallocated (H, W) uint8
+    array (e.g. a memmap) to write into. ``mean``/``std`` default to ``model.config``.
+    """
+    if not 0 <= overlap < tile:
+        raise ValueError(f"need 0 <= overlap < tile, got tile={tile}, overlap={overlap}")
+    if tile < MIN_SIDE:
+        raise ValueError(f"tile must be >= {MIN_SIDE}, got {tile}")
+    config = getattr(model, "config", None)
+    mean = mean or config.mean
+    std = std or config.std
+    device = getattr(model, "device", None) or next(model.parameters()).device
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=device).view(3, 1, 1)
+
+    height, width = image.shape[:2]
+    labels = np.empty((height, width), np.uint8) if out is None else out
+    rows, cols = tile_spans(height, tile, overlap), tile_spans(width, tile, overlap)
+    row_windows, col_windows = _windows(rows), _windows(cols)
+    bottom: torch.Tensor | None = None  # weighted logits of rows shared with the next row of tiles
+    bar = tqdm(total=len(rows) * len(cols), desc="tiles", disable=not progress or None, dynamic_ncols=True)
+    for i, (y0, y1) in enumerate(rows):
+        y_final = rows[i + 1][0] if i + 1 < len(rows) else y1  # rows < y_final are done after this row
+        new_bottom = None
+        right: torch.Tensor | None = None  # weighted logits of columns shared with the next tile
+        for j, (x0, x1) in enumerate(cols):
+            x_final = cols[j + 1][0] if j + 1 < len(cols) else x1
+            logits = _run(model, _normalize(image[y0:y1, x0:x1], mean_t, std_t, device))
+            weight = (row_windows[i][:, None] * col_windows[j][None, :]).to(logits.device)
+            acc = logits * weight
+            if right is not None:  # includes the carried rows above for these columns
+                acc[:, :, : right.shape[2]] += right
+            if bottom is not None:
+                done = cols[j - 1][1] - x0 if j > 0 else 0  # columns already added through `right`
+                acc[:, : bottom.shape[1], done:] += bottom[:, :, x0 + done:x1].to(acc)
+            if new_bottom is None and y_final < y1:
+                new_bottom = torch.zeros(acc.shape[0], y1 - y_final, width, dtype=torch.float16, device=acc.device)
+            labels[y0:y_final, x0:x_final] = acc[:, : y_final - y0, : x_final - x0].argmax(0).to(torch.uint8).cpu().numpy()
+            if new_bottom is not None:
+                new_bottom[:, :, x0:x_final] = acc[:, y_final - y0:, : x_final - x0]
+            right = acc[:, :, x_final - x0:] if x_final < x1 else None
+            bar.update(1)
+        bottom = new_bottom
+    bar.close()
+    return labels
