@@ -14,14 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 from tqdm import tqdm
 
 from .checkpoints import from_pretrained
-from .data import read_image, write_label_png
+from .data import read_image, read_large_image, write_label_png, write_label_tiff
 from .errors import DataError, file_error
 from .config_utils import option, required
 from .evaluation import MODES, check_inference_options, select_device
 from .inference import segment
+from .tiling import predict_tiled
 from .visualize import overlay
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -39,6 +41,9 @@ class PredictConfig:
     stride: int | None = option(None, "sliding-window step (default: 2/3 of crop_size)")
     scales: list[float] = option([1.0], "image scales for multiscale inference")
     flip: bool = option(False, "also average horizontally flipped passes (multiscale only)")
+    tile: int | None = option(None, "tiled mode for images of any size: tile side in pixels (e.g. 1024); "
+                                    "memory is bounded by the tile, not the image")
+    overlap: int = option(128, "tiled mode: overlap between neighbouring tiles, blended smoothly")
     overlay: bool = option(True, "also write <stem>_overlay.png (photo + colours + legend)")
     alpha: float = option(0.5, "overlay opacity of the label colours, 0..1")
     device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -47,6 +52,8 @@ class PredictConfig:
         if isinstance(self.inputs, str):
             self.inputs = [self.inputs]
         check_inference_options(self.mode, self.crop_size, self.stride, self.scales)
+        if self.tile is not None and not 0 <= self.overlap < self.tile:
+            raise ValueError(f"need 0 <= overlap < tile, got tile={self.tile}, overlap={self.overlap}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
 
@@ -100,6 +107,31 @@ def _output_name(stem: str, taken: set[str]) -> str:
     return name
 
 
+PREVIEW_SIDE = 4096  # overlays of tiled predictions are drawn at most this large
+
+
+def _predict_large(model, path: Path, out: Path, name: str, config: PredictConfig) -> Path:
+    """Tiled prediction of one (possibly huge) image; TIFF inputs give TIFF label maps.
+
+    The image is read with the decompression-bomb limit lifted (TIFFs memory-mapped when
+    uncompressed); the overlay is drawn on a preview no larger than ``PREVIEW_SIDE``.
+    """
+    image = read_large_image(path)
+    labels = predict_tiled(model, image, tile=config.tile, overlap=config.overlap)
+    palette = model.config.palette
+    if path.suffix.lower() in (".tif", ".tiff"):
+        label_path = out / f"{name}.tif"
+        write_label_tiff(label_path, labels, palette)
+    else:
+        label_path = out / f"{name}.png"
+        write_label_png(label_path, labels, palette)
+    if config.overlay:
+        step = max(1, -(-max(labels.shape) // PREVIEW_SIDE))
+        overlay(np.asarray(image[::step, ::step]), labels[::step, ::step], palette, model.config.class_names,
+                alpha=config.alpha).save(out / f"{name}_overlay.png")
+    return label_path
+
+
 def run_predict(config: PredictConfig) -> list[Path]:
     """Segment every input image; write OUT/<stem>.png (+ OUT/<stem>_overlay.png).
 
@@ -118,14 +150,17 @@ def run_predict(config: PredictConfig) -> list[Path]:
     # disable=None: no bar when stderr is not a terminal; closing it on errors keeps them on their own line.
     with tqdm(paths, desc="predict", unit="img", disable=None) as bar:
         for path in bar:
-            image = read_image(path)
-            labels = segment(model, image, mode=config.mode, crop_size=config.crop_size, stride=config.stride,
-                             scales=config.scales, flip=config.flip)
             name = _output_name(path.stem, taken)
-            label_path = out / f"{name}.png"
-            write_label_png(label_path, labels, palette)
-            if config.overlay:
-                overlay(image, labels, palette, names, alpha=config.alpha).save(out / f"{name}_overlay.png")
+            if config.tile:
+                label_path = _predict_large(model, path, out, name, config)
+            else:
+                image = read_image(path)
+                labels = segment(model, image, mode=config.mode, crop_size=config.crop_size, stride=config.stride,
+                                 scales=config.scales, flip=config.flip)
+                label_path = out / f"{name}.png"
+                write_label_png(label_path, labels, palette)
+                if config.overlay:
+                    overlay(image, labels, palette, names, alpha=config.alpha).save(out / f"{name}_overlay.png")
             written.append(label_path)
     what = "label PNGs and overlays" if config.overlay else "label PNGs"
     print(f"Wrote {len(written)} {what} to {out}")

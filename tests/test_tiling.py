@@ -85,3 +85,22 @@ def test_rejects_bad_tiling_options(model, image):
         predict_tiled(model, image, tile=64, overlap=64)
     with pytest.raises(ValueError, match="tile"):
         predict_tiled(model, image, tile=16, overlap=0)
+
+
+def test_predict_cli_tiled_mode_reads_and_writes_tiff(tmp_path, model):
+    import tifffile
+
+    from refineseg.prediction import PredictConfig, run_predict
+
+    model.save_pretrained(tmp_path / "ckpt")
+    image = np.random.default_rng(2).integers(0, 255, (120, 200, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "scan.tif", image)
+    from PIL import Image
+    Image.fromarray(image).save(tmp_path / "photo.png")
+    written = run_predict(PredictConfig(checkpoint=str(tmp_path / "ckpt"), inputs=[str(tmp_path / "scan.tif"),
+                                        str(tmp_path / "photo.png")], out=str(tmp_path / "out"), tile=96, overlap=24))
+    assert [p.name for p in written] == ["scan.tif", "photo.png"]
+    expected = predict_tiled(model, image, tile=96, overlap=24, progress=False)
+    assert np.array_equal(tifffile.imread(written[0]), expected)
+    assert np.array_equal(np.asarray(Image.open(written[1])), expected)
+    assert (tmp_path / "out" / "scan_overlay.png").is_file()

@@ -11,7 +11,7 @@ from .classes import (
 )
 from .datasets import ADE20K, Cityscapes, SegmentationDataset, VOCSegmentation
 from .folder import FolderDataset, load_classes_file, parse_classes
-from .io import read_image, read_large_image, read_mask, unlimited_pixels, write_image, write_label_png
+from .io import read_image, read_large_image, read_mask, unlimited_pixels, write_image, write_label_png, write_label_tiff
 from .synthetic import (
     SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, SyntheticSegmentation, make_synthetic_sample, write_synthetic,
 )
@@ -19,6 +19,7 @@ from .transforms import IMAGENET_MEAN, IMAGENET_STD, PairTransform, denormalize,
 
 __all__ = [
     "read_image", "read_mask", "read_large_image", "unlimited_pixels", "write_image", "write_label_png",
+    "write_label_tiff",
     "SegmentationDataset", "VOCSegmentation", "Cityscapes", "ADE20K", "FolderDataset",
     "SyntheticSegmentation", "make_synthetic_sample", "write_synthetic", "build_dataset", "DATASETS",
     "load_classes_file", "parse_classes",

@@ -179,8 +179,10 @@ def _read_tiff(path: PathLike) -> np.ndarray:
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
-            arr = page.asarray()
             planar = getattr(page, "planarconfig", None) == tifffile.PLANARCONFIG.SEPARATE
+            if page.is_memmappable and page.dtype == np.uint8 and page.shape[-1:] == (3,) and not planar:
+                return tifffile.memmap(path, page=0, mode="r")  # read lazily, tile by tile
+            arr = page.asarray()
     except Exception as exc:  # tifffile raises many exception types for bad files
         raise file_error(DataError, path, f"cannot read TIFF ({type(exc).__name__}: {exc})") from None
     if planar and arr.ndim == 3:
@@ -230,6 +232,18 @@ def write_label_png(path: PathLike, labels: np.ndarray, palette: Sequence[Sequen
     if parent:
         os.makedirs(parent, exist_ok=True)
     img.save(path, format="PNG")
+
+
+def write_label_tiff(path: PathLike, labels: np.ndarray, palette: Sequence[Sequence[int]]) -> None:
+    """Write (H, W) uint8 class indices as a palette TIFF, straight from the array (no copy).
+
+    For label maps too large to copy comfortably (PNG writing through Pillow copies them once).
+    """
+    import tifffile
+
+    colormap = np.asarray(_palette_bytes(palette), np.uint16).reshape(256, 3).T * 257  # 8 -> 16 bit
+    tifffile.imwrite(path, labels, photometric="palette", colormap=colormap, compression="zlib",
+                     tile=(512, 512), bigtiff=labels.size > 2**31)
 
 
 def write_image(path: PathLike, image: np.ndarray) -> None:
