@@ -104,7 +104,7 @@ def segment(model: nn.Module, image: np.ndarray, mean: Sequence[float] | None = 
     config = getattr(model, "config", None)
     mean = mean or config.mean
     std = std or config.std
-    device = next(model.parameters()).device
+    device = getattr(model, "device", None) or next(model.parameters()).device
     x = preprocess(image, mean, std).to(device)
     scores = predict_logits(model, x, **options)
     return scores.argmax(1)[0].to(torch.uint8).cpu().numpy()

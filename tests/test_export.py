@@ -1,0 +1,178 @@
+"""ONNX export: onnxruntime matches PyTorch at the traced size and at other (odd, batched) sizes,
+metadata round trip, OnnxSegmenter through refineseg.inference, run_export end to end."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxscript")
+pytest.importorskip("onnxruntime")
+
+import onnx  # noqa: E402
+
+import refineseg  # noqa: E402
+from refineseg.errors import CheckpointError, RefineSegError  # noqa: E402
+from refineseg.export import ExportConfig, OnnxSegmenter, export_onnx, run_export, validate_onnx  # noqa: E402
+from refineseg.inference import predict_logits  # noqa: E402
+
+NAMES = ["background", "road", "car", "tree"]
+PALETTE = [(0, 0, 0), (128, 64, 128), (0, 0, 142), (107, 142, 35)]
+TRACED = (64, 64)
+# (N, H, W): the traced size, odd sizes, a batch of 2, the smallest accepted side.
+SHAPES = [(1, 64, 64), (1, 97, 130), (2, 80, 112), (1, 32, 45)]
+
+pytestmark = pytest.mark.slow  # each export traces the model symbolically (~10-20 s on a small CPU)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_model(name: str) -> refineseg.SegmentationModel:
+    """Random weights, BN running statistics moved away from (0, 1) by a few train-mode passes."""
+    torch.manual_seed(0)
+    model = refineseg.create_model(name, num_classes=4, class_names=NAMES, palette=PALETTE)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(2, 3, 64, 64) * 2 + 0.5)
+        model.eval()
+        # Centre each class's mean logit, so that predictions vary over classes and pixels.
+        model.head.conv.bias -= model(torch.randn(2, 3, 64, 64)).mean((0, 2, 3))
+    return model
+
+
+@pytest.fixture(scope="module")
+def mbv2(tmp_path_factory):
+    """lw_refinenet_mbv2 exported by run_export from a save_pretrained directory: (model, path, stdout)."""
+    root = tmp_path_factory.mktemp("mbv2")
+    model = make_model("lw_refinenet_mbv2")
+    model.save_pretrained(root / "ckpt")
+    config = ExportConfig(checkpoint=str(root / "ckpt"), out=str(root / "onnx" / "model.onnx"),
+                          height=TRACED[0], width=TRACED[1])
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        path = run_export(config)
+    return model, path, stdout.getvalue()
+
+
+@pytest.fixture(scope="module")
+def resnet(tmp_path_factory):
+    """lw_refinenet18 exported by export_onnx: (model, path)."""
+    model = make_model("lw_refinenet18")
+    path = export_onnx(model, tmp_path_factory.mktemp("r18") / "model.onnx", *TRACED)
+    return model, path
+
+
+@pytest.fixture(params=["mbv2", "resnet"])
+def exported(request):
+    return request.getfixturevalue(request.param)[:2]
+
+
+def test_run_export_writes_a_checked_file(mbv2):
+    _, path, stdout = mbv2
+    assert path.name == "model.onnx" and path.is_file()
+    assert not list(path.parent.glob("*.data"))  # weights inside the one file
+    assert "check 64x64" in stdout and "check 97x130" in stdout and f"Wrote {path}" in stdout
+
+
+def test_graph_has_named_dynamic_axes(exported):
+    _, path = exported
+    graph = onnx.load(str(path)).graph
+    for value, name in ((graph.input[0], "image"), (graph.output[0], "logits")):
+        dims = value.type.tensor_type.shape.dim
+        assert value.name == name
+        assert [d.dim_param for d in dims] == ["batch", "", "height", "width"]
+    assert graph.input[0].type.tensor_type.shape.dim[1].dim_value == 3
+    assert graph.output[0].type.tensor_type.shape.dim[1].dim_value == 4
+
+
+@pytest.mark.parametrize("n,h,w", SHAPES)
+def test_onnxruntime_matches_pytorch(exported, n, h, w):
+    model, path = exported
+    segmenter = OnnxSegmenter(path, providers=["CPUExecutionProvider"])
+    x = torch.randn(n, 3, h, w, generator=torch.Generator().manual_seed(h * w))
+    with torch.no_grad():
+        expected = model(x)
+    got = segmenter(x)
+    assert got.shape == expected.shape == (n, 4, h, w)
+    assert (got - expected).abs().max().item() <= 1e-4
+    assert torch.equal(got.argmax(1), expected.argmax(1))
+    assert expected.argmax(1).unique().numel() > 1  # the comparison is not trivially constant
+
+
+def test_validate_onnx_reports_each_size(exported):
+    model, path = exported
+    results = validate_onnx(model, path, sizes=[TRACED, (97, 130)])
+    assert set(results) == {TRACED, (97, 130)}
+    for r in results.values():
+        assert r["max_abs_diff"] <= 1e-4 and r["argmax_agreement"] == 1.0 and r["max_abs_logit"] > 0
+
+
+def test_validate_onnx_raises_when_outputs_differ(mbv2):
+    model, path, _ = mbv2
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.head.conv.bias[1] += 1.0
+    with pytest.raises(RefineSegError, match="differs from PyTorch at 64x64"):
+        validate_onnx(other, path, sizes=[TRACED])
+
+
+def test_metadata_round_trip(exported):
+    model, path = exported
+    segmenter = OnnxSegmenter(path)
+    assert segmenter.config == model.config
+    assert segmenter.config.class_names == NAMES and segmenter.config.palette == PALETTE
+    assert segmenter.device == torch.device("cpu") and segmenter.eval() is segmenter
+
+
+@pytest.mark.parametrize("options", [{}, {"mode": "slide", "crop_size": 64, "stride": 48}])
+def test_onnx_segmenter_through_predict_logits(mbv2, options):
+    model, path, _ = mbv2
+    x = torch.randn(1, 3, 97, 130, generator=torch.Generator().manual_seed(1))
+    expected = predict_logits(model, x, **options)
+    got = predict_logits(OnnxSegmenter(path), x, **options)
+    assert torch.equal(got.argmax(1), expected.argmax(1))
+    assert torch.allclose(got, expected, atol=1e-4)
+
+
+def test_onnx_segmenter_refuses_small_inputs(mbv2):
+    with pytest.raises(ValueError, match=">= 32"):
+        OnnxSegmenter(mbv2[1])(torch.zeros(1, 3, 31, 64))
+
+
+def test_onnx_segmenter_bad_files(mbv2, tmp_path):
+    with pytest.raises(CheckpointError, match="no such file"):
+        OnnxSegmenter(tmp_path / "missing.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(CheckpointError, match="cannot load ONNX model"):
+        OnnxSegmenter(tmp_path / "junk.onnx")
+    proto = onnx.load(str(mbv2[1]))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(tmp_path / "plain.onnx"))
+    with pytest.raises(CheckpointError, match="no 'refineseg_config' metadata"):
+        OnnxSegmenter(tmp_path / "plain.onnx")
+
+
+def test_export_config_checks_options():
+    with pytest.raises(ValueError, match="format"):
+        ExportConfig(checkpoint="c", out="m.onnx", format="tflite")
+    with pytest.raises(ValueError, match=">= 32"):
+        ExportConfig(checkpoint="c", out="m.onnx", height=16)
+
+
+def test_missing_dependency_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # makes `import onnxscript` fail
+    with pytest.raises(RefineSegError, match=r"pip install 'refineseg\[export\]'"):
+        run_export(ExportConfig(checkpoint=str(tmp_path), out=str(tmp_path / "m.onnx")))
