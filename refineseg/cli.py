@@ -56,6 +56,13 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     run_predict(build_config(PredictConfig, args, args.config))
 
 
+def _cmd_export(args: argparse.Namespace) -> None:
+    from .config_utils import build_config
+    from .export import ExportConfig, run_export
+
+    run_export(build_config(ExportConfig, args, args.config))
+
+
 def _cmd_make_synthetic(args: argparse.Namespace) -> None:
     from .data import write_synthetic
 
@@ -95,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "evaluation", "EvalConfig", _cmd_evaluate)
     _dataclass_command(sub, "predict", "segment images; writes label PNGs and overlays", "prediction",
                        "PredictConfig", _cmd_predict, positional=("inputs",))
+
+    _dataclass_command(sub, "export", "export a checkpoint to ONNX (dynamic batch, height and width)", "export",
+                       "ExportConfig", _cmd_export)
 
     p = sub.add_parser("make-synthetic", help="write the built-in synthetic dataset in the folder layout")
     p.add_argument("dir", help="output folder")

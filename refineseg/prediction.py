@@ -33,7 +33,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 class PredictConfig:
     """Everything ``refineseg predict`` needs; one CLI flag / YAML key per field."""
 
-    checkpoint: str = required("checkpoint directory written by save_pretrained (e.g. runs/train/best)")
+    checkpoint: str = required("checkpoint directory written by save_pretrained (e.g. runs/train/best), "
+                               "or an .onnx file with --backend onnxruntime")
     inputs: list[str] = required("image files, folders (their images, not recursive) or glob patterns")
     out: str = option("runs/predict", "output directory for label PNGs and overlays")
     mode: str = option("whole", "inference mode", choices=MODES)
@@ -47,6 +48,8 @@ class PredictConfig:
     overlay: bool = option(True, "also write <stem>_overlay.png (photo + colours + legend)")
     alpha: float = option(0.5, "overlay opacity of the label colours, 0..1")
     device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: cuda when available)")
+    backend: str = option("torch", "inference engine; onnxruntime runs a file from `refineseg export`",
+                          choices=["torch", "onnxruntime"])
 
     def __post_init__(self) -> None:
         if isinstance(self.inputs, str):
@@ -107,6 +110,15 @@ def _output_name(stem: str, taken: set[str]) -> str:
     return name
 
 
+def load_predictor(checkpoint: str, backend: str = "torch", device: str | None = None):
+    """A callable ``(N, 3, H, W) -> logits`` with ``.config``: a model or an ONNX Runtime session."""
+    if backend == "onnxruntime":
+        from .export import OnnxSegmenter
+
+        return OnnxSegmenter(checkpoint)
+    return from_pretrained(checkpoint, map_location=select_device(device))
+
+
 PREVIEW_SIDE = 4096  # overlays of tiled predictions are drawn at most this large
 
 
@@ -138,8 +150,7 @@ def run_predict(config: PredictConfig) -> list[Path]:
     Returns the label PNG paths in input order. An unreadable input raises DataError naming it.
     """
     paths = expand_inputs(config.inputs)
-    device = select_device(config.device)
-    model = from_pretrained(config.checkpoint, map_location=device)
+    model = load_predictor(config.checkpoint, config.backend, config.device)
     palette, names = model.config.palette, model.config.class_names
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ import copy
 import io
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,7 +21,7 @@ import onnx  # noqa: E402
 import refineseg  # noqa: E402
 from refineseg.errors import CheckpointError, RefineSegError  # noqa: E402
 from refineseg.export import ExportConfig, OnnxSegmenter, export_onnx, run_export, validate_onnx  # noqa: E402
-from refineseg.inference import predict_logits  # noqa: E402
+from refineseg.inference import predict_logits, segment  # noqa: E402
 
 NAMES = ["background", "road", "car", "tree"]
 PALETTE = [(0, 0, 0), (128, 64, 128), (0, 0, 142), (107, 142, 35)]
@@ -176,3 +177,27 @@ def test_missing_dependency_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # makes `import onnxscript` fail
     with pytest.raises(RefineSegError, match=r"pip install 'refineseg\[export\]'"):
         run_export(ExportConfig(checkpoint=str(tmp_path), out=str(tmp_path / "m.onnx")))
+
+
+@pytest.mark.slow
+def test_cli_export_then_predict_with_onnxruntime(tmp_path):
+    """`refineseg export` then `refineseg predict --backend onnxruntime` gives the torch labels."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    torch.manual_seed(0)
+    model = refineseg.create_model("lw_refinenet_mbv2", num_classes=4).eval()
+    model.save_pretrained(tmp_path / "ckpt")
+    image = np.random.default_rng(0).integers(0, 255, (70, 90, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "img.png")
+    onnx_file = tmp_path / "model.onnx"
+    for args in (["export", "--checkpoint", str(tmp_path / "ckpt"), "--format", "onnx", "--out", str(onnx_file),
+                  "--height", "64", "--width", "64"],
+                 ["predict", "--checkpoint", str(onnx_file), "--backend", "onnxruntime", "--out",
+                  str(tmp_path / "pred"), str(tmp_path / "img.png")]):
+        proc = subprocess.run([sys.executable, "-m", "refineseg", *args], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    labels = np.asarray(Image.open(tmp_path / "pred" / "img.png"))
+    assert np.array_equal(labels, segment(model, image))
