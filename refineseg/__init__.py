@@ -11,6 +11,8 @@ from .blocks import ChainedResidualPooling, MultiResolutionFusion, RefineNetBloc
 from .checkpoints import from_pretrained, from_reference, load_backbone_weights, save_pretrained, to_reference
 from .errors import CheckpointError, DataError, RefineSegError
 from .models import ModelConfig, SegmentationModel, create_model, list_models
+from .optimize import fold_batch_norm, optimize_for_inference
+from .tiling import predict_tiled
 
 __version__ = "0.1.0"
 
@@ -18,5 +20,6 @@ __all__ = [
     "ResidualConvUnit", "MultiResolutionFusion", "ChainedResidualPooling", "RefineNetBlock",
     "ModelConfig", "SegmentationModel", "create_model", "list_models",
     "from_pretrained", "from_reference", "load_backbone_weights", "save_pretrained", "to_reference",
+    "optimize_for_inference", "fold_batch_norm", "predict_tiled",
     "RefineSegError", "DataError", "CheckpointError",
 ]

@@ -92,7 +92,10 @@ class MultiResolutionFusion(nn.Module):
     def forward(self, paths: Sequence[torch.Tensor]) -> torch.Tensor:
         if not self.convs:
             return paths[0]
-        size = max((p.shape[-2:] for p in paths), key=lambda s: s[0] * s[1])
+        size = paths[0].shape[-2:]
+        for p in paths[1:]:  # the finest path (a plain loop: no graph break under torch.compile)
+            if p.shape[-2] * p.shape[-1] > size[0] * size[1]:
+                size = p.shape[-2:]
         out = None
         for path, conv_i in zip(paths, self.convs):
             y = resize(conv_i(path), size)

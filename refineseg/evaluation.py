@@ -22,27 +22,14 @@ from .checkpoints import from_pretrained
 from .config_utils import option, required
 from .data import build_dataset, eval_transform
 from .errors import CheckpointError, RefineSegError, file_error
-from .inference import predict_logits
+from .inference import InferenceOptions, check_inference_options, predict_logits, select_device
 from .metrics import ConfusionMatrix, format_table, summarize
 
-MODES = ["whole", "slide", "multiscale"]
 DATASET_NAMES = ["synthetic", "voc", "cityscapes", "ade20k", "folder"]
 
 
-def check_inference_options(mode: str, crop_size: int, stride: int | None, scales: Sequence[float]) -> None:
-    """Raise ValueError for options :func:`~refineseg.inference.predict_logits` cannot use."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if crop_size < 1:
-        raise ValueError(f"crop_size must be >= 1, got {crop_size}")
-    if stride is not None and not 0 < stride <= crop_size:
-        raise ValueError(f"stride must be in [1, crop_size={crop_size}], got {stride}")
-    if not scales or any(s <= 0 for s in scales):
-        raise ValueError(f"scales must be positive numbers, got {list(scales)}")
-
-
-@dataclass
-class EvalConfig:
+@dataclass(kw_only=True)
+class EvalConfig(InferenceOptions):
     """Everything ``refineseg evaluate`` needs; one CLI flag / YAML key per field."""
 
     checkpoint: str = required("checkpoint directory written by save_pretrained (e.g. runs/train/best)")
@@ -50,15 +37,11 @@ class EvalConfig:
     data_root: str | None = option(None, "dataset root folder (not needed for synthetic)")
     split: str = option("val", "split to evaluate")
     out: str = option("runs/eval", "output directory for metrics.json and confusion_matrix.png")
-    mode: str = option("whole", "inference mode", choices=MODES)
-    crop_size: int = option(512, "window size for slide/multiscale inference")
-    stride: int | None = option(None, "sliding-window step (default: 2/3 of crop_size)")
     scales: list[float] = option([0.5, 0.75, 1.0, 1.25, 1.5, 1.75], "image scales for multiscale inference")
     flip: bool = option(True, "also average horizontally flipped passes (multiscale only)")
     resize: int | None = option(None, "resize the shorter image side to this before inference; "
                                     "metrics are computed at that size (default: as is)")
     confusion_png: bool = option(True, "write confusion_matrix.png")
-    device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: cuda when available)")
     synthetic_val: int = option(64, "synthetic dataset: number of images")
     synthetic_size: int = option(128, "synthetic dataset: image side")
     workers: int = option(0, "data-loading worker processes")
@@ -66,24 +49,11 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.dataset not in DATASET_NAMES:
             raise ValueError(f"dataset must be one of {', '.join(DATASET_NAMES)}, got {self.dataset!r}")
-        check_inference_options(self.mode, self.crop_size, self.stride, self.scales)
+        super().__post_init__()
         if self.resize is not None and self.resize < 1:
             raise ValueError(f"resize must be >= 1, got {self.resize}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
-
-
-def select_device(device: str | None) -> torch.device:
-    """``device`` as a torch.device; None means cuda when available, else cpu."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise RefineSegError(f"invalid device {device!r} ({e})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RefineSegError(f"device {device!r} requested but CUDA is not available")
-    return dev
 
 
 def evaluate_model(
@@ -141,6 +111,7 @@ def run_evaluate(config: EvalConfig) -> dict[str, Any]:
     """
     device = select_device(config.device)
     model = from_pretrained(config.checkpoint, map_location=device)
+    runner = config.prepare(model)
     transform = eval_transform(model.config.mean, model.config.std, resize=config.resize)
     extra = {}
     if config.dataset == "synthetic":
@@ -152,9 +123,8 @@ def run_evaluate(config: EvalConfig) -> dict[str, Any]:
                          f"has {dataset.num_classes}")
 
     rank = distributed.rank()
-    summary, matrix = evaluate_model(model, dataset, mode=config.mode, crop_size=config.crop_size,
-                                     stride=config.stride, scales=config.scales, flip=config.flip,
-                                     device=device, workers=config.workers)
+    summary, matrix = evaluate_model(runner, dataset, **config.logits_options(), device=device,
+                                     workers=config.workers)
     summary.update(mode=config.mode, checkpoint=str(config.checkpoint), dataset=config.dataset,
                    split=config.split, num_images=len(dataset))
     if rank != 0:

@@ -21,40 +21,33 @@ from .checkpoints import from_pretrained
 from .data import read_image, read_large_image, write_label_png, write_label_tiff
 from .errors import DataError, file_error
 from .config_utils import option, required
-from .evaluation import MODES, check_inference_options, select_device
-from .inference import segment
+from .inference import InferenceOptions, segment, select_device
 from .tiling import predict_tiled
 from .visualize import overlay
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-@dataclass
-class PredictConfig:
+@dataclass(kw_only=True)
+class PredictConfig(InferenceOptions):
     """Everything ``refineseg predict`` needs; one CLI flag / YAML key per field."""
 
     checkpoint: str = required("checkpoint directory written by save_pretrained (e.g. runs/train/best), "
                                "or an .onnx file with --backend onnxruntime")
     inputs: list[str] = required("image files, folders (their images, not recursive) or glob patterns")
     out: str = option("runs/predict", "output directory for label PNGs and overlays")
-    mode: str = option("whole", "inference mode", choices=MODES)
-    crop_size: int = option(512, "window size for slide/multiscale inference")
-    stride: int | None = option(None, "sliding-window step (default: 2/3 of crop_size)")
-    scales: list[float] = option([1.0], "image scales for multiscale inference")
-    flip: bool = option(False, "also average horizontally flipped passes (multiscale only)")
     tile: int | None = option(None, "tiled mode for images of any size: tile side in pixels (e.g. 1024); "
                                     "memory is bounded by the tile, not the image")
     overlap: int = option(128, "tiled mode: overlap between neighbouring tiles, blended smoothly")
     overlay: bool = option(True, "also write <stem>_overlay.png (photo + colours + legend)")
     alpha: float = option(0.5, "overlay opacity of the label colours, 0..1")
-    device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: cuda when available)")
     backend: str = option("torch", "inference engine; onnxruntime runs a file from `refineseg export`",
                           choices=["torch", "onnxruntime"])
 
     def __post_init__(self) -> None:
         if isinstance(self.inputs, str):
             self.inputs = [self.inputs]
-        check_inference_options(self.mode, self.crop_size, self.stride, self.scales)
+        super().__post_init__()
         if self.tile is not None and not 0 <= self.overlap < self.tile:
             raise ValueError(f"need 0 <= overlap < tile, got tile={self.tile}, overlap={self.overlap}")
         if not 0.0 <= self.alpha <= 1.0:
@@ -110,13 +103,13 @@ def _output_name(stem: str, taken: set[str]) -> str:
     return name
 
 
-def load_predictor(checkpoint: str, backend: str = "torch", device: str | None = None):
-    """A callable ``(N, 3, H, W) -> logits`` with ``.config``: a model or an ONNX Runtime session."""
-    if backend == "onnxruntime":
+def load_predictor(config: PredictConfig):
+    """A callable ``(N, 3, H, W) -> logits`` with ``.config``: a (fast-path) model or an ONNX session."""
+    if config.backend == "onnxruntime":
         from .export import OnnxSegmenter
 
-        return OnnxSegmenter(checkpoint)
-    return from_pretrained(checkpoint, map_location=select_device(device))
+        return OnnxSegmenter(config.checkpoint)
+    return config.prepare(from_pretrained(config.checkpoint, map_location=select_device(config.device)))
 
 
 PREVIEW_SIDE = 4096  # overlays of tiled predictions are drawn at most this large
@@ -150,7 +143,7 @@ def run_predict(config: PredictConfig) -> list[Path]:
     Returns the label PNG paths in input order. An unreadable input raises DataError naming it.
     """
     paths = expand_inputs(config.inputs)
-    model = load_predictor(config.checkpoint, config.backend, config.device)
+    model = load_predictor(config)
     palette, names = model.config.palette, model.config.class_names
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -166,8 +159,7 @@ def run_predict(config: PredictConfig) -> list[Path]:
                 label_path = _predict_large(model, path, out, name, config)
             else:
                 image = read_image(path)
-                labels = segment(model, image, mode=config.mode, crop_size=config.crop_size, stride=config.stride,
-                                 scales=config.scales, flip=config.flip)
+                labels = segment(model, image, **config.logits_options())
                 label_path = out / f"{name}.png"
                 write_label_png(label_path, labels, palette)
                 if config.overlay:

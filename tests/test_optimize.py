@@ -167,3 +167,17 @@ def test_compiled_model_matches_eager_at_two_sizes():
         for size in ((64, 64), (64, 96)):
             x = images(size, n=1)
             assert relative_error(fast(x), model(x)) < 1e-4
+
+
+def test_evaluate_and_predict_use_the_fast_path_by_default():
+    from refineseg.evaluation import EvalConfig
+    from refineseg.optimize import InferenceModel
+    from refineseg.prediction import PredictConfig
+
+    model = refineseg.create_model("lw_refinenet_mbv2", num_classes=3)
+    for config in (EvalConfig(checkpoint="c", dataset="synthetic"), PredictConfig(checkpoint="c", inputs=["x"])):
+        assert isinstance(config.prepare(model), InferenceModel)
+    plain = PredictConfig(checkpoint="c", inputs=["x"], optimize=False).prepare(model)
+    assert plain is model and not model.training
+    bf16 = PredictConfig(checkpoint="c", inputs=["x"], precision="bf16").prepare(model)
+    assert isinstance(bf16, InferenceModel)

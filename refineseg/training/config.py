@@ -36,6 +36,8 @@ class TrainConfig:
     dropout: float | None = option(None, "dropout probability (default: the family's published value)")
     output_stride: int = option(32, "backbone output stride (ResNet: 32, 16 or 8)")
     backbone_weights: str | None = option(None, "torchvision ImageNet checkpoint for the backbone")
+    grad_checkpointing: bool = option(False, "recompute backbone stages and RefineNet blocks in the backward pass: "
+                                              "several times less activation memory, slower steps")
     amp: str = option("none", "mixed precision", choices=["none", "bf16", "fp16"])
     seed: int = option(0, "random seed (data order, augmentation, initialization)")
     workers: int = option(2, "data-loading worker processes per training process")

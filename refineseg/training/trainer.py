@@ -28,7 +28,9 @@ from .. import distributed as dist_utils
 from ..config_utils import save_yaml
 from ..data import build_dataset, eval_transform, train_transform
 from ..errors import CheckpointError, RefineSegError, file_error
-from ..evaluation import evaluate_model, select_device
+from ..evaluation import evaluate_model
+from ..inference import select_device
+from ..models.checkpointing import enable_grad_checkpointing
 from ..models import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel, create_model
 from ..visualize import plot_curves
 from .checkpointing import STATE_NAME, atomic_directory, capture_rng_state, load_training_state, recover_directory, restore_rng_state
@@ -174,6 +176,8 @@ def _train(config: TrainConfig, device: torch.device, distributed: bool) -> dict
     train_set, val_set = _datasets(config, IMAGENET_MEAN, IMAGENET_STD)  # the models' input normalization
     model, state = _build_or_resume(config, train_set, out)
     model.to(device).train()
+    if config.grad_checkpointing:
+        enable_grad_checkpointing(model)
     if config.sync_bn and distributed and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = build_optimizer(model, config)
