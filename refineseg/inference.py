@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config_utils import option
+from .data.transforms import normalize
 from .errors import RefineSegError
 
 MODES = ["whole", "slide", "multiscale"]
@@ -24,10 +25,7 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def preprocess(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """(H, W, 3) uint8 RGB -> normalized (1, 3, H, W) float32."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return ((x - mean_t) / std_t).unsqueeze(0)
+    return normalize(image, mean, std).unsqueeze(0)
 
 
 def _window_starts(length: int, crop: int, stride: int) -> list[int]:

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .inference import preprocess
+
 MIN_SIDE = 32  # the models' smallest accepted input side
 
 
@@ -58,11 +60,6 @@ def _windows(spans: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
         blend_window(s, e, spans[k - 1][1] if k > 0 else None, spans[k + 1][0] if k + 1 < len(spans) else None)
         for k, (s, e) in enumerate(spans)
     ]
-
-
-def _normalize(tile: np.ndarray, mean: torch.Tensor, std: torch.Tensor, device: torch.device) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(tile)).to(device).permute(2, 0, 1).float().div_(255)
-    return ((x - mean) / std).unsqueeze(0)
 
 
 def _run(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -100,8 +97,6 @@ def predict_tiled(
     mean = mean or config.mean
     std = std or config.std
     device = getattr(model, "device", None) or next(model.parameters()).device
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32, device=device).view(3, 1, 1)
 
     height, width = image.shape[:2]
     labels = np.empty((height, width), np.uint8) if out is None else out
@@ -115,7 +110,7 @@ def predict_tiled(
         right: torch.Tensor | None = None  # weighted logits of columns shared with the next tile
         for j, (x0, x1) in enumerate(cols):
             x_final = cols[j + 1][0] if j + 1 < len(cols) else x1
-            logits = _run(model, _normalize(image[y0:y1, x0:x1], mean_t, std_t, device))
+            logits = _run(model, preprocess(image[y0:y1, x0:x1], mean, std).to(device))
             weight = (row_windows[i][:, None] * col_windows[j][None, :]).to(logits.device)
             acc = logits * weight
             if right is not None:  # includes the carried rows above for these columns

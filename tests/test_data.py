@@ -15,10 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
+from refineseg.visualize import color_palette
 from refineseg.data import (
     ADE20K, ADE20K_CLASSES, CITYSCAPES_CLASSES, VOC_CLASSES, VOC_PALETTE, Cityscapes, FolderDataset,
     IMAGENET_MEAN, SegmentationDataset, VOCSegmentation, build_dataset, denormalize, eval_transform,
-    normalize, read_image, read_large_image, read_mask, train_transform, voc_colormap, write_label_png,
+    normalize, read_image, read_large_image, read_mask, train_transform, write_label_png,
 )
 from refineseg.errors import DataError
 
@@ -170,7 +171,7 @@ def test_voc_layouts_and_train_aug(tmp_path):
     aug = VOCSegmentation(tmp_path, "train_aug")
     assert aug.samples[0][1].endswith(os.path.join("SegmentationClassAug", "2008_000001.png"))
     assert np.array_equal(aug[0][1], truth["2008_000001"])
-    assert VOC_PALETTE[:3] == [(0, 0, 0), (128, 0, 0), (0, 128, 0)] and voc_colormap()[255] == (224, 224, 192)
+    assert VOC_PALETTE[:3] == [(0, 0, 0), (128, 0, 0), (0, 128, 0)] and color_palette(256)[255] == (224, 224, 192)
     missing = base / "ImageSets" / "Segmentation" / "trainval.txt"
     with raises_naming(missing, "split file"):
         VOCSegmentation(tmp_path, "trainval")

@@ -26,14 +26,7 @@ from refineseg.evaluation import EvalConfig, evaluate_model, run_evaluate
 
 K = len(SYNTHETIC_CLASSES)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest single-threaded (no oversubscription on busy CI machines)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(num_classes: int = K, seed: int = 0) -> refineseg.SegmentationModel:

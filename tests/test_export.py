@@ -29,15 +29,8 @@ TRACED = (64, 64)
 # (N, H, W): the traced size, odd sizes, a batch of 2, the smallest accepted side.
 SHAPES = [(1, 64, 64), (1, 97, 130), (2, 80, 112), (1, 32, 45)]
 
-pytestmark = pytest.mark.slow  # each export traces the model symbolically (~10-20 s on a small CPU)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Each export traces the model symbolically (~10-20 s on a small CPU).
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 def make_model(name: str) -> refineseg.SegmentationModel:

@@ -23,14 +23,7 @@ from refineseg.visualize import overlay
 NAMES = ["background", "road", "car", "tree"]
 PALETTE = [(0, 0, 0), (128, 64, 128), (0, 0, 142), (107, 142, 35)]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest single-threaded (no oversubscription on busy CI machines)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model() -> refineseg.SegmentationModel:

@@ -7,7 +7,7 @@ a normalised float32 (3, H, W) tensor and an int64 (H, W) tensor of class indice
 from .build import DATASETS, build_dataset
 from .classes import (
     ADE20K_CLASSES, ADE20K_PALETTE, CITYSCAPES_CLASSES, CITYSCAPES_LABEL_TO_TRAIN, CITYSCAPES_PALETTE,
-    VOC_CLASSES, VOC_PALETTE, voc_colormap,
+    VOC_CLASSES, VOC_PALETTE,
 )
 from .datasets import ADE20K, Cityscapes, SegmentationDataset, VOCSegmentation
 from .folder import FolderDataset, load_classes_file, parse_classes
@@ -26,5 +26,5 @@ __all__ = [
     "train_transform", "eval_transform", "PairTransform", "normalize", "denormalize",
     "IMAGENET_MEAN", "IMAGENET_STD",
     "VOC_CLASSES", "VOC_PALETTE", "CITYSCAPES_CLASSES", "CITYSCAPES_PALETTE", "CITYSCAPES_LABEL_TO_TRAIN",
-    "ADE20K_CLASSES", "ADE20K_PALETTE", "SYNTHETIC_CLASSES", "SYNTHETIC_PALETTE", "voc_colormap",
+    "ADE20K_CLASSES", "ADE20K_PALETTE", "SYNTHETIC_CLASSES", "SYNTHETIC_PALETTE",
 ]

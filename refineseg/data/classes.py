@@ -4,26 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..visualize import color_palette
+
 Color = tuple[int, int, int]
-
-
-def voc_colormap(n: int = 256) -> list[Color]:
-    """PASCAL VOC colour map: the bits of the class index are spread over R, G and B, high bits first.
-
-    Entry 0 is black, 1 is (128, 0, 0), 2 is (0, 128, 0), ...; 255 is (224, 224, 192), the
-    colour VOC uses for its "ignore" boundary pixels. Distinct for all 256 indices.
-    """
-    colors = []
-    for index in range(n):
-        r = g = b = 0
-        c = index
-        for shift in range(7, -1, -1):  # 3 bits of the index per step, placed from bit 7 downwards
-            r |= (c & 1) << shift
-            g |= ((c >> 1) & 1) << shift
-            b |= ((c >> 2) & 1) << shift
-            c >>= 3
-        colors.append((r, g, b))
-    return colors
 
 
 VOC_CLASSES = [
@@ -31,7 +14,7 @@ VOC_CLASSES = [
     "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
     "train", "tvmonitor",
 ]
-VOC_PALETTE = voc_colormap(len(VOC_CLASSES))
+VOC_PALETTE = color_palette(len(VOC_CLASSES))
 
 CITYSCAPES_CLASSES = [
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
@@ -81,7 +64,7 @@ ADE20K_CLASSES = [
     "monitor", "bulletin board", "shower", "radiator", "glass", "clock", "flag",
 ]
 #: Generated palette: VOC colour map entries 1..150 (distinct, deterministic, never black).
-ADE20K_PALETTE = voc_colormap(len(ADE20K_CLASSES) + 1)[1:]
+ADE20K_PALETTE = color_palette(len(ADE20K_CLASSES) + 1)[1:]
 
 
 def ade20k_lut() -> np.ndarray:

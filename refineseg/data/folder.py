@@ -19,7 +19,8 @@ import numpy as np
 
 from refineseg.errors import DataError, file_error
 
-from .classes import Color, voc_colormap
+from ..visualize import color_palette
+from .classes import Color
 from .datasets import SegmentationDataset, Transform, _read_list
 from .io import PathLike, read_mask
 
@@ -141,7 +142,7 @@ class FolderDataset(SegmentationDataset):
                 raise file_error(DataError, images[stem], f"no mask found (expected {mask})")
             samples.append((images[stem], mask))
 
-        fallback = voc_colormap(len(names))
+        fallback = color_palette(len(names))
         palette = [c if c is not None else fallback[i] for i, c in enumerate(colors)]
         super().__init__(samples, names, palette, transform)
         self.root, self.split = root, split

@@ -23,14 +23,14 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .classes import voc_colormap
+from ..visualize import color_palette
 from .datasets import SegmentationDataset, Transform
 from .io import PathLike, write_image, write_label_png
 
 SYNTHETIC_CLASSES = ["background", "disk", "square", "stripes", "wire", "dot"]
 BACKGROUND, DISK, SQUARE, STRIPES, WIRE, DOT = range(len(SYNTHETIC_CLASSES))
 #: Display colours of the labels (not the rendered image colours).
-SYNTHETIC_PALETTE = voc_colormap(len(SYNTHETIC_CLASSES))
+SYNTHETIC_PALETTE = color_palette(len(SYNTHETIC_CLASSES))
 
 # Nominal image colours; each image jitters them a little (square and stripes together).
 _DISK_RGB = (40, 110, 220)

@@ -28,8 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..models.config import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _albumentations() -> tuple[Any, Any]:
