@@ -7,8 +7,8 @@ Every user-facing error (:class:`~refineseg.errors.RefineSegError`) is printed a
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
-from pathlib import Path
 from typing import Callable, Sequence
 
 from .errors import RefineSegError, one_line
@@ -123,10 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     handler: Handler = args.handler
     try:
         return int(handler(args) or 0)
     except RefineSegError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except ImportError as e:  # an optional extra is missing; the message names the pip command
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

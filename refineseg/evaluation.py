@@ -21,7 +21,7 @@ from . import distributed
 from .checkpoints import from_pretrained
 from .config_utils import option, required
 from .data import build_dataset, eval_transform
-from .errors import CheckpointError, RefineSegError, file_error
+from .errors import CheckpointError, file_error
 from .inference import InferenceOptions, check_inference_options, predict_logits, select_device
 from .metrics import ConfusionMatrix, format_table, summarize
 
