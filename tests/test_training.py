@@ -138,3 +138,28 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path
     torch.manual_seed(1)
     initial = build_model(from_pretrained(tmp_path / "single" / "last").config).state_dict()
     assert not torch.allclose(initial["head.conv.weight"], single["head.conv.weight"])
+
+
+@pytest.mark.slow
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    # Frozen BN and no dropout: two micro-batches of 2 must equal one batch of 4. Scales >= 1 keep
+    # every crop pixel valid, so per-micro-batch means average to the big batch's mean.
+    common = [*TINY, "--iters", "2", "--seed", "2", "--freeze-bn", "--dropout", "0", "--val-interval", "0",
+              "--ckpt-interval", "2", "--scale-min", "1.0", "--scale-max", "1.5"]
+    run_cli("train", *common, "--batch-size", "4", "--out", str(tmp_path / "big"))
+    run_cli("train", *common, "--batch-size", "2", "--accum-steps", "2", "--out", str(tmp_path / "accum"))
+    big, accum = weights(tmp_path / "big" / "last"), weights(tmp_path / "accum" / "last")
+    for key in big:
+        if big[key].is_floating_point():
+            err = (big[key] - accum[key]).norm() / big[key].norm().clamp(min=1e-12)
+            assert err <= 1e-5, f"{key}: relative error {err:.2e}"
+
+
+def test_bf16_mixed_precision_trains(tmp_path):
+    run_cli("train", *TINY, "--iters", "2", "--batch-size", "2", "--amp", "bf16", "--val-interval", "0",
+            "--out", str(tmp_path / "bf16"))
+    import json
+    losses = [r["loss"] for r in map(json.loads, (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines())
+              if "loss" in r]
+    assert len(losses) == 2 and all(0 < loss < 10 for loss in losses)
+    assert all(v.dtype == torch.float32 for v in weights(tmp_path / "bf16" / "last").values() if v.is_floating_point())
