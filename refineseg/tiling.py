@@ -9,7 +9,7 @@ Tiles run in raster order and only two small buffers of weighted logits are kept
 ``overlap`` rows shared with the next row of tiles (C × overlap × W, stored as float16) and the
 ``overlap`` columns shared with the next tile (C × tile × overlap). A pixel's label is final once
 the last tile covering it is done; it goes straight into the uint8 label map. No float tensor of
-the full image is ever allocated.
+the full image is ever allocated, and rows of a memory-mapped input are released once done.
 
 When one tile covers the whole image the result equals whole-image inference exactly.
 """
@@ -17,6 +17,7 @@ When one tile covers the whole image the result equals whole-image inference exa
 from __future__ import annotations
 
 import math
+import mmap
 from typing import Callable, Sequence
 
 import numpy as np
@@ -60,6 +61,22 @@ def _windows(spans: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
         blend_window(s, e, spans[k - 1][1] if k > 0 else None, spans[k + 1][0] if k + 1 < len(spans) else None)
         for k, (s, e) in enumerate(spans)
     ]
+
+
+def _release_rows(image: np.ndarray, stop: int) -> None:
+    """Drop the resident pages of a memory-mapped image's rows ``< stop``: they are never read again.
+
+    A memory-mapped input (an uncompressed TIFF) then occupies about one row of tiles in RAM
+    instead of growing to the whole file as the scan proceeds. In-memory arrays are left alone.
+    """
+    mapping = getattr(image, "_mmap", None)
+    if mapping is None or not hasattr(mapping, "madvise") or not image.flags.c_contiguous:
+        return
+    start_in_file = image.offset - image.offset % mmap.ALLOCATIONGRANULARITY  # where the mapping begins
+    end = image.offset - start_in_file + stop * image.strides[0]
+    end -= end % mmap.PAGESIZE
+    if end > 0:
+        mapping.madvise(mmap.MADV_DONTNEED, 0, end)
 
 
 def _run(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -126,5 +143,6 @@ def predict_tiled(
             right = acc[:, :, x_final - x0:] if x_final < x1 else None
             bar.update(1)
         bottom = new_bottom
+        _release_rows(image, y_final)
     bar.close()
     return labels

@@ -104,3 +104,16 @@ def test_predict_cli_tiled_mode_reads_and_writes_tiff(tmp_path, model):
     assert np.array_equal(tifffile.imread(written[0]), expected)
     assert np.array_equal(np.asarray(Image.open(written[1])), expected)
     assert (tmp_path / "out" / "scan_overlay.png").is_file()
+
+
+def test_memory_mapped_input_gives_the_same_labels(tmp_path, model, image):
+    import tifffile
+
+    from refineseg.data import read_large_image
+
+    tifffile.imwrite(tmp_path / "big.tif", image)
+    mapped = read_large_image(tmp_path / "big.tif")
+    assert isinstance(mapped, np.memmap)
+    expected = predict_tiled(model, image, tile=64, overlap=16, progress=False)
+    assert np.array_equal(predict_tiled(model, mapped, tile=64, overlap=16, progress=False), expected)
+    assert np.array_equal(np.asarray(mapped), image)  # released pages are read back from the file
