@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import subprocess
@@ -161,5 +162,5 @@ def test_bf16_mixed_precision_trains(tmp_path):
     import json
     losses = [r["loss"] for r in map(json.loads, (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines())
               if "loss" in r]
-    assert len(losses) == 2 and all(0 < loss < 10 for loss in losses)
+    assert len(losses) == 2 and all(math.isfinite(loss) and loss > 0 for loss in losses)
     assert all(v.dtype == torch.float32 for v in weights(tmp_path / "bf16" / "last").values() if v.is_floating_point())
