@@ -6,40 +6,36 @@ so even the largest variant is measured in a fraction of a second without alloca
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+if TYPE_CHECKING:
+    from .models import SegmentationModel
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def count_macs(model: nn.Module, height: int = 512, width: int = 512, batch: int = 1) -> int:
+def count_macs(model: "SegmentationModel", height: int = 512, width: int = 512, batch: int = 1) -> int:
     """Multiply-accumulates of one forward pass at (batch, 3, height, width).
 
     Counts convolutions, matmuls and the like (FlopCounterMode's FLOPs / 2); pooling,
     activations and interpolation are not counted, as is customary for GMAC figures.
     """
+    from .models import build_model
+
+    if not all(p.is_meta for p in model.parameters()):  # measure a shape-only twin, not the real weights
+        with torch.device("meta"):
+            model = build_model(model.config)
     x = torch.empty(batch, 3, height, width, device="meta")
-    meta_model = model if _on_meta(model) else _meta_copy(model)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        meta_model.eval()(x)
+        model.eval()(x)
     return counter.get_total_flops() // 2
-
-
-def _on_meta(model: nn.Module) -> bool:
-    return all(p.is_meta for p in model.parameters())
-
-
-def _meta_copy(model: nn.Module) -> nn.Module:
-    from .models import SegmentationModel, build_model
-
-    if isinstance(model, SegmentationModel):
-        with torch.device("meta"):
-            return build_model(model.config)
-    return model  # other modules are measured where they are
 
 
 def summarize_model(name: str, num_classes: int = 21, height: int = 512, width: int = 512) -> dict:
