@@ -79,7 +79,7 @@ def run_training(spec: dict) -> dict:
     import torch.nn.functional as F
 
     import refineseg
-    from refineseg.models.checkpointing import enable_grad_checkpointing
+    from refineseg.models.grad_checkpointing import enable_grad_checkpointing
 
     torch.manual_seed(0)
     model = refineseg.create_model(spec["model"], num_classes=21).train()

@@ -8,11 +8,14 @@ Quick start::
 """
 
 from .blocks import ChainedResidualPooling, MultiResolutionFusion, RefineNetBlock, ResidualConvUnit
-from .checkpoints import from_pretrained, from_reference, load_backbone_weights, save_pretrained, to_reference
 from .errors import CheckpointError, DataError, RefineSegError
-from .models import ModelConfig, SegmentationModel, create_model, list_models
+from .models import (
+    ModelConfig, SegmentationModel, create_model, from_pretrained, from_reference, list_models, save_pretrained,
+    to_reference,
+)
 from .optimize import fold_batch_norm, optimize_for_inference
 from .tiling import predict_tiled
+from .weights import load_backbone_weights
 
 __version__ = "0.1.0"
 

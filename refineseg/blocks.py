@@ -108,15 +108,25 @@ class ChainedResidualPooling(nn.Module):
 
     Each stage pools the previous stage's output, so the receptive field grows with the chain
     while the residual sum keeps every scale.
+
+    ``relu_stage=True`` reproduces the founding document's code, whose CRP (an ``nn.ModuleList``
+    that registered its ReLU before its stages) ran the ReLU as an extra first stage:
+    ``top = relu(x); x = x + top`` before the pooling stages, so the output is
+    ``x + relu(x) + s1 + ... + sn`` (``2·x + ...`` for the non-negative input it receives inside a
+    RefineNet block). Only ``seed_refinenet*`` uses it, so checkpoints of that code load exactly.
     """
 
-    def __init__(self, channels: int, num_stages: int = 4, kernel_size: int = 3) -> None:
+    def __init__(self, channels: int, num_stages: int = 4, kernel_size: int = 3, relu_stage: bool = False) -> None:
         super().__init__()
+        self.relu_stage = relu_stage
         self.pool = nn.MaxPool2d(kernel_size=5, stride=1, padding=2)
         self.convs = nn.ModuleList(conv(channels, channels, kernel_size) for _ in range(num_stages))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         top = x
+        if self.relu_stage:
+            top = torch.relu(x)
+            x = x + top
         for conv_i in self.convs:
             top = conv_i(self.pool(top))
             x = x + top
@@ -132,6 +142,7 @@ class RefineNetBlock(nn.Module):
         path_rcus: number of RCUs on each input path (an int for all paths, or one per path).
         out_rcus: number of RCUs after the CRP.
         crp_stages: stages of the CRP (0 disables it).
+        crp_relu_stage: the seed code's CRP variant (see :class:`ChainedResidualPooling`).
         kernel_size: kernel of every conv in the block (3, or 1 for Light-Weight RefineNet).
         rcu_batch_norm, rcu_bias_a, rcu_bias_b: RCU options (see :class:`ResidualConvUnit`).
         mrf_bias: whether the MRF convs carry a bias.
@@ -153,6 +164,7 @@ class RefineNetBlock(nn.Module):
         rcu_bias_b: bool = False,
         mrf_bias: bool = False,
         activation: str = "relu",
+        crp_relu_stage: bool = False,
     ) -> None:
         super().__init__()
         in_channels = list(in_channels)
@@ -172,7 +184,7 @@ class RefineNetBlock(nn.Module):
         self.path_rcus = nn.ModuleList(rcu_stack(c, n) for c, n in zip(in_channels, path_rcus))
         self.mrf = MultiResolutionFusion(in_channels, channels, kernel_size, bias=mrf_bias)
         self.act = make_activation(activation)
-        self.crp = ChainedResidualPooling(channels, crp_stages, kernel_size)
+        self.crp = ChainedResidualPooling(channels, crp_stages, kernel_size, relu_stage=crp_relu_stage)
         self.out_rcus = rcu_stack(channels, out_rcus)
 
     def forward(self, paths: Sequence[torch.Tensor]) -> torch.Tensor:

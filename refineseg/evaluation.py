@@ -18,22 +18,19 @@ from torch import nn
 from tqdm import tqdm
 
 from . import distributed
-from .checkpoints import from_pretrained
+from .models import from_pretrained
 from .config_utils import option, required
-from .data import build_dataset, eval_transform
+from .data import DATASETS, build_dataset, eval_transform
 from .errors import CheckpointError, file_error
-from .inference import InferenceOptions, check_inference_options, predict_logits, select_device
+from .inference import InferenceOptions, check_inference_options, predict_probabilities, select_device
 from .metrics import ConfusionMatrix, format_table, summarize
-
-DATASET_NAMES = ["synthetic", "voc", "cityscapes", "ade20k", "folder"]
-
 
 @dataclass(kw_only=True)
 class EvalConfig(InferenceOptions):
     """Everything ``refineseg evaluate`` needs; one CLI flag / YAML key per field."""
 
     checkpoint: str = required("checkpoint directory written by save_pretrained (e.g. runs/train/best)")
-    dataset: str = required("dataset type", choices=DATASET_NAMES)
+    dataset: str = required("dataset type", choices=list(DATASETS))
     data_root: str | None = option(None, "dataset root folder (not needed for synthetic)")
     split: str = option("val", "split to evaluate")
     out: str = option("runs/eval", "output directory for metrics.json and confusion_matrix.png")
@@ -47,8 +44,8 @@ class EvalConfig(InferenceOptions):
     workers: int = option(0, "data-loading worker processes")
 
     def __post_init__(self) -> None:
-        if self.dataset not in DATASET_NAMES:
-            raise ValueError(f"dataset must be one of {', '.join(DATASET_NAMES)}, got {self.dataset!r}")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
         super().__post_init__()
         if self.resize is not None and self.resize < 1:
             raise ValueError(f"resize must be >= 1, got {self.resize}")
@@ -60,7 +57,7 @@ def evaluate_model(
     model: nn.Module,
     dataset: Any,
     mode: str = "whole",
-    crop_size: int = 512,
+    crop: int = 512,
     stride: int | None = None,
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
@@ -78,7 +75,7 @@ def evaluate_model(
     Returns ``(summarize(...) dict, (C, C) int64 confusion matrix)`` with C = ``dataset.num_classes``,
     rows = ground truth.
     """
-    check_inference_options(mode, crop_size, stride, scales)
+    check_inference_options(mode, crop, stride, scales)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     rank, world = distributed.rank(), distributed.world_size()
     indices = list(range(rank, len(dataset), world))
@@ -93,9 +90,9 @@ def evaluate_model(
     try:
         with torch.inference_mode(), bar:
             for image, mask in bar:
-                scores = predict_logits(model, image.to(device), mode=mode, crop_size=crop_size,
-                                        stride=stride, scales=scales, flip=flip)
-                matrix.update(scores.argmax(1), mask.to(device))
+                probs = predict_probabilities(model, image.to(device), mode=mode, crop=crop, stride=stride,
+                                              scales=scales, flip=flip)
+                matrix.update(probs.argmax(1), mask.to(device))
     finally:
         model.train(was_training)
     matrix.all_reduce()
@@ -113,17 +110,15 @@ def run_evaluate(config: EvalConfig) -> dict[str, Any]:
     model = from_pretrained(config.checkpoint, map_location=device)
     runner = config.prepare(model)
     transform = eval_transform(model.config.mean, model.config.std, resize=config.resize)
-    extra = {}
-    if config.dataset == "synthetic":
-        extra = {"num_samples": config.synthetic_val, "size": config.synthetic_size}
-    dataset = build_dataset(config.dataset, config.data_root, config.split, transform, **extra)
+    dataset = build_dataset(config.dataset, config.data_root, config.split, transform,
+                            synthetic_samples=config.synthetic_val, synthetic_size=config.synthetic_size)
     if dataset.num_classes != model.config.num_classes:
         raise file_error(CheckpointError, config.checkpoint,
                          f"model has {model.config.num_classes} classes but the {config.dataset} dataset "
                          f"has {dataset.num_classes}")
 
     rank = distributed.rank()
-    summary, matrix = evaluate_model(runner, dataset, **config.logits_options(), device=device,
+    summary, matrix = evaluate_model(runner, dataset, **config.inference_kwargs(), device=device,
                                      workers=config.workers)
     summary.update(mode=config.mode, checkpoint=str(config.checkpoint), dataset=config.dataset,
                    split=config.split, num_images=len(dataset))

@@ -31,13 +31,12 @@ from torch import nn
 from . import __version__
 from .config_utils import option, required
 from .errors import CheckpointError, RefineSegError, file_error
-from .models import ModelConfig
+from .models import MIN_SIDE, ModelConfig, from_pretrained
 
 FORMATS = ["onnx"]
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 METADATA_KEY = "refineseg_config"
-MIN_SIDE = 32  # SegmentationModel refuses smaller inputs
 VALIDATION_SIZES = ((64, 64), (97, 130))
 
 
@@ -255,8 +254,6 @@ class OnnxSegmenter:
 
 def run_export(config: ExportConfig) -> Path:
     """Load ``config.checkpoint``, export it to ``config.out`` and optionally validate it."""
-    from .checkpoints import from_pretrained
-
     _import("onnx", "onnxscript", "onnxruntime")
     model = from_pretrained(config.checkpoint)
     path = export_onnx(model, config.out, config.height, config.width, config.opset)

@@ -18,6 +18,7 @@ from torch import nn
 from .config_utils import option
 from .data.transforms import normalize
 from .errors import RefineSegError
+from .models import MIN_SIDE
 
 MODES = ["whole", "slide", "multiscale"]
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -36,18 +37,17 @@ def _window_starts(length: int, crop: int, stride: int) -> list[int]:
     return [min(i * stride, length - crop) for i in range(count)]
 
 
-def slide_logits(model: nn.Module, x: torch.Tensor, crop_size: int, stride: int) -> torch.Tensor:
+def slide_logits(model: nn.Module, x: torch.Tensor, crop: int, stride: int) -> torch.Tensor:
     """Sliding-window logits: (N, 3, H, W) -> (N, C, H, W), overlapping windows averaged.
 
-    Windows are ``crop_size`` square (smaller where the image is smaller) every ``stride`` pixels.
+    Windows are ``crop`` square (smaller where the image is smaller) every ``stride`` pixels.
     """
-    if stride <= 0 or stride > crop_size:
-        raise ValueError(f"stride must be in (0, crop_size], got stride={stride}, crop_size={crop_size}")
+    check_inference_options("slide", crop, stride, (1.0,))
     n, _, h, w = x.shape
     total = count = None
-    for top in _window_starts(h, crop_size, stride):
-        for left in _window_starts(w, crop_size, stride):
-            window = x[:, :, top:top + crop_size, left:left + crop_size]
+    for top in _window_starts(h, crop, stride):
+        for left in _window_starts(w, crop, stride):
+            window = x[:, :, top:top + crop, left:left + crop]
             logits = model(window)
             if total is None:
                 total = logits.new_zeros(n, logits.shape[1], h, w)
@@ -58,40 +58,39 @@ def slide_logits(model: nn.Module, x: torch.Tensor, crop_size: int, stride: int)
 
 
 @torch.no_grad()
-def predict_logits(
+def predict_probabilities(
     model: nn.Module,
     x: torch.Tensor,
     mode: str = "whole",
-    crop_size: int = 512,
+    crop: int = 512,
     stride: int | None = None,
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
 ) -> torch.Tensor:
-    """Class scores (N, C, H, W) for a normalized batch (N, 3, H, W).
+    """Class probabilities (N, C, H, W) for a normalized batch (N, 3, H, W).
 
-    * ``whole``: one forward pass over the whole image; returns logits.
-    * ``slide``: sliding windows of ``crop_size`` every ``stride`` (default 2/3 of the crop);
-      returns logits averaged over overlaps.
+    * ``whole``: one forward pass over the whole image; the softmax of its logits.
+    * ``slide``: sliding windows of ``crop`` every ``stride`` (default 2/3 of the crop); the
+      softmax of the logits averaged over overlaps.
     * ``multiscale``: the image resized by each of ``scales`` (each pass sliding when the scaled
-      image exceeds ``crop_size``), optionally also flipped horizontally; returns softmax
-      probabilities averaged over all passes.
+      image exceeds ``crop``), optionally also flipped horizontally; the softmax probabilities
+      of the passes, averaged.
     """
-    if mode not in ("whole", "slide", "multiscale"):
-        raise ValueError(f"mode must be whole, slide or multiscale, got {mode!r}")
-    stride = stride or max(1, crop_size * 2 // 3)
+    check_inference_options(mode, crop, stride, scales)
+    stride = stride or max(1, crop * 2 // 3)
     if mode == "whole":
-        return model(x)
+        return model(x).softmax(1)
     if mode == "slide":
-        return slide_logits(model, x, crop_size, stride)
+        return slide_logits(model, x, crop, stride).softmax(1)
     h, w = x.shape[-2:]
     probs = None
     passes = 0
     for scale in scales:
-        size = (max(32, round(h * scale)), max(32, round(w * scale)))
+        size = (max(MIN_SIDE, round(h * scale)), max(MIN_SIDE, round(w * scale)))
         scaled = F.interpolate(x, size=size, mode="bilinear", align_corners=False) if size != (h, w) else x
         for flipped in (False, True) if flip else (False,):
             inp = scaled.flip(-1) if flipped else scaled
-            logits = slide_logits(model, inp, crop_size, stride) if max(size) > crop_size else model(inp)
+            logits = slide_logits(model, inp, crop, stride) if max(size) > crop else model(inp)
             if flipped:
                 logits = logits.flip(-1)
             p = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False).softmax(1)
@@ -104,25 +103,24 @@ def segment(model: nn.Module, image: np.ndarray, mean: Sequence[float] | None = 
             std: Sequence[float] | None = None, **options) -> np.ndarray:
     """Segment one (H, W, 3) uint8 RGB image -> (H, W) uint8 label map.
 
-    ``mean``/``std`` default to the model's config; ``options`` go to :func:`predict_logits`.
+    ``mean``/``std`` default to the model's config; ``options`` go to :func:`predict_probabilities`.
     """
     config = getattr(model, "config", None)
     mean = mean or config.mean
     std = std or config.std
     device = getattr(model, "device", None) or next(model.parameters()).device
     x = preprocess(image, mean, std).to(device)
-    scores = predict_logits(model, x, **options)
-    return scores.argmax(1)[0].to(torch.uint8).cpu().numpy()
+    return predict_probabilities(model, x, **options).argmax(1)[0].to(torch.uint8).cpu().numpy()
 
 
-def check_inference_options(mode: str, crop_size: int, stride: int | None, scales: Sequence[float]) -> None:
-    """Raise ValueError for options :func:`~refineseg.inference.predict_logits` cannot use."""
+def check_inference_options(mode: str, crop: int, stride: int | None, scales: Sequence[float]) -> None:
+    """Raise ValueError for options :func:`predict_probabilities` cannot use (the one place they are checked)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if crop_size < 1:
-        raise ValueError(f"crop_size must be >= 1, got {crop_size}")
-    if stride is not None and not 0 < stride <= crop_size:
-        raise ValueError(f"stride must be in [1, crop_size={crop_size}], got {stride}")
+    if crop < 1:
+        raise ValueError(f"crop must be >= 1, got {crop}")
+    if stride is not None and not 0 < stride <= crop:
+        raise ValueError(f"stride must be in [1, crop={crop}], got {stride}")
     if not scales or any(s <= 0 for s in scales):
         raise ValueError(f"scales must be positive numbers, got {list(scales)}")
 
@@ -150,8 +148,8 @@ class InferenceOptions:
     """
 
     mode: str = option("whole", "inference mode", choices=MODES)
-    crop_size: int = option(512, "window size for slide/multiscale inference")
-    stride: int | None = option(None, "sliding-window step (default: 2/3 of crop_size)")
+    crop: int = option(512, "window size for slide/multiscale inference")
+    stride: int | None = option(None, "sliding-window step (default: 2/3 of crop)")
     scales: list[float] = option([1.0], "image scales for multiscale inference")
     flip: bool = option(False, "also average horizontally flipped passes (multiscale only)")
     device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -160,7 +158,7 @@ class InferenceOptions:
     compile: bool = option(False, "torch.compile the model (slow first call, faster after)")
 
     def __post_init__(self) -> None:
-        check_inference_options(self.mode, self.crop_size, self.stride, self.scales)
+        check_inference_options(self.mode, self.crop, self.stride, self.scales)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
@@ -174,7 +172,6 @@ class InferenceOptions:
         return optimize_for_inference(model, fold_bn=self.optimize, channels_last=self.optimize,
                                       compile=self.compile, dtype=dtype)
 
-    def logits_options(self) -> dict:
-        """Keyword arguments of :func:`predict_logits` / :func:`segment`."""
-        return {"mode": self.mode, "crop_size": self.crop_size, "stride": self.stride, "scales": self.scales,
-                "flip": self.flip}
+    def inference_kwargs(self) -> dict:
+        """Keyword arguments of :func:`predict_probabilities` / :func:`segment`."""
+        return {"mode": self.mode, "crop": self.crop, "stride": self.stride, "scales": self.scales, "flip": self.flip}

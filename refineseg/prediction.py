@@ -17,16 +17,13 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .checkpoints import from_pretrained
-from .data import read_image, read_large_image, write_label_png, write_label_tiff
+from .models import from_pretrained
+from .data import IMAGE_SUFFIXES, TIFF_SUFFIXES, read_image, read_large_image, write_label_png, write_label_tiff
 from .errors import DataError, file_error
 from .config_utils import option, required
 from .inference import InferenceOptions, segment, select_device
 from .tiling import predict_tiled
 from .visualize import overlay
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-
 
 @dataclass(kw_only=True)
 class PredictConfig(InferenceOptions):
@@ -124,7 +121,7 @@ def _predict_large(model, path: Path, out: Path, name: str, config: PredictConfi
     image = read_large_image(path)
     labels = predict_tiled(model, image, tile=config.tile, overlap=config.overlap)
     palette = model.config.palette
-    if path.suffix.lower() in (".tif", ".tiff"):
+    if path.suffix.lower() in TIFF_SUFFIXES:
         label_path = out / f"{name}.tif"
         write_label_tiff(label_path, labels, palette)
     else:
@@ -159,7 +156,7 @@ def run_predict(config: PredictConfig) -> list[Path]:
                 label_path = _predict_large(model, path, out, name, config)
             else:
                 image = read_image(path)
-                labels = segment(model, image, **config.logits_options())
+                labels = segment(model, image, **config.inference_kwargs())
                 label_path = out / f"{name}.png"
                 write_label_png(label_path, labels, palette)
                 if config.overlay:

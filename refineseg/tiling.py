@@ -26,8 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .inference import preprocess
-
-MIN_SIDE = 32  # the models' smallest accepted input side
+from .models import MIN_SIDE
 
 
 def tile_spans(length: int, tile: int, overlap: int) -> list[tuple[int, int]]:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from refineseg.visualize import color_palette
+from refineseg.palette import color_palette
 from refineseg.data import (
     ADE20K, ADE20K_CLASSES, CITYSCAPES_CLASSES, VOC_CLASSES, VOC_PALETTE, Cityscapes, FolderDataset,
     IMAGENET_MEAN, SegmentationDataset, VOCSegmentation, build_dataset, denormalize, eval_transform,
@@ -332,7 +332,7 @@ def test_sample_validation_errors(tmp_path):
 def test_build_dataset(tmp_path):
     make_folder(tmp_path, ["a"])
     assert isinstance(build_dataset("folder", tmp_path, None), FolderDataset)
-    assert len(build_dataset("synthetic", None, "val", num_samples=3)) == 3
+    assert len(build_dataset("synthetic", None, "val", synthetic_samples=3)) == 3
     with raises_naming(tmp_path / "missing", "not found"):
         build_dataset("voc", tmp_path / "missing", "train")
     with pytest.raises(DataError, match="unknown dataset"):

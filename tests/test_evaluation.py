@@ -94,12 +94,12 @@ def test_slide_and_multiscale_agree_with_whole(data_root):
     model = make_model()
     dataset = FolderDataset(data_root, "val", transform=eval_transform(model.config.mean, model.config.std))
     _, whole = evaluate_model(model, dataset, mode="whole", progress=False)
-    _, slide = evaluate_model(model, dataset, mode="slide", crop_size=64, progress=False)
-    _, multi = evaluate_model(model, dataset, mode="multiscale", crop_size=96, scales=[1.0], flip=False,
+    _, slide = evaluate_model(model, dataset, mode="slide", crop=64, progress=False)
+    _, multi = evaluate_model(model, dataset, mode="multiscale", crop=96, scales=[1.0], flip=False,
                               progress=False)
     assert np.array_equal(whole, slide) and np.array_equal(whole, multi)
     # Real sliding windows (crop < image) and flipping do change the result.
-    _, small = evaluate_model(model, dataset, mode="slide", crop_size=40, stride=24, progress=False)
+    _, small = evaluate_model(model, dataset, mode="slide", crop=40, stride=24, progress=False)
     assert small.sum() == whole.sum() and not np.array_equal(small, whole)
 
 
@@ -186,7 +186,7 @@ def test_config_rejects_bad_options():
     with pytest.raises(ValueError, match="mode"):
         EvalConfig(checkpoint="x", dataset="synthetic", mode="tiles")
     with pytest.raises(ValueError, match="stride"):
-        EvalConfig(checkpoint="x", dataset="synthetic", crop_size=64, stride=128)
+        EvalConfig(checkpoint="x", dataset="synthetic", crop=64, stride=128)
     assert math.isclose(EvalConfig(checkpoint="x", dataset="voc").scales[-1], 1.75)
 
 

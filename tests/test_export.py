@@ -21,7 +21,7 @@ import onnx  # noqa: E402
 import refineseg  # noqa: E402
 from refineseg.errors import CheckpointError, RefineSegError  # noqa: E402
 from refineseg.export import ExportConfig, OnnxSegmenter, export_onnx, run_export, validate_onnx  # noqa: E402
-from refineseg.inference import predict_logits, segment  # noqa: E402
+from refineseg.inference import predict_probabilities, segment  # noqa: E402
 
 NAMES = ["background", "road", "car", "tree"]
 PALETTE = [(0, 0, 0), (128, 64, 128), (0, 0, 142), (107, 142, 35)]
@@ -131,12 +131,12 @@ def test_metadata_round_trip(exported):
     assert segmenter.device == torch.device("cpu") and segmenter.eval() is segmenter
 
 
-@pytest.mark.parametrize("options", [{}, {"mode": "slide", "crop_size": 64, "stride": 48}])
-def test_onnx_segmenter_through_predict_logits(mbv2, options):
+@pytest.mark.parametrize("options", [{}, {"mode": "slide", "crop": 64, "stride": 48}])
+def test_onnx_segmenter_through_predict_probabilities(mbv2, options):
     model, path, _ = mbv2
     x = torch.randn(1, 3, 97, 130, generator=torch.Generator().manual_seed(1))
-    expected = predict_logits(model, x, **options)
-    got = predict_logits(OnnxSegmenter(path), x, **options)
+    expected = predict_probabilities(model, x, **options)
+    got = predict_probabilities(OnnxSegmenter(path), x, **options)
     assert torch.equal(got.argmax(1), expected.argmax(1))
     assert torch.allclose(got, expected, atol=1e-4)
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import refineseg
-from refineseg.models.checkpointing import checkpointed_modules, enable_grad_checkpointing, is_grad_checkpointing
+from refineseg.models.grad_checkpointing import checkpointed_modules, enable_grad_checkpointing, is_grad_checkpointing
 
 NUM_CLASSES = 5
 

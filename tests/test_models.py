@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 import refineseg
-from refineseg.checkpoints import reference_key_map
+from refineseg.models import reference_key_map
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 

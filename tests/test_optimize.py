@@ -9,7 +9,7 @@ from torch import nn
 
 import refineseg
 from refineseg.data import SyntheticSegmentation, eval_transform
-from refineseg.inference import predict_logits
+from refineseg.inference import predict_probabilities
 from refineseg.optimize import InferenceModel, fold_batch_norm, optimize_for_inference, supports_bf16
 
 NUM_CLASSES = 5
@@ -93,8 +93,8 @@ def test_optimized_model_is_a_drop_in_replacement():
         reference = model(x)
         assert relative_error(out, reference) < 1e-4
         assert relative_error(fast(x, upsample=False), model(x, upsample=False)) < 1e-4
-        slide = predict_logits(fast, x, mode="slide", crop_size=64, stride=32)
-        assert relative_error(slide, predict_logits(model, x, mode="slide", crop_size=64, stride=32)) < 1e-4
+        slide = predict_probabilities(fast, x, mode="slide", crop=64, stride=32)
+        assert relative_error(slide, predict_probabilities(model, x, mode="slide", crop=64, stride=32)) < 1e-4
     with pytest.raises(RuntimeError, match="cannot be trained"):
         fast.train()
 

@@ -58,7 +58,7 @@ def test_make_synthetic_train_evaluate_predict(tmp_path):
     assert model.num_classes == 6 and model.config.class_names[0] == "background"
 
     cli("evaluate", "--checkpoint", str(run / "best"), "--dataset", "folder", "--data-root", str(data),
-        "--split", "val", "--out", str(tmp_path / "eval"), "--mode", "slide", "--crop-size", "48", "--stride", "32")
+        "--split", "val", "--out", str(tmp_path / "eval"), "--mode", "slide", "--crop", "48", "--stride", "32")
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert set(metrics) >= {"aAcc", "mAcc", "mIoU", "mDice", "per_class"}
     assert len(metrics["per_class"]) == 6 and all(0 <= metrics[k] <= 1 for k in ("aAcc", "mAcc", "mIoU", "mDice"))

@@ -116,9 +116,9 @@ def test_run_predict_slide_mode_without_overlay(checkpoint, tmp_path):
     source = tmp_path / "big.png"
     write_image(source, photo(3, 96, 96))
     config = PredictConfig(checkpoint=str(checkpoint), inputs=[str(source)], out=str(tmp_path / "out"),
-                           mode="slide", crop_size=64, stride=32, overlay=False, device="cpu")
+                           mode="slide", crop=64, stride=32, overlay=False, device="cpu")
     [label_path] = run_predict(config)
-    expected = segment(make_model(), read_image(source), mode="slide", crop_size=64, stride=32)
+    expected = segment(make_model(), read_image(source), mode="slide", crop=64, stride=32)
     assert np.array_equal(np.asarray(Image.open(label_path)), expected)
     assert not np.array_equal(expected, segment(make_model(), read_image(source)))  # slide really differs
     assert sorted(os.listdir(tmp_path / "out")) == ["big.png"]

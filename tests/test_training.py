@@ -21,7 +21,7 @@ from refineseg.config_utils import add_dataclass_arguments, build_config
 from refineseg.errors import RefineSegError
 from refineseg.models import build_model
 from refineseg.training import TrainConfig, poly_lr_lambda, segmentation_loss
-from refineseg.training.checkpointing import atomic_directory, recover_directory
+from refineseg.training.run_state import atomic_directory, recover_directory
 
 # A tiny, fast run: LW-RefineNet on MobileNetV2, 64-pixel synthetic images.
 TINY = ["--model", "lw_refinenet_mbv2", "--dataset", "synthetic", "--crop", "64", "--lr", "0.002",

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from refineseg.palette import IGNORE_COLOR, color_palette
 from refineseg.visualize import (
-    IGNORE_COLOR,
-    color_palette,
     colorize,
     model_table,
     overlay,

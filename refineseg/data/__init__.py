@@ -11,14 +11,14 @@ from .classes import (
 )
 from .datasets import ADE20K, Cityscapes, SegmentationDataset, VOCSegmentation
 from .folder import FolderDataset, load_classes_file, parse_classes
-from .io import read_image, read_large_image, read_mask, unlimited_pixels, write_image, write_label_png, write_label_tiff
+from .io import IMAGE_SUFFIXES, TIFF_SUFFIXES, read_image, read_large_image, read_mask, unlimited_pixels, write_image, write_label_png, write_label_tiff
 from .synthetic import (
     SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, SyntheticSegmentation, make_synthetic_sample, write_synthetic,
 )
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, PairTransform, denormalize, eval_transform, normalize, train_transform
 
 __all__ = [
-    "read_image", "read_mask", "read_large_image", "unlimited_pixels", "write_image", "write_label_png",
+    "IMAGE_SUFFIXES", "TIFF_SUFFIXES", "read_image", "read_mask", "read_large_image", "unlimited_pixels", "write_image", "write_label_png",
     "write_label_tiff",
     "SegmentationDataset", "VOCSegmentation", "Cityscapes", "ADE20K", "FolderDataset",
     "SyntheticSegmentation", "make_synthetic_sample", "write_synthetic", "build_dataset", "DATASETS",

@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from refineseg.errors import DataError, file_error
-
+from ..errors import DataError, file_error
 from .datasets import ADE20K, Cityscapes, SegmentationDataset, Transform, VOCSegmentation
 from .folder import FolderDataset
 from .io import PathLike
 from .synthetic import SyntheticSegmentation
 
+#: Dataset names accepted by :func:`build_dataset` (and ``--dataset``), the one list of them.
 DATASETS = {
     "synthetic": SyntheticSegmentation,
     "voc": VOCSegmentation,
@@ -21,18 +21,21 @@ DATASETS = {
 }
 
 
-def build_dataset(name: str, root: PathLike | None, split: str, transform: Transform | None = None,
+def build_dataset(name: str, root: PathLike | None, split: str, transform: Transform | None = None, *,
+                  synthetic_samples: int | None = None, synthetic_size: int = 128,
                   **kwargs: Any) -> SegmentationDataset:
     """Create dataset ``name`` (synthetic, voc, cityscapes, ade20k, folder) for ``split``.
 
-    ``root`` is ignored for ``synthetic``; extra keyword arguments go to the dataset class
-    (e.g. ``num_samples``/``size``/``seed`` for synthetic, ``classes`` for folder).
+    ``root`` is ignored for ``synthetic``, which takes ``synthetic_samples`` images (default: its
+    split's size) of ``synthetic_size`` pixels; the other datasets ignore those two. Further
+    keyword arguments go to the dataset class (e.g. ``classes`` for folder).
     """
     key = name.lower()
     if key not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if key == "synthetic":
-        return SyntheticSegmentation(split=split, transform=transform, **kwargs)
+        return SyntheticSegmentation(split=split, num_samples=synthetic_samples, size=synthetic_size,
+                                     transform=transform, **kwargs)
     if root is None or not os.path.isdir(root):
         shown = "<none>" if root is None else root
         raise file_error(DataError, shown, f"{key} dataset root folder not found")

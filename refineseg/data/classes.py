@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..visualize import color_palette
-
-Color = tuple[int, int, int]
+from ..palette import Color, color_palette
 
 
 VOC_CLASSES = [

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from refineseg.errors import DataError, file_error
+from ..errors import DataError, file_error
 
 from .classes import (
     ADE20K_CLASSES, ADE20K_PALETTE, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, VOC_CLASSES,

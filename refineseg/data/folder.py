@@ -1,7 +1,7 @@
 """A dataset from a plain folder of images and masks, the layout users make for their own data.
 
     root/
-      images/<stem>.{png,jpg,jpeg,bmp,tif,tiff}
+      images/<stem>.{png,jpg,jpeg,bmp,tif,tiff,webp}
       masks/<stem>.png            # class-index PNG (palette or grey), or RGB in the class colours
       classes.yaml | classes.json # [{name: road, color: [128, 64, 128]}, ...] or {road: [128, 64, 128]}
       splits/<split>.txt          # optional: one stem per line (root/<split>.txt also works)
@@ -17,14 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from refineseg.errors import DataError, file_error
+from ..errors import DataError, file_error
 
-from ..visualize import color_palette
+from ..palette import color_palette
 from .classes import Color
 from .datasets import SegmentationDataset, Transform, _read_list
-from .io import PathLike, read_mask
+from .io import IMAGE_SUFFIXES, PathLike, read_mask
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 CLASS_FILES = ("classes.yaml", "classes.yml", "classes.json")
 
 

@@ -13,15 +13,17 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from refineseg.errors import DataError, file_error
+from ..errors import DataError, file_error
+from ..palette import IGNORE_COLOR
 
 PathLike = str | os.PathLike
+
+#: Image files that folders are searched for (datasets and `refineseg predict`), lower case.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 #: Suffixes that :func:`read_large_image` hands to ``tifffile`` instead of Pillow.
 TIFF_SUFFIXES = (".tif", ".tiff")
 
-#: Colour written for label 255 (ignore) when the palette has fewer than 256 entries; VOC's choice.
-IGNORE_COLOR = (224, 224, 192)
 
 
 def _open_loaded(path: PathLike) -> Image.Image:

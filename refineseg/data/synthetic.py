@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..visualize import color_palette
+from ..palette import color_palette
 from .datasets import SegmentationDataset, Transform
 from .io import PathLike, write_image, write_label_png
 

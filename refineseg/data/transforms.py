@@ -112,17 +112,17 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
-def train_transform(crop_size: int | Sequence[int], mean: Sequence[float] = IMAGENET_MEAN,
+def train_transform(crop: int | Sequence[int], mean: Sequence[float] = IMAGENET_MEAN,
                     std: Sequence[float] = IMAGENET_STD,
                     scale_range: tuple[float, float] = (0.5, 2.0), ignore_index: int = 255,
                     seed: int | None = None) -> PairTransform:
-    """Training augmentation: colour jitter, random scale, pad, random crop to ``crop_size``, flip.
+    """Training augmentation: colour jitter, random scale, pad, random crop to ``crop``, flip.
 
     Scaling is bilinear for the image and nearest for the mask; regions padded to reach the crop
     size get the mean colour in the image (0 after normalisation) and ``ignore_index`` in the mask.
     """
     A, cv2 = _albumentations()
-    height, width = _pair(crop_size)
+    height, width = _pair(crop)
     lo, hi = scale_range
     fill = tuple(round(255 * v) for v in mean)
     augment = A.Compose([

@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..palette import color_palette
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -28,8 +30,6 @@ class ModelConfig:
     std: tuple[float, float, float] = IMAGENET_STD
 
     def __post_init__(self) -> None:
-        from ..visualize import color_palette  # local: visualize is heavier than this module
-
         if not self.class_names:
             self.class_names = [f"class_{i}" for i in range(self.num_classes)]
         if not self.palette:

@@ -16,6 +16,18 @@ from torch import nn
 from ..blocks import RefineNetBlock, conv, resize
 
 
+class LevelDropout(nn.Module):
+    """``Dropout(p)`` on the backbone levels ``levels`` of a feature list, the others passed through."""
+
+    def __init__(self, p: float, levels: Sequence[int]) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(p) if p > 0 else nn.Identity()
+        self.levels = set(levels)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return [self.dropout(f) if i in self.levels else f for i, f in enumerate(features)]
+
+
 class RefineNetDecoder(nn.Module):
     """Cascaded multi-path refinement over backbone features.
 
@@ -53,8 +65,7 @@ class RefineNetDecoder(nn.Module):
     ) -> None:
         super().__init__()
         self.level_groups = [list(g) for g in level_groups]
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.dropout_levels = set(dropout_levels)
+        self.level_dropout = LevelDropout(dropout, dropout_levels)
         self.laterals = nn.ModuleList()
         self.blocks = nn.ModuleList()
         previous_width = None
@@ -75,7 +86,7 @@ class RefineNetDecoder(nn.Module):
         self.out_channels = previous_width
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        features = [self.dropout(f) if i in self.dropout_levels else f for i, f in enumerate(features)]
+        features = self.level_dropout(features)
         laterals = iter(self.laterals)
         out = None
         for group, block in zip(self.level_groups, self.blocks):
@@ -90,20 +101,24 @@ class SingleStageDecoder(nn.Module):
     """The seed design: one RefineNet block over every backbone level at its native width.
 
     Each level gets one RCU with batch norm, the MRF projects to ``width`` with biased 3×3
-    convs and fuses at the finest level (stride 4), then ReLU and a 4-stage CRP.
+    convs and fuses at the finest level (stride 4), then ReLU and a 4-stage CRP
+    (``crp_relu_stage``: the seed code's variant, see ``ChainedResidualPooling``).
+    ``dropout_levels`` get ``Dropout(dropout)`` during training.
     Forward: list of backbone features -> (N, width, H_0, W_0).
     """
 
-    def __init__(self, in_channels: Sequence[int], width: int = 256, crp_stages: int = 4) -> None:
+    def __init__(self, in_channels: Sequence[int], width: int = 256, crp_stages: int = 4,
+                 crp_relu_stage: bool = False, dropout: float = 0.0, dropout_levels: Sequence[int] = ()) -> None:
         super().__init__()
+        self.level_dropout = LevelDropout(dropout, dropout_levels)
         self.block = RefineNetBlock(
             in_channels, width, path_rcus=1, out_rcus=0, crp_stages=crp_stages, kernel_size=3,
-            rcu_batch_norm=True, rcu_bias_a=False, rcu_bias_b=False, mrf_bias=True,
+            rcu_batch_norm=True, rcu_bias_a=False, rcu_bias_b=False, mrf_bias=True, crp_relu_stage=crp_relu_stage,
         )
         self.out_channels = width
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        return self.block(list(features))
+        return self.block(self.level_dropout(features))
 
 
 class ClassifierHead(nn.Module):
@@ -122,10 +137,12 @@ class FullResolutionHead(nn.Module):
     """The seed head: bilinear resize to the input size, conv3-BN-ReLU, conv3 to logits.
 
     Input (N, C, h, w) at stride 4; output (N, num_classes, H, W) at ``output_size``.
+    ``dropout`` (training only) acts on the resized features, before the first conv.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, hidden: int = 128) -> None:
+    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.0, hidden: int = 128) -> None:
         super().__init__()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.proj = nn.Sequential(
             nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False),
             nn.BatchNorm2d(hidden),
@@ -134,4 +151,4 @@ class FullResolutionHead(nn.Module):
         self.conv = nn.Conv2d(hidden, num_classes, 3, padding=1, bias=False)
 
     def forward(self, x: torch.Tensor, output_size: Sequence[int]) -> torch.Tensor:
-        return self.conv(self.proj(resize(x, output_size, align_corners=True)))
+        return self.conv(self.proj(self.dropout(resize(x, output_size, align_corners=True))))

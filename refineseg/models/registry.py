@@ -1,87 +1,124 @@
 """Model registry: ``create_model(name, num_classes, **options)`` and ``list_models()``.
 
+Every model is one row of :data:`MODELS`, a :class:`ModelSpec` that holds what builds it
+(backbone, decoder and its options, head, default dropout, the published key layout), so
+:func:`build_model` has no per-family branches and a new variant is a new row.
+
 Families:
 
 * ``refinenet{18,34,50,101,152}``: the released RefineNet layout (3×3 convs, RCUs, 4-stage
   CRP, dropout 0.5 on the two coarsest levels and before the classifier).
-* ``lw_refinenet{18,34,50,101,152}``: Light-Weight RefineNet (1×1 convs, no RCUs).
-* ``lw_refinenet_mbv2``: Light-Weight RefineNet on MobileNetV2, ReLU6.
+* ``lw_refinenet{18,34,50,101,152}``: Light-Weight RefineNet (1×1 convs, no RCUs, dropout 0.5
+  on the two coarsest levels).
+* ``lw_refinenet_mbv2``: Light-Weight RefineNet on MobileNetV2, ReLU6, no dropout by default.
 * ``seed_refinenet{50,101,152}``: the single-stage design with a full-resolution head.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 from torch import nn
 
 from ..backbones import build_backbone
+from ..weights import load_backbone_weights
 from .config import ModelConfig
 from .decoders import ClassifierHead, FullResolutionHead, RefineNetDecoder, SingleStageDecoder
+from .reference import MOBILENET_LAYOUT, RESNET_LAYOUT, SEED_LAYOUT, ReferenceLayout
 from .segmentation import SegmentationModel
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    family: str  # "refinenet" | "lw_refinenet" | "seed_refinenet"
-    backbone: str  # "resnet50", "mobilenet_v2", ...
+    """Everything that builds one registered model.
+
+    ``decoder(backbone.out_channels, dropout=p, dropout_levels=..., **decoder_options)`` and
+    ``head(decoder.out_channels, num_classes, dropout=p if head_dropout else 0)`` are called with
+    ``p`` = the user's ``dropout`` or this spec's default; ``dropout_levels`` are the backbone
+    levels (finest first) that get ``Dropout(p)`` while training.
+    """
+
+    family: str
+    backbone: str
+    decoder: type[nn.Module]
+    decoder_options: Mapping[str, Any]
+    head: type[nn.Module]
+    dropout: float
+    dropout_levels: tuple[int, ...]
+    head_dropout: bool = False
+    backbone_options: Mapping[str, Any] = field(default_factory=dict)
+    reference: ReferenceLayout | None = None
 
 
-_MODELS: dict[str, ModelSpec] = {}
-for _depth in (18, 34, 50, 101, 152):
-    _MODELS[f"refinenet{_depth}"] = ModelSpec("refinenet", f"resnet{_depth}")
-    _MODELS[f"lw_refinenet{_depth}"] = ModelSpec("lw_refinenet", f"resnet{_depth}")
-_MODELS["lw_refinenet_mbv2"] = ModelSpec("lw_refinenet", "mobilenet_v2")
-for _depth in (50, 101, 152):
-    _MODELS[f"seed_refinenet{_depth}"] = ModelSpec("seed_refinenet", f"resnet{_depth}")
+# Decoder layouts. ResNet levels 0..3 are layer1..layer4; MobileNetV2 levels 0..5 are its
+# groups at strides 4, 8, 16, 16, 32, 32 (the reference's l3..l8). Blocks run coarsest first.
+_RESNET_CASCADE = dict(level_groups=[[3], [2], [1], [0]], widths=[512, 256, 256, 256], lateral_convs=True,
+                       crp_stages=4)
+_REFINENET = dict(_RESNET_CASCADE, kernel_size=3, path_rcus=2, out_rcus=3)
+_LIGHT_WEIGHT = dict(_RESNET_CASCADE, kernel_size=1, path_rcus=0, out_rcus=0)
+_LIGHT_WEIGHT_MOBILENET = dict(level_groups=[[5, 4], [3, 2], [1], [0]], widths=[256] * 4, lateral_convs=False,
+                               kernel_size=1, path_rcus=0, out_rcus=0, crp_stages=4, activation="relu6")
+# The seed's CRP ran its ReLU as an extra first stage (see ChainedResidualPooling); kept for fidelity.
+_SEED = dict(width=256, crp_stages=4, crp_relu_stage=True)
 
-# Published default of dropout per family (applied during training only).
-_DEFAULT_DROPOUT = {"refinenet": 0.5, "lw_refinenet": 0.5, "seed_refinenet": 0.0}
+
+def _refinenet(backbone: str) -> ModelSpec:
+    return ModelSpec("refinenet", backbone, RefineNetDecoder, _REFINENET, ClassifierHead, dropout=0.5,
+                     dropout_levels=(2, 3), head_dropout=True, reference=RESNET_LAYOUT)
+
+
+def _lw_refinenet(backbone: str) -> ModelSpec:
+    return ModelSpec("lw_refinenet", backbone, RefineNetDecoder, _LIGHT_WEIGHT, ClassifierHead, dropout=0.5,
+                     dropout_levels=(2, 3), reference=RESNET_LAYOUT)
+
+
+def _seed_refinenet(backbone: str) -> ModelSpec:
+    return ModelSpec("seed_refinenet", backbone, SingleStageDecoder, _SEED, FullResolutionHead, dropout=0.0,
+                     dropout_levels=(2, 3), reference=SEED_LAYOUT)
+
+
+MODELS: dict[str, ModelSpec] = {
+    "refinenet18": _refinenet("resnet18"),
+    "refinenet34": _refinenet("resnet34"),
+    "refinenet50": _refinenet("resnet50"),
+    "refinenet101": _refinenet("resnet101"),
+    "refinenet152": _refinenet("resnet152"),
+    "lw_refinenet18": _lw_refinenet("resnet18"),
+    "lw_refinenet34": _lw_refinenet("resnet34"),
+    "lw_refinenet50": _lw_refinenet("resnet50"),
+    "lw_refinenet101": _lw_refinenet("resnet101"),
+    "lw_refinenet152": _lw_refinenet("resnet152"),
+    "lw_refinenet_mbv2": ModelSpec(
+        "lw_refinenet", "mobilenet_v2", RefineNetDecoder, _LIGHT_WEIGHT_MOBILENET, ClassifierHead, dropout=0.0,
+        dropout_levels=(4, 5), backbone_options={"expand_first_block": True}, reference=MOBILENET_LAYOUT),
+    "seed_refinenet50": _seed_refinenet("resnet50"),
+    "seed_refinenet101": _seed_refinenet("resnet101"),
+    "seed_refinenet152": _seed_refinenet("resnet152"),
+}
 
 
 def list_models() -> list[str]:
     """Names accepted by :func:`create_model`."""
-    return sorted(_MODELS)
+    return sorted(MODELS)
 
 
 def model_spec(name: str) -> ModelSpec:
-    if name not in _MODELS:
+    """The registry row of ``name``; ValueError listing the choices for an unknown name."""
+    if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from: {', '.join(list_models())}")
-    return _MODELS[name]
-
-
-def _build_decoder(spec: ModelSpec, encoder: nn.Module, dropout: float) -> nn.Module:
-    channels = encoder.out_channels
-    if spec.family == "seed_refinenet":
-        return SingleStageDecoder(channels)
-    lightweight = spec.family == "lw_refinenet"
-    common = dict(
-        kernel_size=1 if lightweight else 3,
-        path_rcus=0 if lightweight else 2,
-        out_rcus=0 if lightweight else 3,
-        crp_stages=4,
-    )
-    if spec.backbone == "mobilenet_v2":
-        # Levels l3..l8 of the reference are indices 0..5; l8+l7, l6+l5, l4, l3.
-        return RefineNetDecoder(channels, [[5, 4], [3, 2], [1], [0]], [256] * 4, lateral_convs=False,
-                                activation="relu6", **common)
-    return RefineNetDecoder(channels, [[3], [2], [1], [0]], [512, 256, 256, 256], lateral_convs=True,
-                            dropout=dropout, dropout_levels=(2, 3), **common)
+    return MODELS[name]
 
 
 def build_model(config: ModelConfig) -> SegmentationModel:
     """Build an untrained :class:`SegmentationModel` from its configuration."""
     spec = model_spec(config.name)
-    dropout = _DEFAULT_DROPOUT[spec.family] if config.dropout is None else config.dropout
-    kwargs = {"expand_first_block": True} if spec.backbone == "mobilenet_v2" else {}
-    encoder = build_backbone(spec.backbone, output_stride=config.output_stride, **kwargs)
-    decoder = _build_decoder(spec, encoder, dropout)
-    if spec.family == "seed_refinenet":
-        head: nn.Module = FullResolutionHead(decoder.out_channels, config.num_classes)
-    else:
-        head = ClassifierHead(decoder.out_channels, config.num_classes,
-                              dropout=dropout if spec.family == "refinenet" else 0.0)
+    dropout = spec.dropout if config.dropout is None else config.dropout
+    encoder = build_backbone(spec.backbone, output_stride=config.output_stride, **spec.backbone_options)
+    decoder = spec.decoder(encoder.out_channels, dropout=dropout, dropout_levels=spec.dropout_levels,
+                           **spec.decoder_options)
+    head = spec.head(decoder.out_channels, config.num_classes, dropout=dropout if spec.head_dropout else 0.0)
     return SegmentationModel(encoder, decoder, head, config)
 
 
@@ -89,7 +126,7 @@ def create_model(
     name: str,
     num_classes: int = 21,
     backbone_weights: str | os.PathLike | None = None,
-    **options,
+    **options: Any,
 ) -> SegmentationModel:
     """Build a model by name.
 
@@ -99,13 +136,10 @@ def create_model(
         backbone_weights: optional path to a torchvision ImageNet checkpoint (``.pth`` or
             ``.safetensors``) for the backbone; loaded with strict key checking.
         **options: further :class:`ModelConfig` fields: ``output_stride`` (32/16/8, ResNet
-            only), ``freeze_bn``, ``dropout``, ``class_names``, ``palette``, ``mean``, ``std``.
+            only), ``freeze_bn``, ``dropout`` (every model; ``None`` = the model's default),
+            ``class_names``, ``palette``, ``mean``, ``std``.
     """
     model = build_model(ModelConfig(name=name, num_classes=num_classes, **options))
     if backbone_weights is not None:
-        from ..checkpoints import load_backbone_weights
-
         load_backbone_weights(model.encoder, backbone_weights)
     return model
-
-

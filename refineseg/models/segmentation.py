@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import freeze_batch_norm
+from ..weights import save_weights_file
 from .config import ModelConfig
+
+#: The smallest input side every model accepts (five stride-2 stages need at least one pixel).
+MIN_SIDE = 32
+#: The two files of a ``save_pretrained`` directory.
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
 
 
 class SegmentationModel(nn.Module):
@@ -36,8 +46,8 @@ class SegmentationModel(nn.Module):
     def forward(self, x: torch.Tensor, upsample: bool = True) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected an (N, 3, H, W) batch, got shape {tuple(x.shape)}")
-        if min(x.shape[-2:]) < 32:
-            raise ValueError(f"input sides must be >= 32 pixels, got {tuple(x.shape[-2:])}")
+        if min(x.shape[-2:]) < MIN_SIDE:
+            raise ValueError(f"input sides must be >= {MIN_SIDE} pixels, got {tuple(x.shape[-2:])}")
         size = x.shape[-2:]
         logits = self.head(self.decoder(self.encoder(x)), size)
         if upsample and logits.shape[-2:] != size:
@@ -59,7 +69,11 @@ class SegmentationModel(nn.Module):
         return [p for m in (self.decoder, self.head) for p in m.parameters() if p.requires_grad]
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``model.safetensors`` and ``config.json`` into ``directory`` (created if needed)."""
-        from ..checkpoints import save_pretrained
-
-        save_pretrained(self, directory)
+        """Write ``model.safetensors`` (every parameter and buffer) and ``config.json`` into
+        ``directory`` (created if needed); :func:`refineseg.from_pretrained` reads them back."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_weights_file(self.state_dict(), directory / WEIGHTS_NAME)
+        config_tmp = directory / (CONFIG_NAME + ".tmp")
+        config_tmp.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        os.replace(config_tmp, directory / CONFIG_NAME)

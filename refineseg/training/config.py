@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config_utils import option
+from ..data import DATASETS
 
 
 @dataclass
@@ -12,7 +13,7 @@ class TrainConfig:
     """Everything ``refineseg train`` needs; ``configs/*.yaml`` set these keys."""
 
     model: str = option("lw_refinenet50", "model name (see `refineseg models`)")
-    dataset: str = option("synthetic", "dataset type", choices=["synthetic", "voc", "cityscapes", "ade20k", "folder"])
+    dataset: str = option("synthetic", "dataset type", choices=list(DATASETS))
     data_root: str | None = option(None, "dataset root folder (not needed for synthetic)")
     train_split: str = option("train", "split to train on (e.g. train_aug for VOC + SBD)")
     val_split: str = option("val", "split to validate on")

@@ -23,17 +23,18 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..checkpoints import from_pretrained, save_pretrained
 from .. import distributed as dist_utils
 from ..config_utils import save_yaml
 from ..data import build_dataset, eval_transform, train_transform
 from ..errors import CheckpointError, RefineSegError, file_error
 from ..evaluation import evaluate_model
 from ..inference import select_device
-from ..models.checkpointing import enable_grad_checkpointing
-from ..models import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel, create_model
+from ..models import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel, create_model, from_pretrained
+from ..models.grad_checkpointing import enable_grad_checkpointing
 from ..visualize import plot_curves
-from .checkpointing import STATE_NAME, atomic_directory, capture_rng_state, load_training_state, recover_directory, restore_rng_state
+from .run_state import (
+    STATE_NAME, atomic_directory, capture_rng_state, load_training_state, recover_directory, restore_rng_state,
+)
 from .config import TrainConfig
 
 log = logging.getLogger("refineseg.train")
@@ -119,14 +120,13 @@ class MetricsLog:
 
 
 def _datasets(config: TrainConfig, mean, std):
-    synthetic = config.dataset == "synthetic"
-    train_kw = {"num_samples": config.synthetic_train, "size": config.synthetic_size} if synthetic else {}
-    val_kw = {"num_samples": config.synthetic_val, "size": config.synthetic_size} if synthetic else {}
     train_set = build_dataset(config.dataset, config.data_root, config.train_split,
                               transform=train_transform(config.crop, mean, std, (config.scale_min, config.scale_max),
-                                                        seed=config.seed), **train_kw)
+                                                        seed=config.seed),
+                              synthetic_samples=config.synthetic_train, synthetic_size=config.synthetic_size)
     val_set = build_dataset(config.dataset, config.data_root, config.val_split,
-                            transform=eval_transform(mean, std, resize=config.val_size), **val_kw)
+                            transform=eval_transform(mean, std, resize=config.val_size),
+                            synthetic_samples=config.synthetic_val, synthetic_size=config.synthetic_size)
     if len(train_set) == 0:
         raise RefineSegError(f"{config.data_root or config.dataset}: the {config.train_split!r} split has no samples")
     return train_set, val_set
@@ -268,7 +268,7 @@ def _train(config: TrainConfig, device: torch.device, distributed: bool) -> dict
                 if summary["mIoU"] > best_miou:
                     best_miou = summary["mIoU"]
                     if main:
-                        atomic_directory(out / "best", lambda d: (save_pretrained(model, d),
+                        atomic_directory(out / "best", lambda d: (model.save_pretrained(d),
                                                                   (d / "metrics.json").write_text(json.dumps(summary, indent=2))))
                 if main:
                     plot_curves(metrics.records, out / "plots")
@@ -277,7 +277,7 @@ def _train(config: TrainConfig, device: torch.device, distributed: bool) -> dict
                     training_state = {"step": step, "best_miou": best_miou, "optimizer": optimizer.state_dict(),
                                       "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                                       "rng": rng_after_step, "config": dataclasses.asdict(config)}
-                    atomic_directory(out / "last", lambda d: (save_pretrained(model, d),
+                    atomic_directory(out / "last", lambda d: (model.save_pretrained(d),
                                                               torch.save(training_state, d / STATE_NAME)))
                 dist_utils.barrier()
             restore_rng_state(rng_after_step)  # validation and checkpointing must not perturb the run

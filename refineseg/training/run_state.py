@@ -1,4 +1,4 @@
-"""Crash-safe training checkpoints.
+"""The state of a training run, saved crash-safely: atomic checkpoint directories and RNG states.
 
 A checkpoint is a directory that :func:`refineseg.from_pretrained` reads (``model.safetensors``
 + ``config.json``) plus ``training_state.pt`` (optimizer, scheduler, grad scaler, RNG states,
