@@ -16,7 +16,7 @@ import copy
 import torch
 from torch import nn
 
-__all__ = ["InferenceModel", "fold_batch_norm", "optimize_for_inference", "supports_bf16"]
+__all__ = ["InferenceModel", "fold_batch_norm", "optimize_for_inference"]
 
 # (conv, batch norm) attribute pairs where the BN directly follows the conv in ``forward``:
 # ResNet stem and blocks, and the RCU (``bn(conv_a(...))``).
@@ -78,21 +78,6 @@ def fold_batch_norm(model: nn.Module) -> nn.Module:
                     module[i + 1] = nn.Identity()
     folded.batch_norm_folded = True
     return folded
-
-
-def supports_bf16(device: torch.device | str) -> bool:
-    """Whether ``device`` runs bfloat16 convolutions natively (fast), not just correctly.
-
-    CUDA: ``torch.cuda.is_bf16_supported()`` (Ampere or newer). CPU: oneDNN's bf16 check, which
-    needs AVX512-BF16 or AMX; elsewhere bf16 still works but is emulated and usually slower
-    than float32.
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return False
 
 
 class InferenceModel(nn.Module):

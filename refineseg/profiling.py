@@ -16,8 +16,9 @@ if TYPE_CHECKING:
     from .models import SegmentationModel
 
 
-def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (buffers such as BN statistics excluded)."""
+    return sum(p.numel() for p in model.parameters())
 
 
 def count_macs(model: "SegmentationModel", height: int = 512, width: int = 512, batch: int = 1) -> int:

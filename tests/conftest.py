@@ -1,9 +1,24 @@
-"""Shared test fixtures."""
+"""Shared test fixtures and helpers: reference manifests, random state dicts, small models, gloo groups."""
 
 from __future__ import annotations
 
+import functools
+import json
+import math
+import socket
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import refineseg
+
+MANIFESTS = Path(__file__).resolve().parent / "manifests"
+CLASS_NAMES = ["background", "road", "car", "tree"]
+PALETTE = [(0, 0, 0), (128, 64, 128), (0, 0, 142), (107, 142, 35)]
 
 
 @pytest.fixture(scope="module")
@@ -13,3 +28,75 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@functools.lru_cache(maxsize=None)
+def manifest(name: str) -> dict[str, Any]:
+    """``tests/manifests/<name>.json``: ``{"source", "num_classes", "num_parameters", "state_dict": {key: shape}}``."""
+    return json.loads((MANIFESTS / f"{name}.json").read_text())
+
+
+def random_state(shapes: dict[str, list[int]], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random tensors of the given shapes: He-scaled convs, BN scales and variances in [0.5, 1.5)."""
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, shape in shapes.items():
+        prefix, _, leaf = key.rpartition(".")
+        is_bn = f"{prefix}.running_mean" in shapes
+        if leaf == "num_batches_tracked":
+            t = torch.tensor(0)
+        elif len(shape) == 4:
+            fan_in = shape[1] * shape[2] * shape[3]
+            t = torch.randn(shape, generator=g) * math.sqrt(2.0 / fan_in)
+        elif is_bn and leaf in ("weight", "running_var"):
+            t = torch.rand(shape, generator=g) + 0.5
+        else:  # BN bias / running_mean, conv and linear biases, linear weights
+            t = torch.randn(shape, generator=g) * 0.1
+        state[key] = t
+    return state
+
+
+def make_model(name: str = "lw_refinenet_mbv2", class_names: Sequence[str] = CLASS_NAMES,
+               palette: Sequence[tuple[int, int, int]] | None = PALETTE, seed: int = 0,
+               warm_batch_norm: bool = False) -> refineseg.SegmentationModel:
+    """A small untrained model in eval mode whose predictions vary over classes and pixels.
+
+    ``warm_batch_norm`` moves BN running statistics away from (0, 1) with a few train-mode passes.
+    The classifier bias is set so every class has mean logit 0 on random inputs.
+    """
+    torch.manual_seed(seed)
+    options = {"palette": list(palette)} if palette else {}
+    model = refineseg.create_model(name, num_classes=len(class_names), class_names=list(class_names), **options)
+    with torch.no_grad():
+        if warm_batch_norm:
+            model.train()
+            for _ in range(3):
+                model(torch.randn(2, 3, 64, 64) * 2 + 0.5)
+        model.eval()
+        model.head.conv.bias.zero_()
+        model.head.conv.bias -= model(torch.randn(2, 3, 64, 64)).mean((0, 2, 3))
+    return model
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _gloo_worker(rank: int, world_size: int, port: int, fn: Callable[..., None], args: tuple) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        fn(rank, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_gloo_group(fn: Callable[..., None], world_size: int, *args: Any) -> None:
+    """Run ``fn(rank, *args)`` in ``world_size`` processes joined in one gloo process group.
+
+    ``fn`` must be a module-level function (it is pickled into the spawned processes).
+    """
+    mp.spawn(_gloo_worker, args=(world_size, free_port(), fn, args), nprocs=world_size, join=True)

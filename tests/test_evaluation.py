@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from PIL import Image
 
+import conftest
 import refineseg
 from refineseg.data import (
     SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, FolderDataset, SyntheticSegmentation, eval_transform, read_mask,
@@ -29,16 +27,11 @@ K = len(SYNTHETIC_CLASSES)
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def make_model(num_classes: int = K, seed: int = 0) -> refineseg.SegmentationModel:
-    """Untrained lw_refinenet_mbv2; zero head bias so predictions vary over classes and pixels."""
-    torch.manual_seed(seed)
-    names = SYNTHETIC_CLASSES if num_classes == K else [f"c{i}" for i in range(num_classes)]
-    palette = SYNTHETIC_PALETTE if num_classes == K else None
-    model = refineseg.create_model("lw_refinenet_mbv2", num_classes=num_classes, class_names=list(names),
-                                   **({"palette": palette} if palette else {}))
-    with torch.no_grad():
-        model.head.conv.bias.zero_()
-    return model.eval()
+def make_model(num_classes: int = K) -> refineseg.SegmentationModel:
+    """Untrained lw_refinenet_mbv2 with the synthetic classes (or ``num_classes`` made-up ones)."""
+    if num_classes == K:
+        return conftest.make_model(class_names=SYNTHETIC_CLASSES, palette=SYNTHETIC_PALETTE)
+    return conftest.make_model(class_names=[f"c{i}" for i in range(num_classes)], palette=None)
 
 
 @pytest.fixture(scope="module")
@@ -110,26 +103,14 @@ def test_evaluate_model_restores_training_mode(data_root):
     assert model.training
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank: int, world_size: int, port: int, root: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
-    try:
-        model = make_model()
-        dataset = FolderDataset(root, "val", transform=eval_transform())
-        summary, matrix = evaluate_model(model, dataset, progress=False)
-        np.save(f"{out_dir}/rank{rank}.npy", matrix)
-    finally:
-        dist.destroy_process_group()
+def _evaluate_on_rank(rank: int, root: str, out_dir: str) -> None:
+    dataset = FolderDataset(root, "val", transform=eval_transform())
+    _, matrix = evaluate_model(make_model(), dataset, progress=False)
+    np.save(f"{out_dir}/rank{rank}.npy", matrix)
 
 
 def test_distributed_evaluation_equals_single_process(data_root, tmp_path):
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(data_root), str(tmp_path)), nprocs=2, join=True)
+    conftest.run_gloo_group(_evaluate_on_rank, 2, str(data_root), str(tmp_path))
     # Single-threaded like the workers (one_thread fixture), so the arithmetic is identical.
     _, single = evaluate_model(make_model(), FolderDataset(data_root, "val", transform=eval_transform()),
                                progress=False)
@@ -190,15 +171,6 @@ def test_config_rejects_bad_options():
     assert math.isclose(EvalConfig(checkpoint="x", dataset="voc").scales[-1], 1.75)
 
 
-def _has_subcommand(name: str) -> bool:
-    import argparse
-
-    from refineseg.cli import build_parser
-
-    return any(isinstance(a, argparse._SubParsersAction) and name in a.choices for a in build_parser()._actions)
-
-
-@pytest.mark.skipif(not _has_subcommand("evaluate"), reason="`refineseg evaluate` not wired into the CLI yet")
 def test_cli_class_mismatch_is_one_line_error(data_root, tmp_path):
     ckpt = tmp_path / "four"
     make_model(num_classes=4).save_pretrained(ckpt)

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
+import conftest
 from refineseg.metrics import ConfusionMatrix, format_table, summarize
 
 IGNORE = 255
@@ -139,27 +137,17 @@ def test_all_reduce_is_noop_without_process_group():
     assert torch.equal(cm.matrix, before)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
-    try:
-        pred, target = random_labels(100 + rank, (2, 24, 24), num_classes=5)
-        cm = ConfusionMatrix(5)
-        cm.update(pred, target)
-        cm.all_reduce()
-        torch.save(cm.matrix, f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _reduce_on_rank(rank: int, out_dir: str) -> None:
+    pred, target = random_labels(100 + rank, (2, 24, 24), num_classes=5)
+    cm = ConfusionMatrix(5)
+    cm.update(pred, target)
+    cm.all_reduce()
+    torch.save(cm.matrix, f"{out_dir}/rank{rank}.pt")
 
 
 @pytest.mark.slow
 def test_all_reduce_across_two_gloo_processes(tmp_path):
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    conftest.run_gloo_group(_reduce_on_rank, 2, str(tmp_path))
 
     datasets = [random_labels(100 + rank, (2, 24, 24), num_classes=5) for rank in range(2)]
     pred = torch.cat([p for p, _ in datasets])

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 from safetensors.torch import save_file
 
 import refineseg
+from conftest import manifest, random_state
 from refineseg.models import reference_key_map
-
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 
 # Parameter counts at 21 classes, from the reference manifests / ARCHITECTURES.md.
 PUBLISHED_PARAMETERS = {
@@ -25,26 +21,6 @@ PUBLISHED_PARAMETERS = {
     "lw_refinenet_mbv2": 3_284_565,
     "seed_refinenet101": 154_304_960,
 }
-
-
-def manifest(name: str) -> dict:
-    path = REFERENCE / f"{name}.json"
-    if not path.exists():
-        pytest.skip(f"reference manifests not available ({path})")
-    return json.loads(path.read_text())
-
-
-def random_state(shapes: dict[str, list[int]], seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, shape in shapes.items():
-        if key.endswith("num_batches_tracked"):
-            state[key] = torch.tensor(7)
-        elif key.endswith("running_var"):
-            state[key] = torch.rand(shape, generator=g) + 0.5
-        else:
-            state[key] = torch.randn(shape, generator=g) * 0.05
-    return state
 
 
 def count(model: torch.nn.Module) -> int:
@@ -242,3 +218,29 @@ def test_multi_resolution_fusion_matches_its_definition():
     fine, coarse = torch.randn(1, 3, 8, 8), torch.randn(1, 5, 4, 4)
     up = torch.nn.functional.interpolate(mrf.convs[1](coarse), size=(8, 8), mode="bilinear", align_corners=True)
     torch.testing.assert_close(mrf([fine, coarse]), mrf.convs[0](fine) + up)
+
+
+@pytest.mark.parametrize("name", ["refinenet18", "lw_refinenet18", "lw_refinenet_mbv2", "seed_refinenet50"])
+def test_dropout_option_reaches_every_family(name):
+    model = refineseg.create_model(name, num_classes=3, dropout=0.3)
+    rates = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert rates and all(p == 0.3 for p in rates)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        model.train()
+        torch.manual_seed(0)
+        first = model(x)
+        assert not torch.equal(first, model(x))  # a new dropout mask per pass
+        model.eval()
+        assert torch.equal(model(x), model(x))
+    off = refineseg.create_model(name, num_classes=3, dropout=0.0)
+    assert not any(isinstance(m, torch.nn.Dropout) for m in off.modules())
+
+
+@pytest.mark.parametrize("name,default", [("refinenet50", 0.5), ("lw_refinenet50", 0.5), ("lw_refinenet_mbv2", None),
+                                          ("seed_refinenet50", None)])
+def test_default_dropout_per_family(name, default):
+    with torch.device("meta"):
+        model = refineseg.create_model(name, num_classes=3)
+    rates = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+    assert rates == ({default} if default else set())

@@ -3,17 +3,16 @@
 The functions in the first half of this file compute the forward pass of the released
 RefineNet-50, Light-Weight RefineNet-50 and Light-Weight RefineNet-MobileNetV2 directly from a
 plain ``{reference key: tensor}`` dict, following the operation order written down in
-``shared/reference/ARCHITECTURES.md``. They use only ``torch.nn.functional`` and deliberately
+the reference layouts' description (ARCHITECTURES.md of the project's shared reference). They use only ``torch.nn.functional`` and deliberately
 import nothing from refineseg's blocks or models, so they check ``from_reference`` (key mapping,
 shapes) and the model's forward pass (operation order, strides, resizes) at the same time.
 
-Tests that need the reference manifests skip when ``shared/reference`` is absent.
+The manifests (key names and shapes) come from ``tests/manifests``.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import re
@@ -26,24 +25,11 @@ import torch
 import torch.nn.functional as F
 
 import refineseg
+from conftest import manifest, random_state
 
-REFERENCE_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference"
 NAMES = ["refinenet50", "lw_refinenet50", "lw_refinenet_mbv2"]
 NUM_CLASSES = 21
 BN_EPS = 1e-5
-
-
-def manifest(name: str) -> dict[str, list[int]]:
-    path = REFERENCE_DIR / f"{name}.json"
-    if not path.is_file():
-        pytest.skip(f"reference manifest not available: {path}")
-    return _read_manifest(str(path))
-
-
-@functools.lru_cache(maxsize=None)
-def _read_manifest(path: str) -> dict[str, list[int]]:
-    with open(path) as f:
-        return json.load(f)["state_dict"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,30 +180,11 @@ def reference_forward(name: str, sd, x):
 # ---------------------------------------------------------------------------------------------
 # Random reference state dicts and the models loaded from them
 
-def random_state(shapes: dict[str, list[int]], seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, shape in shapes.items():
-        prefix, _, leaf = key.rpartition(".")
-        is_bn = f"{prefix}.running_mean" in shapes
-        if leaf == "num_batches_tracked":
-            t = torch.tensor(0)
-        elif len(shape) == 4:
-            fan_in = shape[1] * shape[2] * shape[3]
-            t = torch.randn(shape, generator=g) * math.sqrt(2.0 / fan_in)
-        elif is_bn and leaf in ("weight", "running_var"):
-            t = torch.rand(shape, generator=g) + 0.5
-        else:  # BN bias / running_mean, conv bias
-            t = torch.randn(shape, generator=g) * 0.1
-        state[key] = t
-    return state
-
-
 def calibrated_state(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
     """``random_state`` with every conv rescaled (LSUV-style, on one fixed random batch) so that
     activations stay O(1) through the whole network instead of compounding through residual
     sums and the CRP chains; otherwise early paths would vanish under the comparison tolerance."""
-    state = Calibrating(random_state(manifest(name), seed=seed))
+    state = Calibrating(random_state(manifest(name)["state_dict"], seed=seed))
     x = torch.randn(1, 3, 64, 80, generator=torch.Generator().manual_seed(100 + seed))
     with torch.no_grad():
         reference_forward(name, state, x)
@@ -225,15 +192,11 @@ def calibrated_state(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 @functools.lru_cache(maxsize=None)
-def _state_and_model(name: str):
+def loaded(name: str):
+    """(calibrated reference state dict, model loaded from it by from_reference), built once per name."""
     state = calibrated_state(name, seed=NAMES.index(name))
     model = refineseg.from_reference(state, name).eval()
     return state, model
-
-
-def loaded(name: str):
-    manifest(name)  # skip before building anything when the manifests are absent
-    return _state_and_model(name)
 
 
 def assert_close_scaled(actual, expected, tol=1e-4):
@@ -288,7 +251,7 @@ def test_comparison_is_sensitive(name, monkeypatch):
 def test_to_reference_roundtrip(name):
     state, model = loaded(name)
     out = refineseg.to_reference(model)
-    assert set(out) == set(manifest(name))
+    assert set(out) == set(manifest(name)["state_dict"])
     for key, tensor in state.items():
         assert out[key].shape == tensor.shape, key
         assert torch.equal(out[key], tensor), key

@@ -65,8 +65,8 @@ class InvertedResidual(nn.Module):
 class MobileNetV2(nn.Module):
     """MobileNetV2 trunk returning the outputs of groups 2..7.
 
-    Input (N, 3, H, W); outputs with ``out_channels`` [24, 32, 64, 96, 160, 320] at
-    ``out_strides`` [4, 8, 16, 16, 32, 32] (Light-Weight RefineNet's ``l3`` .. ``l8``).
+    Input (N, 3, H, W); outputs with ``out_channels`` [24, 32, 64, 96, 160, 320] at strides
+    4, 8, 16, 16, 32, 32 (Light-Weight RefineNet's ``l3`` .. ``l8``).
     """
 
     def __init__(self, expand_first_block: bool = True) -> None:
@@ -84,7 +84,6 @@ class MobileNetV2(nn.Module):
         self.features = nn.Sequential(*features)
         self._stage_ends = self._stage_ends[1:]  # group 1 (stride 2, 16 channels) is not returned
         self.out_channels = [s[1] for s in MOBILENETV2_SETTINGS[1:]]
-        self.out_strides = [4, 8, 16, 16, 32, 32]
         self._init_weights()
 
     def _init_weights(self) -> None:
