@@ -8,21 +8,20 @@ Quick start::
 """
 
 from .blocks import ChainedResidualPooling, MultiResolutionFusion, RefineNetBlock, ResidualConvUnit
-from .errors import CheckpointError, DataError, RefineSegError
+from .errors import CheckpointError, DataError, MissingDependencyError, RefineSegError
 from .models import (
     ModelConfig, SegmentationModel, create_model, from_pretrained, from_reference, list_models, save_pretrained,
     to_reference,
 )
 from .optimize import fold_batch_norm, optimize_for_inference
 from .tiling import predict_tiled
+from .version import __version__
 from .weights import load_backbone_weights
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ResidualConvUnit", "MultiResolutionFusion", "ChainedResidualPooling", "RefineNetBlock",
     "ModelConfig", "SegmentationModel", "create_model", "list_models",
     "from_pretrained", "from_reference", "load_backbone_weights", "save_pretrained", "to_reference",
     "optimize_for_inference", "fold_batch_norm", "predict_tiled",
-    "RefineSegError", "DataError", "CheckpointError",
+    "RefineSegError", "DataError", "CheckpointError", "MissingDependencyError", "__version__",
 ]

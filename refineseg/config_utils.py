@@ -2,6 +2,11 @@
 
 A field ``batch_size`` is the flag ``--batch-size`` and the YAML key ``batch_size``. Precedence:
 dataclass default < ``--config FILE`` < explicit command-line flags.
+
+The flag follows the field's type (``bool`` -> ``--x/--no-x``, ``list[int]`` -> ``--x 1 2``, ...).
+A field can spell out its own parsing with the argparse keywords ``nargs``, ``const``, ``type``
+and ``metavar`` in its metadata, e.g. an optional value: ``--resume`` (``const``) or
+``--resume auto`` (parsed by ``type``); a field whose type admits ``bool`` also gets ``--no-x``.
 """
 
 from __future__ import annotations
@@ -32,15 +37,33 @@ def required(help: str, **metadata: Any) -> Any:
     return dataclasses.field(metadata={"help": help, **metadata})
 
 
+# Field metadata keys passed through to ``argparse.add_argument`` (see the module docstring).
+ARGPARSE_KEYS = ("nargs", "const", "type", "metavar")
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def bool_or_str(text: str) -> bool | str:
+    """A flag value: true/yes/on and false/no/off (any case) as YAML reads them, other words unchanged.
+
+    Meant for fields such as ``resume: bool | Literal["auto"]``; the dataclass validates the result,
+    so a bad word becomes the same one-line error from the command line as from YAML.
+    """
+    word = text.strip().lower()
+    if word in ("true", "yes", "on"):
+        return True
+    if word in ("false", "no", "off"):
+        return False
+    return text
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
     """Add one flag per field of ``cls``; help text from ``field.metadata["help"]``.
 
     Defaults are left as ``None`` (argparse.SUPPRESS) so that only flags the user typed
-    override the YAML config.
+    override the YAML config. Metadata keys in ``ARGPARSE_KEYS`` replace the type-based flag.
     """
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -55,7 +78,15 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: tu
         args = [a for a in typing.get_args(kind) if a is not type(None)]
         base = args[0] if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args else kind
         choices = f.metadata.get("choices")
-        if base is bool:
+        custom = {key: f.metadata[key] for key in ARGPARSE_KEYS if key in f.metadata}
+        if custom:  # the field says how to parse it, e.g. an optional value
+            if "type" not in custom and base in (int, float, str):
+                custom["type"] = base
+            parser.add_argument(_flag(f.name), default=argparse.SUPPRESS, help=help_text, choices=choices, **custom)
+            if bool in args or kind is bool:
+                parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_const",
+                                    const=False, default=argparse.SUPPRESS, help=f"set {f.name} to false")
+        elif base is bool:
             parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=help_text)
         elif typing.get_origin(base) in (list, tuple):

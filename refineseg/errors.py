@@ -17,6 +17,10 @@ class CheckpointError(RefineSegError):
     """A weights file or checkpoint directory cannot be loaded into the requested model."""
 
 
+class MissingDependencyError(RefineSegError):
+    """An optional extra is not installed; the message names the pip command."""
+
+
 def file_error(cls: type[RefineSegError], path: str | os.PathLike, cause: str) -> RefineSegError:
     """Build ``cls("<path>: <cause>")``, the one message format used for every file problem."""
     return cls(f"{os.fspath(path)}: {cause}")

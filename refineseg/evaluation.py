@@ -21,9 +21,10 @@ from . import distributed
 from .models import from_pretrained
 from .config_utils import option, required
 from .data import DATASETS, build_dataset, eval_transform
-from .errors import CheckpointError, file_error
+from .errors import CheckpointError, MissingDependencyError, file_error
 from .inference import InferenceOptions, check_inference_options, predict_probabilities, select_device
 from .metrics import ConfusionMatrix, format_table, summarize
+from .visualize import plot_confusion_matrix
 
 @dataclass(kw_only=True)
 class EvalConfig(InferenceOptions):
@@ -132,11 +133,9 @@ def run_evaluate(config: EvalConfig) -> dict[str, Any]:
     print(format_table(summary))
     print(f"Metrics: {metrics_path}")
     if config.confusion_png:
-        from .visualize import plot_confusion_matrix
-
         try:
             png = plot_confusion_matrix(matrix, dataset.class_names, out / "confusion_matrix.png")
             print(f"Confusion matrix: {png}")
-        except ImportError:
-            print("Skipped confusion_matrix.png: needs matplotlib (pip install 'refineseg[train]')")
+        except MissingDependencyError as e:
+            print(f"Skipped confusion_matrix.png: {e}")
     return summary

@@ -28,10 +28,10 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
-from . import __version__
 from .config_utils import option, required
-from .errors import CheckpointError, RefineSegError, file_error
+from .errors import CheckpointError, MissingDependencyError, RefineSegError, file_error
 from .models import MIN_SIDE, ModelConfig, from_pretrained
+from .version import __version__
 
 FORMATS = ["onnx"]
 INPUT_NAME = "image"
@@ -66,8 +66,8 @@ def _import(*modules: str) -> list[Any]:
     try:
         return [importlib.import_module(m) for m in modules]
     except ImportError as e:
-        raise RefineSegError(f"ONNX support needs {', '.join(modules)} ({e.name} is not installed): "
-                             "pip install 'refineseg[export]'") from None
+        raise MissingDependencyError(f"ONNX support needs {', '.join(modules)} ({e.name} is not installed): "
+                                     "pip install 'refineseg[export]'") from None
 
 
 @contextlib.contextmanager
@@ -194,6 +194,10 @@ def _default_providers(ort: Any) -> list[str]:
 
 
 def _session(ort: Any, path: Path, providers: Sequence[str] | None) -> Any:
+    """An onnxruntime session for the ``.onnx`` file at ``path``; CheckpointError names what is wrong."""
+    if path.is_dir():
+        raise file_error(CheckpointError, path, "is a checkpoint directory; --backend onnxruntime runs an .onnx "
+                         f"file: export one with 'refineseg export --checkpoint {path} --out model.onnx'")
     if not path.is_file():
         raise file_error(CheckpointError, path, "no such file")
     try:

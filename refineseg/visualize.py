@@ -16,7 +16,9 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .errors import MissingDependencyError
 from .palette import IGNORE_COLOR
+
 
 def colorize(labels: np.ndarray, palette: Sequence[tuple[int, int, int]], ignore_index: int | None = 255) -> np.ndarray:
     """Map an (H, W) integer label map to an (H, W, 3) uint8 RGB image; ``ignore_index`` gets ``IGNORE_COLOR``."""
@@ -141,8 +143,12 @@ def overlay(
 
 def _agg_figure(figsize: tuple[float, float]):
     """A matplotlib Figure bound to an Agg canvas (headless, no pyplot state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as e:  # optional dependency (the "train" extra)
+        raise MissingDependencyError(f"plots need matplotlib ({e.name} is not installed): "
+                                     "pip install 'refineseg[train]'") from None
 
     fig = Figure(figsize=figsize, dpi=100, layout="constrained")
     FigureCanvasAgg(fig)

@@ -115,3 +115,139 @@ def test_weights_file_carrying_code_is_refused_and_never_run(tmp_path):
 
 def test_missing_config_file(tmp_path):
     assert "nope.yaml" in fails("train", "--config", str(tmp_path / "nope.yaml"))
+
+
+# --- flags: no prefix matching ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, flag", [
+    (["train", "--batch", "4"], "--batch"),  # abbreviation of --batch-size
+    (["train", "--batch-sise", "4"], "--batch-sise"),  # unknown
+    (["evaluate", "--checkpoint", "ckpt", "--synthetic-s", "64"], "--synthetic-s"),  # of --synthetic-size
+    (["evaluate", "--checkpoint", "ckpt", "--crop-s", "300"], "--crop-s"),  # unknown
+])
+def test_abbreviated_or_unknown_flag_is_an_error(argv, flag, capsys):
+    from refineseg.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: ") and f"unrecognized arguments: {flag}" in err
+
+
+# --- optional extras: imported lazily, reported as one line; our own import bugs keep their traceback ----
+
+def test_importing_the_cli_loads_no_optional_extra():
+    extras = ["onnxruntime", "onnx", "onnxscript", "matplotlib", "albumentations", "cv2", "tifffile"]
+    code = f"import sys, refineseg.cli; print([m for m in {extras!r} if m in sys.modules])"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"
+
+
+def _fail_with(monkeypatch, error: Exception) -> None:
+    """Make ``refineseg models`` raise ``error``."""
+    import refineseg.cli
+
+    def handler(args) -> None:
+        raise error
+
+    monkeypatch.setattr(refineseg.cli, "_cmd_models", handler)
+
+
+def test_import_error_in_our_code_is_not_hidden(monkeypatch):
+    from refineseg.cli import main
+
+    _fail_with(monkeypatch, ImportError("cannot import name 'nope' from 'refineseg.models'"))
+    with pytest.raises(ImportError, match="nope"):
+        main(["models"])
+
+
+def test_missing_optional_extra_is_one_line(monkeypatch, capsys):
+    from refineseg.cli import main
+    from refineseg.errors import MissingDependencyError
+
+    _fail_with(monkeypatch, MissingDependencyError("plots need matplotlib: pip install 'refineseg[train]'"))
+    assert main(["models"]) == 2
+    assert capsys.readouterr().err.splitlines() == ["error: plots need matplotlib: pip install 'refineseg[train]'"]
+
+
+def _block(monkeypatch, *modules: str) -> None:
+    """Make ``import <module>`` (and its submodules) fail as if it were not installed."""
+    for name in [m for m in sys.modules if m.split(".")[0] in modules] + list(modules):
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+def _plot(tmp_path: Path) -> None:
+    from refineseg.visualize import plot_curves
+
+    plot_curves([{"iter": 1, "loss": 0.5}], tmp_path)
+
+
+def _augment(tmp_path: Path) -> None:
+    from refineseg.data.transforms import _albumentations
+
+    _albumentations()
+
+
+def _write_tiff(tmp_path: Path) -> None:
+    from refineseg.data import write_label_tiff
+
+    write_label_tiff(tmp_path / "labels.tif", np.zeros((8, 8), np.uint8), [(0, 0, 0)])
+
+
+def _onnx(tmp_path: Path) -> None:
+    from refineseg.export import OnnxSegmenter
+
+    OnnxSegmenter(tmp_path / "model.onnx")
+
+
+@pytest.mark.parametrize("module, use", [("matplotlib", _plot), ("albumentations", _augment),
+                                         ("tifffile", _write_tiff), ("onnxruntime", _onnx)])
+def test_missing_extra_raises_missing_dependency_error(module, use, monkeypatch, tmp_path):
+    from refineseg.errors import MissingDependencyError
+
+    _block(monkeypatch, module)
+    with pytest.raises(MissingDependencyError, match=rf"{module}.*pip install 'refineseg\["):
+        use(tmp_path)
+
+
+def test_evaluate_without_matplotlib_skips_the_confusion_plot(dataset, tmp_path, monkeypatch, capsys):
+    import refineseg
+    from refineseg.cli import main
+
+    refineseg.create_model("lw_refinenet_mbv2", num_classes=6).save_pretrained(tmp_path / "ckpt")
+    _block(monkeypatch, "matplotlib")
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "ckpt"), "--dataset", "folder", "--data-root",
+                 str(dataset), "--split", "val", "--out", str(tmp_path / "eval"), "--workers", "0"]) == 0
+    assert "Skipped confusion_matrix.png: plots need matplotlib" in capsys.readouterr().out
+    assert (tmp_path / "eval" / "metrics.json").exists()
+
+
+# --- predict --backend onnxruntime -----------------------------------------------------------------
+
+def _predict_onnx(checkpoint: Path, tmp_path: Path, capsys) -> str:
+    """Run ``refineseg predict --backend onnxruntime`` in-process; expect exit 2, return the one stderr line."""
+    pytest.importorskip("onnxruntime")
+    from refineseg.cli import main
+
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(image)
+    code = main(["predict", "--checkpoint", str(checkpoint), "--backend", "onnxruntime",
+                 "--out", str(tmp_path / "pred"), str(image)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def test_onnx_backend_given_a_checkpoint_directory(tmp_path, capsys):
+    import refineseg
+
+    ckpt = tmp_path / "ckpt"
+    refineseg.create_model("lw_refinenet_mbv2", num_classes=3).save_pretrained(ckpt)
+    line = _predict_onnx(ckpt, tmp_path, capsys)
+    assert line.startswith(f"error: {ckpt}: is a checkpoint directory")
+    assert ".onnx" in line and f"refineseg export --checkpoint {ckpt}" in line and "no such file" not in line
+
+
+def test_onnx_backend_given_a_missing_file(tmp_path, capsys):
+    assert _predict_onnx(tmp_path / "nope.onnx", tmp_path, capsys) == f"error: {tmp_path / 'nope.onnx'}: no such file"

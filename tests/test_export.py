@@ -18,13 +18,12 @@ pytest.importorskip("onnxruntime")
 
 import onnx  # noqa: E402
 
+import conftest  # noqa: E402
 import refineseg  # noqa: E402
 from refineseg.errors import CheckpointError, RefineSegError  # noqa: E402
 from refineseg.export import ExportConfig, OnnxSegmenter, export_onnx, run_export, validate_onnx  # noqa: E402
 from refineseg.inference import predict_probabilities, segment  # noqa: E402
 
-NAMES = ["background", "road", "car", "tree"]
-PALETTE = [(0, 0, 0), (128, 64, 128), (0, 0, 142), (107, 142, 35)]
 TRACED = (64, 64)
 # (N, H, W): the traced size, odd sizes, a batch of 2, the smallest accepted side.
 SHAPES = [(1, 64, 64), (1, 97, 130), (2, 80, 112), (1, 32, 45)]
@@ -34,17 +33,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 def make_model(name: str) -> refineseg.SegmentationModel:
-    """Random weights, BN running statistics moved away from (0, 1) by a few train-mode passes."""
-    torch.manual_seed(0)
-    model = refineseg.create_model(name, num_classes=4, class_names=NAMES, palette=PALETTE)
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(2, 3, 64, 64) * 2 + 0.5)
-        model.eval()
-        # Centre each class's mean logit, so that predictions vary over classes and pixels.
-        model.head.conv.bias -= model(torch.randn(2, 3, 64, 64)).mean((0, 2, 3))
-    return model
+    return conftest.make_model(name, warm_batch_norm=True)
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +116,7 @@ def test_metadata_round_trip(exported):
     model, path = exported
     segmenter = OnnxSegmenter(path)
     assert segmenter.config == model.config
-    assert segmenter.config.class_names == NAMES and segmenter.config.palette == PALETTE
+    assert segmenter.config.class_names == conftest.CLASS_NAMES and segmenter.config.palette == conftest.PALETTE
     assert segmenter.device == torch.device("cpu") and segmenter.eval() is segmenter
 
 

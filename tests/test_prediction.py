@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -10,29 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-import refineseg
+from conftest import CLASS_NAMES, PALETTE, make_model
 from refineseg.data import read_image, write_image
 from refineseg.errors import DataError
 from refineseg.inference import segment
 from refineseg.prediction import PredictConfig, expand_inputs, run_predict
 from refineseg.visualize import overlay
 
-NAMES = ["background", "road", "car", "tree"]
-PALETTE = [(0, 0, 0), (128, 64, 128), (0, 0, 142), (107, 142, 35)]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def make_model() -> refineseg.SegmentationModel:
-    """Untrained lw_refinenet_mbv2; zero head bias so predictions vary over classes and pixels."""
-    torch.manual_seed(0)
-    model = refineseg.create_model("lw_refinenet_mbv2", num_classes=4, class_names=NAMES, palette=PALETTE)
-    with torch.no_grad():
-        model.head.conv.bias.zero_()
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +93,7 @@ def test_run_predict_writes_segment_results_and_overlays(checkpoint, tmp_path, c
         overlay_path = label_path.with_name(label_path.stem + "_overlay.png")
         with Image.open(overlay_path) as png:
             shown = np.asarray(png.convert("RGB"))
-        assert np.array_equal(shown, np.asarray(overlay(image, expected, PALETTE, NAMES, alpha=0.5)))
+        assert np.array_equal(shown, np.asarray(overlay(image, expected, PALETTE, CLASS_NAMES, alpha=0.5)))
         assert shown.shape[1] > image.shape[1]  # legend on the right
     assert len(classes_seen) >= 2
     assert str(out) in capsys.readouterr().out.strip().splitlines()[-1]
@@ -155,13 +142,6 @@ def test_config_rejects_bad_options():
     assert PredictConfig(checkpoint="x", inputs=["a.png"]).scales == [1.0]
 
 
-def _has_subcommand(name: str) -> bool:
-    from refineseg.cli import build_parser
-
-    return any(isinstance(a, argparse._SubParsersAction) and name in a.choices for a in build_parser()._actions)
-
-
-@pytest.mark.skipif(not _has_subcommand("predict"), reason="`refineseg predict` not wired into the CLI yet")
 def test_cli_corrupt_image_is_one_line_error(checkpoint, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")

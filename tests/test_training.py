@@ -1,8 +1,10 @@
-"""Training: LR schedule, loss, config precedence, crash-safe resume, DDP equivalence."""
+"""Training: LR schedule, loss, config precedence, the loop's parts, crash-safe resume, DDP equivalence."""
 
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import math
 import os
 import signal
@@ -16,12 +18,21 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+import refineseg
 from refineseg import from_pretrained
+from refineseg.cli import main as cli_main
 from refineseg.config_utils import add_dataclass_arguments, build_config
+from refineseg.data import SyntheticSegmentation, eval_transform
 from refineseg.errors import RefineSegError
 from refineseg.models import build_model
-from refineseg.training import TrainConfig, poly_lr_lambda, segmentation_loss
-from refineseg.training.run_state import atomic_directory, recover_directory
+from refineseg.training import (
+    TrainConfig, build_optimizer, optimizer_step, poly_lr_lambda, save_last, segmentation_loss, validate_and_save_best,
+)
+from refineseg.training import trainer
+from refineseg.training.progress import MetricsLog
+from refineseg.training.run_state import (
+    atomic_directory, capture_rng_state, load_training_state, recover_directory,
+)
 
 # A tiny, fast run: LW-RefineNet on MobileNetV2, 64-pixel synthetic images.
 TINY = ["--model", "lw_refinenet_mbv2", "--dataset", "synthetic", "--crop", "64", "--lr", "0.002",
@@ -164,3 +175,160 @@ def test_bf16_mixed_precision_trains(tmp_path):
               if "loss" in r]
     assert len(losses) == 2 and all(math.isfinite(loss) and loss > 0 for loss in losses)
     assert all(v.dtype == torch.float32 for v in weights(tmp_path / "bf16" / "last").values() if v.is_floating_point())
+
+
+# --- The training loop's parts, one at a time -------------------------------------------------
+
+def tiny_model() -> refineseg.SegmentationModel:
+    """LW-RefineNet-MobileNetV2 for the 6 synthetic classes, without dropout."""
+    torch.manual_seed(0)
+    return refineseg.create_model("lw_refinenet_mbv2", num_classes=6, dropout=0.0)
+
+
+def synthetic_batch(n: int, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` normalized 64×64 synthetic images (n, 3, 64, 64) and their masks (n, 64, 64), all pixels valid."""
+    dataset = SyntheticSegmentation(split, n, 64, transform=eval_transform())
+    images, masks = zip(*(dataset[i] for i in range(n)))
+    return torch.stack(images), torch.stack(masks)
+
+
+def sgd_step_parts(model: torch.nn.Module):
+    """The optimizer, poly scheduler and (disabled) grad scaler that training builds for ``model``."""
+    config = TrainConfig(iters=10, lr=0.01)
+    optimizer = build_optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lr_lambda(config))
+    return optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False)
+
+
+def test_optimizer_step_with_accumulation_equals_one_step_on_the_whole_batch():
+    # Eval-mode BN (running statistics) and no dropout: the forward pass does not depend on
+    # how the batch is split, so two micro-batches of 2 must update like one batch of 4.
+    images, masks = synthetic_batch(4)
+    big, accum = tiny_model().eval(), tiny_model().eval()
+    big_parts, accum_parts = sgd_step_parts(big), sgd_step_parts(accum)
+    before = copy.deepcopy(big.state_dict())
+
+    big_loss = optimizer_step(big, iter([(images, masks)]), *big_parts, step=1)
+    micro = iter([(images[:2], masks[:2]), (images[2:], masks[2:]), "never read"])
+    accum_loss = optimizer_step(accum, micro, *accum_parts, step=1, accum_steps=2)
+
+    assert next(micro) == "never read"  # exactly accum_steps micro-batches consumed
+    assert math.isfinite(big_loss) and big_loss > 0
+    assert accum_loss == pytest.approx(big_loss, rel=1e-5)
+    assert big_parts[0].param_groups[0]["lr"] == accum_parts[0].param_groups[0]["lr"] < 0.01  # scheduler stepped
+    moved = 0
+    for (name, a), b in zip(big.state_dict().items(), accum.state_dict().values()):
+        if a.is_floating_point():
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+            moved += not torch.equal(a, before[name])
+    assert moved > 0, "the step did not change any weight"
+
+
+def test_optimizer_step_names_the_step_when_the_loss_is_not_finite():
+    images, masks = synthetic_batch(2)
+    images[0, :, :4, :4] = float("nan")
+    model = tiny_model().eval()
+    with pytest.raises(RefineSegError, match=r"loss became nan at step 7\b"):
+        optimizer_step(model, iter([(images, masks)]), *sgd_step_parts(model), step=7)
+
+
+def test_save_last_writes_a_loadable_checkpoint_with_the_training_state(tmp_path):
+    model = tiny_model()
+    optimizer, scheduler, scaler = sgd_step_parts(model)
+    optimizer_step(model, iter([synthetic_batch(2)]), optimizer, scheduler, scaler, step=1)
+    rng = capture_rng_state()
+    config = TrainConfig(model="lw_refinenet_mbv2", iters=10, out=str(tmp_path))
+
+    last = save_last(tmp_path, model, optimizer, scheduler, scaler, step=3, best_miou=0.25, rng_state=rng,
+                     config=config)
+
+    assert last == tmp_path / "last"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]  # no temporary directories left over
+    loaded = refineseg.from_pretrained(last).state_dict()
+    assert loaded.keys() == model.state_dict().keys()
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
+    state = load_training_state(last)
+    assert (state["step"], state["best_miou"], state["config"]["iters"]) == (3, 0.25, 10)
+    assert torch.equal(state["rng"]["torch"], rng["torch"])
+    assert state["scheduler"]["last_epoch"] == 1 and state["optimizer"]["state"]  # momentum buffers saved
+
+
+def test_validate_and_save_best_writes_best_only_when_miou_improves(tmp_path, monkeypatch):
+    model = tiny_model().train()
+    val_set = SyntheticSegmentation("val", 2, 64, transform=eval_transform())
+    metrics = MetricsLog(tmp_path, None, enabled=True)
+    best_dir = tmp_path / "best"
+
+    # A real evaluation: the first score always beats the initial -1.
+    best = validate_and_save_best(model, val_set, tmp_path, metrics, step=2, best_miou=-1.0)
+    assert 0.0 <= best <= 1.0 and model.training  # train mode restored
+    assert json.loads((best_dir / "metrics.json").read_text())["mIoU"] == best
+    first = weights(best_dir)
+    assert all(torch.equal(first[k], v) for k, v in model.state_dict().items())
+
+    with torch.no_grad():  # new weights, scored worse, then better
+        model.head.conv.weight.mul_(2.0)
+    scores = iter([best - 0.1, best + 0.1])
+
+    def fake_evaluate(*args, **kwargs):
+        score = next(scores)
+        return {"mIoU": score, "aAcc": 0.5, "mAcc": 0.5}, None
+
+    monkeypatch.setattr(trainer, "evaluate_model", fake_evaluate)
+    assert validate_and_save_best(model, val_set, tmp_path, metrics, step=4, best_miou=best) == best
+    assert all(torch.equal(first[k], v) for k, v in weights(best_dir).items())  # best/ untouched
+    assert validate_and_save_best(model, val_set, tmp_path, metrics, step=6, best_miou=best) == best + 0.1
+    assert torch.equal(weights(best_dir)["head.conv.weight"], model.head.conv.weight)
+    assert json.loads((best_dir / "metrics.json").read_text())["mIoU"] == best + 0.1
+
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["iter"], r["mIoU"]) for r in records] == [(2, best), (4, best - 0.1), (6, best + 0.1)]
+    assert (tmp_path / "plots" / "miou.png").is_file()
+    metrics.close()
+
+
+# --- --resume auto ----------------------------------------------------------------------------
+
+def test_resume_accepts_true_false_and_auto_from_flags_and_yaml(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_dataclass_arguments(parser, TrainConfig)
+    for flags, expected in [([], False), (["--resume"], True), (["--resume", "auto"], "auto"),
+                            (["--resume", "false"], False), (["--resume", "auto", "--no-resume"], False),
+                            (["--resume", "--iters", "3"], True)]:
+        assert build_config(TrainConfig, parser.parse_args(flags)).resume == expected, flags
+    for text, expected in [("true", True), ("false", False), ("auto", "auto")]:
+        (tmp_path / "c.yaml").write_text(f"resume: {text}\n")
+        assert build_config(TrainConfig, parser.parse_args([]), str(tmp_path / "c.yaml")).resume == expected
+    with pytest.raises(ValueError, match="resume must be true, false or auto, got 'sometimes'"):
+        TrainConfig(resume="sometimes")
+
+
+@pytest.mark.parametrize("how", ["flag", "yaml"])
+def test_bad_resume_value_is_a_one_line_cli_error(tmp_path, capsys, how):
+    if how == "flag":
+        args = ["--resume", "later"]
+    else:
+        (tmp_path / "c.yaml").write_text("resume: later\n")
+        args = ["--config", str(tmp_path / "c.yaml")]
+    assert cli_main(["train", *TINY, "--out", str(tmp_path / "run"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    assert "resume must be true, false or auto, got 'later'" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_resume_auto_starts_fresh_then_continues_from_the_saved_step(tmp_path):
+    out = tmp_path / "run"
+    common = [*TINY, "--batch-size", "2", "--val-interval", "0", "--ckpt-interval", "1", "--out", str(out),
+              "--resume", "auto"]
+    first = run_cli("train", *common, "--iters", "2")
+    assert f"no checkpoint in {out / 'last'}: starting a new run" in first.stdout
+    assert torch.load(out / "last" / "training_state.pt", weights_only=True)["step"] == 2
+
+    second = run_cli("train", *common, "--iters", "4")
+    assert f"resuming from {out / 'last'} at step 2" in second.stdout
+    assert "step 3/4" in second.stdout and "step 1/4" not in second.stdout
+    assert torch.load(out / "last" / "training_state.pt", weights_only=True)["step"] == 4
+    steps = [r["iter"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert steps == [1, 2, 3, 4]

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from ..errors import DataError, file_error
+from ..errors import DataError, MissingDependencyError, file_error
 from ..palette import IGNORE_COLOR
 
 PathLike = str | os.PathLike
@@ -172,12 +172,18 @@ def unlimited_pixels() -> Iterator[None]:
         Image.MAX_IMAGE_PIXELS = saved
 
 
-def _read_tiff(path: PathLike) -> np.ndarray:
+def _tifffile(path: PathLike):
+    """Import tifffile (optional "train" extra), or say how to install it."""
     try:
         import tifffile
-    except ImportError:  # optional dependency (the "train" extra)
-        raise file_error(DataError, path, "reading TIFF files needs tifffile "
+    except ImportError:
+        raise file_error(MissingDependencyError, path, "TIFF files need tifffile "
                          "(pip install 'refineseg[train]')") from None
+    return tifffile
+
+
+def _read_tiff(path: PathLike) -> np.ndarray:
+    tifffile = _tifffile(path)
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
@@ -241,8 +247,7 @@ def write_label_tiff(path: PathLike, labels: np.ndarray, palette: Sequence[Seque
 
     For label maps too large to copy comfortably (PNG writing through Pillow copies them once).
     """
-    import tifffile
-
+    tifffile = _tifffile(path)
     colormap = np.asarray(_palette_bytes(palette), np.uint16).reshape(256, 3).T * 257  # 8 -> 16 bit
     tifffile.imwrite(path, labels, photometric="palette", colormap=colormap, compression="zlib",
                      tile=(512, 512), bigtiff=labels.size > 2**31)

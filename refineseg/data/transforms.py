@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import MissingDependencyError
 from ..models.config import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -38,7 +39,8 @@ def _albumentations() -> tuple[Any, Any]:
         import albumentations as A
         import cv2
     except ImportError as exc:
-        raise ImportError("data augmentation needs albumentations: pip install 'refineseg[train]'") from exc
+        raise MissingDependencyError(f"data augmentation needs albumentations ({exc.name} is not installed): "
+                                     "pip install 'refineseg[train]'") from exc
     return A, cv2
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
-from ..config_utils import option
+from ..config_utils import bool_or_str, option
 from ..data import DATASETS
 
 
@@ -50,11 +51,16 @@ class TrainConfig:
     synthetic_val: int = option(64, "synthetic dataset: validation samples")
     synthetic_size: int = option(128, "synthetic dataset: image side")
     device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: cuda when available)")
-    resume: bool = option(False, "continue from OUT/last (bit-identical to an uninterrupted run on CPU)")
+    resume: bool | Literal["auto"] = option(
+        False, "continue from the checkpoint in OUT/last (bit-identical to an uninterrupted run on CPU); "
+               "`--resume auto`: only if OUT/last holds one, else start a new run",
+        nargs="?", const=True, type=bool_or_str, metavar="auto")
 
     def __post_init__(self) -> None:
         for name in ("iters", "batch_size", "accum_steps", "crop"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (isinstance(self.resume, bool) or self.resume == "auto"):
+            raise ValueError(f"resume must be true, false or auto, got {self.resume!r}")
         if self.scale_min <= 0 or self.scale_max < self.scale_min:
             raise ValueError(f"need 0 < scale_min <= scale_max, got {self.scale_min}, {self.scale_max}")

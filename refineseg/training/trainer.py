@@ -1,5 +1,8 @@
 """The training loop behind ``refineseg train`` (single process, or DDP under torchrun).
 
+One loop iteration: :func:`optimizer_step`, a log record, every ``val_interval`` steps
+:func:`validate_and_save_best`, every ``ckpt_interval`` steps :func:`save_last`.
+
 Step ``k`` consumes ``accum_steps`` micro-batches whose data order, augmentation and dropout are
 functions of the seed and the step alone, and every checkpoint stores the optimizer, scheduler,
 scaler and RNG states. Resuming from ``OUT/last`` therefore reproduces an uninterrupted run
@@ -12,10 +15,9 @@ import dataclasses
 import json
 import logging
 import math
-import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +34,7 @@ from ..inference import select_device
 from ..models import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel, create_model, from_pretrained
 from ..models.grad_checkpointing import enable_grad_checkpointing
 from ..visualize import plot_curves
+from .progress import MetricsLog, StepLog
 from .run_state import (
     STATE_NAME, atomic_directory, capture_rng_state, load_training_state, recover_directory, restore_rng_state,
 )
@@ -81,44 +84,6 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: 
     return total * dist_utils.world_size() / count.clamp(min=1).to(total.dtype)
 
 
-class MetricsLog:
-    """``metrics.jsonl`` (one JSON record per line) plus TensorBoard scalars, on rank 0 only."""
-
-    def __init__(self, out: Path, resume_step: int | None, enabled: bool) -> None:
-        self.path = out / "metrics.jsonl"
-        self.enabled = enabled
-        self.records: list[dict[str, Any]] = []
-        self.writer = None
-        if not enabled:
-            return
-        if resume_step is not None and self.path.exists():  # drop what a killed run logged after the checkpoint
-            kept = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-            self.records = [r for r in kept if r["iter"] <= resume_step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(out / "tensorboard"))
-        except ImportError:
-            log.info("tensorboard is not installed; skipping TensorBoard logs")
-
-    def add(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        self.records.append(record)
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            for key, value in record.items():
-                if key != "iter" and isinstance(value, (int, float)):
-                    self.writer.add_scalar(key, value, record["iter"])
-            self.writer.flush()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
 def _datasets(config: TrainConfig, mean, std):
     train_set = build_dataset(config.dataset, config.data_root, config.train_split,
                               transform=train_transform(config.crop, mean, std, (config.scale_min, config.scale_max),
@@ -133,20 +98,146 @@ def _datasets(config: TrainConfig, mean, std):
 
 
 def _build_or_resume(config: TrainConfig, train_set, out: Path) -> tuple[SegmentationModel, dict | None]:
+    """The model and training state from ``OUT/last`` when resuming, else a new model and None.
+
+    ``resume="auto"`` resumes only when ``OUT/last`` holds a checkpoint; ``True`` insists on one.
+    """
     last = out / "last"
     if config.resume:
-        recover_directory(last)
-        if not (last / STATE_NAME).is_file():
+        if dist_utils.is_main_process():  # one process repairs an interrupted swap, then all look
+            recover_directory(last)
+        dist_utils.barrier()
+        if (last / STATE_NAME).is_file():
+            model = from_pretrained(last)
+            if model.config.name != config.model or model.num_classes != train_set.num_classes:
+                raise file_error(CheckpointError, last,
+                                 f"checkpoint is {model.config.name} with {model.num_classes} classes, "
+                                 f"but the run asks for {config.model} with {train_set.num_classes}")
+            state = load_training_state(last)
+            if dist_utils.is_main_process():
+                log.info("resuming from %s at step %d", last, int(state["step"]))
+            return model, state
+        if config.resume != "auto":
             raise file_error(CheckpointError, last, "no checkpoint to resume from (run without --resume first)")
-        model = from_pretrained(last)
-        if model.config.name != config.model or model.num_classes != train_set.num_classes:
-            raise file_error(CheckpointError, last, f"checkpoint is {model.config.name} with {model.num_classes} classes, "
-                                                    f"but the run asks for {config.model} with {train_set.num_classes}")
-        return model, load_training_state(last)
+        if dist_utils.is_main_process():
+            log.info("no checkpoint in %s: starting a new run", last)
     model = create_model(config.model, num_classes=train_set.num_classes, class_names=train_set.class_names,
                          palette=train_set.palette, freeze_bn=config.freeze_bn, dropout=config.dropout,
                          output_stride=config.output_stride, backbone_weights=config.backbone_weights)
     return model, None
+
+
+def micro_batches(train_set, config: TrainConfig, step: int,
+                  device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (images, masks) from the first micro-batch of step ``step + 1`` on, epoch after epoch.
+
+    Batches are ``(batch_size, 3, crop, crop)`` float and ``(batch_size, crop, crop)`` int64, on
+    the CPU. Which images, and how they are augmented, depends on the seed and position alone,
+    so a resumed run reads exactly what the uninterrupted one would have.
+    """
+    batches_per_epoch = dist_utils.ResumableShardedSampler(len(train_set), config.batch_size,
+                                                           config.seed).batches_per_epoch()
+    index = step * config.accum_steps
+    while True:
+        epoch, start = divmod(index, batches_per_epoch)
+        sampler = dist_utils.ResumableShardedSampler(len(train_set), config.batch_size, config.seed, epoch, start)
+        train_set.set_epoch(epoch)  # augmentation = f(seed, epoch, index); workers are re-created per epoch
+        loader = torch.utils.data.DataLoader(
+            train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
+            drop_last=True, pin_memory=device.type == "cuda",
+            generator=torch.Generator().manual_seed(config.seed + epoch))
+        for batch in loader:
+            yield batch
+            index += 1
+
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # --amp none: no autocast
+
+
+def optimizer_step(
+    net: nn.Module,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    *,
+    step: int,
+    accum_steps: int = 1,
+    amp: str = "none",
+) -> float:
+    """Take optimizer step number ``step`` (1-based) on the next ``accum_steps`` micro-batches.
+
+    Each micro-batch is ``(B, 3, H, W)`` images and ``(B, H, W)`` masks (moved to ``net``'s
+    device). Micro-batch losses are divided by ``accum_steps``, so the summed gradients equal
+    those of one batch of ``accum_steps × B`` images; a DDP ``net`` all-reduces them only on the
+    last micro-batch (``no_sync`` before). Then the (optional) scaler steps the optimizer and the
+    scheduler advances. Returns the step's loss; raises RefineSegError naming the step when the
+    loss is not finite.
+    """
+    device = next(net.parameters()).device
+    autocast_dtype = AUTOCAST_DTYPES.get(amp)
+    scaler = scaler if scaler is not None else torch.amp.GradScaler(device.type, enabled=False)
+    optimizer.zero_grad(set_to_none=True)
+    step_loss = 0.0
+    for micro in range(accum_steps):
+        images, masks = next(batches)
+        images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
+        sync = micro == accum_steps - 1 or not isinstance(net, DistributedDataParallel)
+        with (nullcontext() if sync else net.no_sync()):
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                logits = net(images)
+            loss = segmentation_loss(logits, masks) / accum_steps
+            scaler.scale(loss).backward()
+        step_loss += loss.item()
+    scaler.step(optimizer)
+    scaler.update()
+    if scheduler is not None:
+        scheduler.step()
+    if not math.isfinite(step_loss):
+        raise RefineSegError(f"loss became {step_loss} at step {step}; lower --lr or disable --amp")
+    return step_loss
+
+
+def validate_and_save_best(model: SegmentationModel, val_set, out: Path, metrics: MetricsLog, *,
+                           step: int, best_miou: float) -> float:
+    """Score ``model`` on ``val_set``, log it, and keep ``out/best`` as the best model so far.
+
+    Every process must call it (evaluation is sharded over ranks); rank 0 writes ``out/best``
+    (model + ``metrics.json``) atomically when mIoU beats ``best_miou``, and redraws
+    ``out/plots``. Pass the bare model, not a DDP wrapper. Returns the new best mIoU.
+    """
+    main = dist_utils.is_main_process()
+    summary, _ = evaluate_model(model, val_set, progress=False)  # restores the model's train/eval mode
+    metrics.add({"iter": step, "mIoU": summary["mIoU"], "aAcc": summary["aAcc"], "mAcc": summary["mAcc"]})
+    if main:
+        tqdm.write(f"step {step}: val mIoU {summary['mIoU']:.4f}  aAcc {summary['aAcc']:.4f}")
+    if summary["mIoU"] > best_miou:
+        best_miou = summary["mIoU"]
+        if main:
+            atomic_directory(out / "best", lambda d: (model.save_pretrained(d),
+                                                      (d / "metrics.json").write_text(json.dumps(summary, indent=2))))
+    if main:
+        plot_curves(metrics.records, out / "plots")
+    return best_miou
+
+
+def save_last(out: Path, model: SegmentationModel, optimizer: torch.optim.Optimizer,
+              scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler, *,
+              step: int, best_miou: float, rng_state: dict[str, Any], config: TrainConfig) -> Path:
+    """Checkpoint the run in ``out/last``: the model plus ``training_state.pt``; returns that path.
+
+    Rank 0 writes the directory atomically, then every process waits for it. ``rng_state``
+    (from :func:`capture_rng_state` right after the optimizer step) is what a resumed run
+    restores, so it continues exactly as this one does.
+    """
+    last = out / "last"
+    if dist_utils.is_main_process():
+        state = {"step": step, "best_miou": best_miou, "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                 "rng": rng_state, "config": dataclasses.asdict(config)}
+        atomic_directory(last, lambda d: (model.save_pretrained(d), torch.save(state, d / STATE_NAME)))
+    dist_utils.barrier()
+    return last
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
@@ -193,96 +284,27 @@ def _train(config: TrainConfig, device: torch.device, distributed: bool) -> dict
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if distributed else model
 
     metrics = MetricsLog(out, step if state is not None else None, main)
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp)
-    world = dist_utils.world_size()
-    probe = dist_utils.ResumableShardedSampler(len(train_set), config.batch_size, config.seed)
-    batches_per_epoch = probe.batches_per_epoch()
-    # The bar shows on rank 0 when stderr is a terminal (tqdm's disable=None).
-    bar = tqdm(total=config.iters, initial=step, disable=None if main else True, desc="train", dynamic_ncols=True)
+    progress = StepLog(config, metrics, step)
     if main:
         log.info("training %s on %d images (%s/%s), %d process(es) × batch %d × accum %d, %d steps",
-                 config.model, len(train_set), config.dataset, config.train_split, world,
+                 config.model, len(train_set), config.dataset, config.train_split, dist_utils.world_size(),
                  config.batch_size, config.accum_steps, config.iters)
-
-    def micro_batches():
-        """Yield (images, masks) from micro-batch ``step * accum_steps`` on, epoch after epoch."""
-        index = step * config.accum_steps
-        while True:
-            epoch, start = divmod(index, batches_per_epoch)
-            sampler = dist_utils.ResumableShardedSampler(len(train_set), config.batch_size, config.seed, epoch, start)
-            train_set.set_epoch(epoch)  # augmentation = f(seed, epoch, index); workers are re-created per epoch
-            loader = torch.utils.data.DataLoader(
-                train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
-                drop_last=True, pin_memory=device.type == "cuda",
-                generator=torch.Generator().manual_seed(config.seed + epoch))
-            for batch in loader:
-                yield batch
-                index += 1
-
     try:
-        data = micro_batches()
-        window_loss, window_start, window_steps = 0.0, time.perf_counter(), 0
+        batches = micro_batches(train_set, config, step, device)
         while step < config.iters:
-            optimizer.zero_grad(set_to_none=True)
-            step_loss = 0.0
-            for micro in range(config.accum_steps):
-                images, masks = next(data)
-                images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-                sync = micro == config.accum_steps - 1 or not distributed
-                with (nullcontext() if sync else net.no_sync()):
-                    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                        logits = net(images)
-                    loss = segmentation_loss(logits, masks) / config.accum_steps
-                    scaler.scale(loss).backward()
-                step_loss += loss.item()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
             step += 1
-            if not math.isfinite(step_loss):
-                raise RefineSegError(f"loss became {step_loss} at step {step}; lower --lr or disable --amp")
+            loss = optimizer_step(net, batches, optimizer, scheduler, scaler, step=step,
+                                  accum_steps=config.accum_steps, amp=config.amp)
             rng_after_step = capture_rng_state()
-
-            window_loss += step_loss
-            window_steps += 1
-            lr = optimizer.param_groups[0]["lr"]
-            bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
-            if step % config.log_interval == 0 or step == config.iters:
-                elapsed = time.perf_counter() - window_start
-                record = {"iter": step, "loss": window_loss / window_steps, "lr": lr,
-                          "it/s": window_steps / max(elapsed, 1e-9)}
-                metrics.add(record)
-                if main and bar.disable:  # no terminal: a plain log line instead of the bar
-                    print(f"step {step}/{config.iters}  loss {record['loss']:.4f}  lr {lr:.2e}  "
-                          f"{record['it/s']:.2f} it/s", flush=True)
-                window_loss, window_start, window_steps = 0.0, time.perf_counter(), 0
-
+            progress.add(step, loss, optimizer.param_groups[0]["lr"])
             final = step == config.iters
             if (config.val_interval and step % config.val_interval == 0) or final:
-                summary, _ = evaluate_model(model, val_set, device=device, progress=False)
-                model.train()
-                metrics.add({"iter": step, "mIoU": summary["mIoU"], "aAcc": summary["aAcc"], "mAcc": summary["mAcc"]})
-                if main:
-                    bar.write(f"step {step}: val mIoU {summary['mIoU']:.4f}  aAcc {summary['aAcc']:.4f}")
-                if summary["mIoU"] > best_miou:
-                    best_miou = summary["mIoU"]
-                    if main:
-                        atomic_directory(out / "best", lambda d: (model.save_pretrained(d),
-                                                                  (d / "metrics.json").write_text(json.dumps(summary, indent=2))))
-                if main:
-                    plot_curves(metrics.records, out / "plots")
+                best_miou = validate_and_save_best(model, val_set, out, metrics, step=step, best_miou=best_miou)
             if step % config.ckpt_interval == 0 or final:
-                if main:
-                    training_state = {"step": step, "best_miou": best_miou, "optimizer": optimizer.state_dict(),
-                                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                                      "rng": rng_after_step, "config": dataclasses.asdict(config)}
-                    atomic_directory(out / "last", lambda d: (model.save_pretrained(d),
-                                                              torch.save(training_state, d / STATE_NAME)))
-                dist_utils.barrier()
+                save_last(out, model, optimizer, scheduler, scaler, step=step, best_miou=best_miou,
+                          rng_state=rng_after_step, config=config)
             restore_rng_state(rng_after_step)  # validation and checkpointing must not perturb the run
-
     finally:  # leave the terminal clean, also when an error ends the run
-        bar.close()
+        progress.close()
         metrics.close()
     return {"best_miou": best_miou, "last": out / "last", "best": out / "best", "out": out}
