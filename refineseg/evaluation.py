@@ -26,6 +26,7 @@ from .inference import InferenceOptions, check_inference_options, predict_probab
 from .metrics import ConfusionMatrix, format_table, summarize
 from .visualize import plot_confusion_matrix
 
+
 @dataclass(kw_only=True)
 class EvalConfig(InferenceOptions):
     """Everything ``refineseg evaluate`` needs; one CLI flag / YAML key per field."""

@@ -25,6 +25,7 @@ from .inference import InferenceOptions, segment, select_device
 from .tiling import predict_tiled
 from .visualize import overlay
 
+
 @dataclass(kw_only=True)
 class PredictConfig(InferenceOptions):
     """Everything ``refineseg predict`` needs; one CLI flag / YAML key per field."""

@@ -25,7 +25,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 TIFF_SUFFIXES = (".tif", ".tiff")
 
 
-
 def _open_loaded(path: PathLike) -> Image.Image:
     """Open ``path`` with Pillow and decode all pixels, turning every failure into a DataError."""
     if not os.path.exists(path):

@@ -54,7 +54,6 @@ class MetricsLog:
             self.writer.close()
 
 
-
 class StepLog:
     """Per-step progress: the tqdm bar, and every ``log_interval`` steps a loss/LR/speed record.
 
