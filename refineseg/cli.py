@@ -20,7 +20,8 @@ from .demo import run_demo
 from .errors import RefineSegError, one_line
 from .evaluation import EvalConfig, run_evaluate
 from .export import ExportConfig, run_export
-from .models import list_models
+from .hub import fetch_weights, list_weights, parse_name, weights_name
+from .models import list_models, model_spec
 from .prediction import PredictConfig, run_predict
 from .profiling import summarize_model
 from .training import TrainConfig, train
@@ -33,16 +34,20 @@ def _cmd_models(args: argparse.Namespace) -> None:
     names = args.names or list_models()
     rows = [summarize_model(n, args.num_classes, args.size, args.size) for n in names]
     for row in rows:
-        row["GMACs"] = round(row["GMACs"], 2)
-    print(model_table(rows, ["model", "params", "GMACs", "output"]))
+        recipe = model_spec(row["model"]).recipe
+        row.update(GMACs=round(row["GMACs"], 2), lr=f"{recipe.lr:g}", decoder_lr_mult=f"{recipe.decoder_lr_mult:g}",
+                   warmup=recipe.warmup_iters, clip=f"{recipe.clip_grad_norm:g}")
+    print(model_table(rows, ["model", "params", "GMACs", "output", "lr", "decoder_lr_mult", "warmup", "clip"]))
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
     run_demo(args.config, args.out)
 
 
-def _cmd_train(args: argparse.Namespace) -> None:
+def _cmd_train(args: argparse.Namespace) -> int | None:
     result = train(build_config(TrainConfig, args, args.config))
+    if result["preempted"]:  # stopped on a signal; train() printed the step and how to resume
+        return result["exit_code"]
     print(f"best val mIoU {result['best_miou']:.4f}; checkpoints in {result['last']} and {result['best']}")
 
 
@@ -63,6 +68,16 @@ def _cmd_make_synthetic(args: argparse.Namespace) -> None:
     print(f"wrote the synthetic dataset to {args.dir} (use --dataset folder --data-root {args.dir})")
 
 
+def _cmd_weights(args: argparse.Namespace) -> None:
+    print(model_table(list_weights(), ["name", "sha256", "url", "local"]))
+
+
+def _cmd_weights_fetch(args: argparse.Namespace) -> None:
+    for backbone, tag in [parse_name(name) for name in args.names]:  # every name checked before any download
+        path, source = fetch_weights(backbone, tag)
+        print(f"{weights_name(backbone, tag)}: {path} ({source}, SHA-256 verified)")
+
+
 def _dataclass_command(sub, name: str, help_text: str, cls: type, handler: Handler,
                        positional: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     """A sub-command whose flags are the fields of the config dataclass ``cls`` (plus ``--config FILE``)."""
@@ -80,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("models", help="list the model variants with parameters, GMACs and output shape",
-                       allow_abbrev=False)
+    p = sub.add_parser("models", allow_abbrev=False,
+                       help="list the model variants: parameters, GMACs, output shape, default training recipe")
     p.add_argument("names", nargs="*", help="variants to show (default: all)")
     p.add_argument("--num-classes", type=int, default=21)
     p.add_argument("--size", type=int, default=512, help="input side for the GMAC count (default 512)")
@@ -103,6 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_cmd_make_synthetic)
+
+    p = sub.add_parser("weights", help="list torchvision's ImageNet backbone files: URL, hash, local copy",
+                       description="List the backbone weights `--backbone-weights imagenet` / `imagenet_v2` "
+                                   "resolve to, or download them into the cache with `weights fetch NAME...`.",
+                       allow_abbrev=False)
+    p.set_defaults(handler=_cmd_weights)
+    weights_sub = p.add_subparsers(dest="weights_command", metavar="ACTION")
+    fetch = weights_sub.add_parser("fetch", help="download weights into the cache (verified by SHA-256)",
+                                   allow_abbrev=False)
+    fetch.add_argument("names", nargs="+", metavar="NAME",
+                       help="e.g. resnet101, mobilenet_v2, resnet101:imagenet_v2 (see `refineseg weights`)")
+    fetch.set_defaults(handler=_cmd_weights_fetch)
 
     p = sub.add_parser("demo", help="train, evaluate and predict on the synthetic dataset (what `make demo` runs)",
                        allow_abbrev=False)

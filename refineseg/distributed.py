@@ -49,6 +49,19 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
+def any_process(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """True on every process when ``flag`` is true on at least one (an all-reduce MAX of 0/1).
+
+    ``device`` is where the one-element tensor lives: the process's GPU under NCCL, the CPU
+    under gloo. With one process it returns ``flag`` without communicating.
+    """
+    if not dist.is_initialized():
+        return flag
+    value = torch.tensor([int(flag)], dtype=torch.int32, device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

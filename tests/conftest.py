@@ -100,3 +100,31 @@ def run_gloo_group(fn: Callable[..., None], world_size: int, *args: Any) -> None
     ``fn`` must be a module-level function (it is pickled into the spawned processes).
     """
     mp.spawn(_gloo_worker, args=(world_size, free_port(), fn, args), nprocs=world_size, join=True)
+
+
+def synthetic_batch(n: int, split: str = "train", size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` normalized synthetic images (n, 3, size, size) and their masks (n, size, size), on the CPU."""
+    from refineseg.data import SyntheticSegmentation, eval_transform
+
+    dataset = SyntheticSegmentation(split, n, size, transform=eval_transform())
+    images, masks = zip(*(dataset[i] for i in range(n)))
+    return torch.stack(images), torch.stack(masks)
+
+
+def briefly_trained_model(device: str | torch.device = "cpu") -> refineseg.SegmentationModel:
+    """lw_refinenet18 fitted briefly (30 Adam steps of 4 images) to 64 px synthetic scenes, in eval mode:
+    confident, 'trained-like' logits for comparing inference paths."""
+    from refineseg.data import SYNTHETIC_CLASSES
+
+    torch.manual_seed(0)
+    x, y = (t.to(device) for t in synthetic_batch(32))
+    model = refineseg.create_model("lw_refinenet18", num_classes=len(SYNTHETIC_CLASSES), dropout=0.0,
+                                   class_names=list(SYNTHETIC_CLASSES)).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for step in range(30):
+        index = torch.arange(step * 4, step * 4 + 4) % len(x)
+        loss = torch.nn.functional.cross_entropy(model(x[index]), y[index], ignore_index=255)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()

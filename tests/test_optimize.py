@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import refineseg
-from refineseg.data import SyntheticSegmentation, eval_transform
+from conftest import briefly_trained_model, synthetic_batch
 from refineseg.inference import predict_probabilities
 from refineseg.optimize import InferenceModel, fold_batch_norm, optimize_for_inference
 
@@ -119,28 +118,12 @@ def test_dtype_validation():
 
 @pytest.fixture(scope="module")
 def trained_model() -> nn.Module:
-    """lw_refinenet18 fitted briefly (30 steps of 4 images, ~5 s) to 64 px synthetic scenes: confident, 'trained-like' logits."""
-    torch.manual_seed(0)
-    data = SyntheticSegmentation("train", num_samples=32, size=64, transform=eval_transform())
-    x = torch.stack([data[i][0] for i in range(len(data))])
-    y = torch.stack([data[i][1] for i in range(len(data))])
-    model = refineseg.create_model("lw_refinenet18", num_classes=data.num_classes, dropout=0.0,
-                                   class_names=data.class_names)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model.train()
-    for step in range(30):
-        index = torch.arange(step * 4, step * 4 + 4) % len(data)
-        loss = F.cross_entropy(model(x[index]), y[index], ignore_index=255)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
+    return briefly_trained_model()
 
 
 @pytest.fixture(scope="module")
 def held_out() -> tuple[torch.Tensor, torch.Tensor]:
-    data = SyntheticSegmentation("val", num_samples=8, size=64, transform=eval_transform())
-    return torch.stack([data[i][0] for i in range(len(data))]), torch.stack([data[i][1] for i in range(len(data))])
+    return synthetic_batch(8, split="val")
 
 
 def test_bf16_predictions_agree_with_float32(trained_model, held_out):

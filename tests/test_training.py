@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 import refineseg
+from conftest import synthetic_batch
 from refineseg import from_pretrained
 from refineseg.cli import main as cli_main
 from refineseg.config_utils import add_dataclass_arguments, build_config
@@ -183,13 +184,6 @@ def tiny_model() -> refineseg.SegmentationModel:
     """LW-RefineNet-MobileNetV2 for the 6 synthetic classes, without dropout."""
     torch.manual_seed(0)
     return refineseg.create_model("lw_refinenet_mbv2", num_classes=6, dropout=0.0)
-
-
-def synthetic_batch(n: int, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` normalized 64×64 synthetic images (n, 3, 64, 64) and their masks (n, 64, 64), all pixels valid."""
-    dataset = SyntheticSegmentation(split, n, 64, transform=eval_transform())
-    images, masks = zip(*(dataset[i] for i in range(n)))
-    return torch.stack(images), torch.stack(masks)
 
 
 def sgd_step_parts(model: torch.nn.Module):

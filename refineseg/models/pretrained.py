@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -63,7 +64,8 @@ def to_reference(model: SegmentationModel) -> StateDict:
     return {mapping[k]: v for k, v in model.state_dict().items()}
 
 
-def from_reference(checkpoint: WeightsSource, name: str, num_classes: int | None = None, **options) -> SegmentationModel:
+def from_reference(checkpoint: WeightsSource, name: str, num_classes: int | None = None,
+                   **options: Any) -> SegmentationModel:
     """Build ``name`` and load weights saved in its published layout.
 
     ``checkpoint`` is a path (``.pth``/``.safetensors``) or a state dict in the layout of

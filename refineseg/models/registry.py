@@ -23,11 +23,29 @@ from typing import Any, Mapping
 from torch import nn
 
 from ..backbones import build_backbone
+from ..hub import is_tag, resolve_backbone_weights
 from ..weights import load_backbone_weights
 from .config import ModelConfig
 from .decoders import ClassifierHead, FullResolutionHead, RefineNetDecoder, SingleStageDecoder
 from .reference import MOBILENET_LAYOUT, RESNET_LAYOUT, SEED_LAYOUT, ReferenceLayout
 from .segmentation import SegmentationModel
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A model's default optimization for ``refineseg train`` (SGD, momentum 0.9, poly decay).
+
+    ``lr`` is the backbone's learning rate and ``lr × decoder_lr_mult`` the decoder's and head's;
+    the first ``warmup_iters`` steps (at most a tenth of the run) ramp the learning rate up
+    linearly; gradients are clipped to ``clip_grad_norm`` (0: off). Chosen with ``benchmarks/convergence.py``: each ``lr``
+    sits at least 4× below the smallest learning rate that diverged for its family, and trains
+    from scratch and from ImageNet weights.
+    """
+
+    lr: float
+    decoder_lr_mult: float = 10.0
+    warmup_iters: int = 100
+    clip_grad_norm: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +65,7 @@ class ModelSpec:
     head: type[nn.Module]
     dropout: float
     dropout_levels: tuple[int, ...]
+    recipe: Recipe
     head_dropout: bool = False
     backbone_options: Mapping[str, Any] = field(default_factory=dict)
     reference: ReferenceLayout | None = None
@@ -64,19 +83,28 @@ _LIGHT_WEIGHT_MOBILENET = dict(level_groups=[[5, 4], [3, 2], [1], [0]], widths=[
 _SEED = dict(width=256, crp_stages=4, crp_relu_stage=True)
 
 
+# Default recipes (benchmarks/convergence.py, BENCHMARKS.md): with gradient clipping at 5, the
+# smallest diverging backbone LR was 1e-2 for refinenet18, 3e-2 for lw_refinenet18 and
+# lw_refinenet_mbv2; each default sits 10-15x below it. The released recipes' 5e-4 / 5e-3 (backbone /
+# decoder) also converge, more slowly.
+_REFINENET_RECIPE = Recipe(lr=1e-3)
+_LIGHT_WEIGHT_RECIPE = Recipe(lr=2e-3)
+_SEED_RECIPE = Recipe(lr=1e-3)
+
+
 def _refinenet(backbone: str) -> ModelSpec:
     return ModelSpec("refinenet", backbone, RefineNetDecoder, _REFINENET, ClassifierHead, dropout=0.5,
-                     dropout_levels=(2, 3), head_dropout=True, reference=RESNET_LAYOUT)
+                     dropout_levels=(2, 3), recipe=_REFINENET_RECIPE, head_dropout=True, reference=RESNET_LAYOUT)
 
 
 def _lw_refinenet(backbone: str) -> ModelSpec:
     return ModelSpec("lw_refinenet", backbone, RefineNetDecoder, _LIGHT_WEIGHT, ClassifierHead, dropout=0.5,
-                     dropout_levels=(2, 3), reference=RESNET_LAYOUT)
+                     dropout_levels=(2, 3), recipe=_LIGHT_WEIGHT_RECIPE, reference=RESNET_LAYOUT)
 
 
 def _seed_refinenet(backbone: str) -> ModelSpec:
     return ModelSpec("seed_refinenet", backbone, SingleStageDecoder, _SEED, FullResolutionHead, dropout=0.0,
-                     dropout_levels=(2, 3), reference=SEED_LAYOUT)
+                     dropout_levels=(2, 3), recipe=_SEED_RECIPE, reference=SEED_LAYOUT)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -92,7 +120,7 @@ MODELS: dict[str, ModelSpec] = {
     "lw_refinenet152": _lw_refinenet("resnet152"),
     "lw_refinenet_mbv2": ModelSpec(
         "lw_refinenet", "mobilenet_v2", RefineNetDecoder, _LIGHT_WEIGHT_MOBILENET, ClassifierHead, dropout=0.0,
-        dropout_levels=(4, 5), backbone_options={"expand_first_block": True}, reference=MOBILENET_LAYOUT),
+        dropout_levels=(4, 5), recipe=_LIGHT_WEIGHT_RECIPE, backbone_options={"expand_first_block": True}, reference=MOBILENET_LAYOUT),
     "seed_refinenet50": _seed_refinenet("resnet50"),
     "seed_refinenet101": _seed_refinenet("resnet101"),
     "seed_refinenet152": _seed_refinenet("resnet152"),
@@ -133,13 +161,17 @@ def create_model(
     Args:
         name: one of :func:`list_models`.
         num_classes: number of output classes.
-        backbone_weights: optional path to a torchvision ImageNet checkpoint (``.pth`` or
-            ``.safetensors``) for the backbone; loaded with strict key checking.
+        backbone_weights: optional torchvision ImageNet checkpoint for the backbone, loaded with
+            strict key checking: a path (``.pth`` or ``.safetensors``), or a tag, ``"imagenet"``
+            (torchvision's V1 files, every backbone) or ``"imagenet_v2"`` (ResNet-50/101/152),
+            found in a cache or downloaded and hash-checked by :mod:`refineseg.hub`.
         **options: further :class:`ModelConfig` fields: ``output_stride`` (32/16/8, ResNet
             only), ``freeze_bn``, ``dropout`` (every model; ``None`` = the model's default),
             ``class_names``, ``palette``, ``mean``, ``std``.
     """
     model = build_model(ModelConfig(name=name, num_classes=num_classes, **options))
     if backbone_weights is not None:
+        if is_tag(backbone_weights):
+            backbone_weights = resolve_backbone_weights(model_spec(name).backbone, backbone_weights)
         load_backbone_weights(model.encoder, backbone_weights)
     return model

@@ -7,6 +7,7 @@ from typing import Literal
 
 from ..config_utils import bool_or_str, option
 from ..data import DATASETS
+from ..models import model_spec
 
 
 @dataclass
@@ -26,18 +27,22 @@ class TrainConfig:
     scale_min: float = option(0.5, "random scale lower bound")
     scale_max: float = option(2.0, "random scale upper bound")
     optimizer: str = option("sgd", "optimizer", choices=["sgd", "adam", "adamw"])
-    lr: float = option(0.01, "backbone learning rate")
-    decoder_lr_mult: float = option(10.0, "decoder/head learning rate = lr × this")
+    lr: float | None = option(None, "backbone learning rate (default: the model's recipe, see `refineseg models`)")
+    decoder_lr_mult: float | None = option(None, "decoder/head learning rate = lr × this (default: the model's recipe)")
     momentum: float = option(0.9, "SGD momentum")
     weight_decay: float = option(1e-4, "weight decay")
     poly_power: float = option(0.9, "poly learning-rate decay power")
-    warmup_iters: int = option(0, "linear warm-up steps")
+    warmup_iters: int | None = option(None, "linear warm-up steps (default: the model's recipe, at most iters / 10)")
     warmup_ratio: float = option(0.1, "learning rate at the start of warm-up, as a fraction")
+    clip_grad_norm: float | None = option(None, "clip the gradients' global norm to this "
+                                                "(0: off; default: the model's recipe)")
     freeze_bn: bool = option(False, "freeze backbone BatchNorm (statistics and affine)")
     sync_bn: bool = option(False, "SyncBatchNorm across processes (CUDA DDP only)")
     dropout: float | None = option(None, "dropout probability (default: the family's published value)")
     output_stride: int = option(32, "backbone output stride (ResNet: 32, 16 or 8)")
-    backbone_weights: str | None = option(None, "torchvision ImageNet checkpoint for the backbone")
+    backbone_weights: str | None = option(None, "torchvision ImageNet checkpoint for the backbone: a file, or "
+                                               "`imagenet` / `imagenet_v2` (cached or downloaded; "
+                                               "see `refineseg weights`)")
     grad_checkpointing: bool = option(False, "recompute backbone stages and RefineNet blocks in the backward pass: "
                                               "several times less activation memory, slower steps")
     amp: str = option("none", "mixed precision", choices=["none", "bf16", "fp16"])
@@ -64,3 +69,19 @@ class TrainConfig:
             raise ValueError(f"resume must be true, false or auto, got {self.resume!r}")
         if self.scale_min <= 0 or self.scale_max < self.scale_min:
             raise ValueError(f"need 0 < scale_min <= scale_max, got {self.scale_min}, {self.scale_max}")
+        self.apply_recipe()
+
+    def apply_recipe(self) -> None:
+        """Fill the optimization options left unset (None) from the model's :class:`~refineseg.models.Recipe`."""
+        recipe = model_spec(self.model).recipe
+        if self.lr is None:
+            self.lr = recipe.lr
+        if self.decoder_lr_mult is None:
+            self.decoder_lr_mult = recipe.decoder_lr_mult
+        if self.warmup_iters is None:
+            self.warmup_iters = min(recipe.warmup_iters, self.iters // 10)
+        if self.clip_grad_norm is None:
+            self.clip_grad_norm = recipe.clip_grad_norm
+        if self.lr <= 0 or self.decoder_lr_mult <= 0 or self.warmup_iters < 0 or self.clip_grad_norm < 0:
+            raise ValueError(f"need lr > 0, decoder_lr_mult > 0, warmup_iters >= 0, clip_grad_norm >= 0; got "
+                             f"{self.lr}, {self.decoder_lr_mult}, {self.warmup_iters}, {self.clip_grad_norm}")

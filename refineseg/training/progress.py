@@ -62,15 +62,23 @@ class StepLog:
     as a plain line instead.
     """
 
-    def __init__(self, config: TrainConfig, metrics: MetricsLog, step: int) -> None:
+    def __init__(self, config: TrainConfig, metrics: MetricsLog, step: int,
+                 window: dict[str, Any] | None = None) -> None:
         self.config, self.metrics = config, metrics
         self.main = dist_utils.is_main_process()
         self.bar = tqdm(total=config.iters, initial=step, disable=None if self.main else True, desc="train",
                         dynamic_ncols=True)
         self._new_window()
+        if window:  # resuming mid-window: the next record still averages over the whole window
+            self.loss_sum, self.steps = float(window["loss_sum"]), int(window["steps"])
+            self.start -= float(window["seconds"])
 
     def _new_window(self) -> None:
         self.loss_sum, self.steps, self.start = 0.0, 0, time.perf_counter()
+
+    def window(self) -> dict[str, Any]:
+        """The steps since the last record, for a checkpoint: ``{"loss_sum", "steps", "seconds"}``."""
+        return {"loss_sum": self.loss_sum, "steps": self.steps, "seconds": time.perf_counter() - self.start}
 
     def add(self, step: int, loss: float, lr: float) -> None:
         self.loss_sum += loss

@@ -5,6 +5,10 @@ A checkpoint is a directory that :func:`refineseg.from_pretrained` reads (``mode
 step, best mIoU), loaded back with ``weights_only=True``. Directories are written next to their
 final place and swapped in with renames, so a ``kill -9`` at any moment leaves either the old or
 the new checkpoint, never a half-written one.
+
+Preemption: while :class:`StopSignals` is active, SIGTERM, SIGINT and SIGUSR1 (what SLURM and
+Kubernetes send before a kill) only ask the run to stop; the trainer finishes the optimizer
+step, writes ``last/`` and exits with :data:`PREEMPTED_EXIT_CODE`.
 """
 
 from __future__ import annotations
@@ -12,7 +16,10 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import signal
+import threading
 from pathlib import Path
+from types import FrameType
 from typing import Any, Callable
 
 import numpy as np
@@ -21,6 +28,8 @@ import torch
 from ..errors import CheckpointError, file_error
 
 STATE_NAME = "training_state.pt"
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): stopped early on a signal, checkpoint saved, resume me
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
 
 
 def _fsync_tree(directory: Path) -> None:
@@ -96,3 +105,58 @@ def load_training_state(directory: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise file_error(CheckpointError, path, f"cannot read training state ({type(e).__name__})")
+
+
+class StopSignals:
+    """Context manager: SIGTERM, SIGINT and SIGUSR1 set :attr:`received` instead of ending the process.
+
+    The first signal is recorded and the previous handlers are put back at once, so a second one
+    acts as it would without this (a double Ctrl-C still interrupts, a second SIGTERM kills).
+    Signals the process ignores stay ignored; leaving the block restores the previous handlers.
+    Python runs signal handlers in the main thread only, so elsewhere this does nothing.
+    """
+
+    def __init__(self) -> None:
+        self.received: signal.Signals | None = None
+        self._previous: dict[signal.Signals, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.received is not None
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for name in STOP_SIGNALS:
+            sig = getattr(signal, name, None)  # Windows has no SIGUSR1
+            if sig is None or signal.getsignal(sig) is signal.SIG_IGN:
+                continue
+            self._previous[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is None:
+            self.received = signal.Signals(signum)
+        self._restore()
+
+    def _restore(self) -> None:
+        for sig, previous in self._previous.items():  # None: a handler not set from Python
+            signal.signal(sig, signal.SIG_DFL if previous is None else previous)
+        self._previous.clear()
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: workers ignore SIGINT and SIGUSR1; the training process decides.
+
+    Ctrl-C reaches the whole process group, and a worker that died of it would make the DataLoader
+    fail the step being finished. SIGTERM keeps its default: multiprocessing ends workers with it
+    (a worker that ignored it would hang the exit after an error), so a scheduler that sends
+    SIGTERM to every process of a job should signal the training process alone (SLURM:
+    ``--signal=USR1@120``, which the workers ignore; Kubernetes and torchrun signal only their main process anyway).
+    """
+    for sig in (signal.SIGINT, getattr(signal, "SIGUSR1", None)):
+        if sig is not None:
+            signal.signal(sig, signal.SIG_IGN)

@@ -7,6 +7,17 @@ Step ``k`` consumes ``accum_steps`` micro-batches whose data order, augmentation
 functions of the seed and the step alone, and every checkpoint stores the optimizer, scheduler,
 scaler and RNG states. Resuming from ``OUT/last`` therefore reproduces an uninterrupted run
 bit for bit on CPU.
+
+Preemption: SIGTERM, SIGINT or SIGUSR1 during the loop (what SLURM and Kubernetes send before a
+kill) stops the run after the optimizer step in progress. The processes agree on the stop after
+every step (an all-reduce), so all stop after the same one; ``last/`` is written (a validation
+due at that step is skipped and runs first on resume), rank 0 prints one line naming the step,
+and :func:`train` returns ``preempted=True`` with ``exit_code`` :data:`PREEMPTED_EXIT_CODE`
+(75, EX_TEMPFAIL: "stopped early, resume me"), which ``refineseg train`` exits with. A second
+signal acts as without this (a double Ctrl-C interrupts). Under torchrun, signal the ranks or
+torchrun (it forwards SIGTERM and SIGINT to every rank, then kills them after 30 s; add SIGUSR1
+to ``TORCHELASTIC_SIGNALS_TO_HANDLE`` for that one); torchrun itself then exits 1, so requeue
+scripts should run with ``--resume auto``.
 """
 
 from __future__ import annotations
@@ -36,7 +47,8 @@ from ..models.grad_checkpointing import enable_grad_checkpointing
 from ..visualize import plot_curves
 from .progress import MetricsLog, StepLog
 from .run_state import (
-    STATE_NAME, atomic_directory, capture_rng_state, load_training_state, recover_directory, restore_rng_state,
+    PREEMPTED_EXIT_CODE, STATE_NAME, StopSignals, atomic_directory, capture_rng_state, ignore_stop_signals,
+    load_training_state, recover_directory, restore_rng_state,
 )
 from .config import TrainConfig
 
@@ -144,7 +156,7 @@ def micro_batches(train_set, config: TrainConfig, step: int,
         train_set.set_epoch(epoch)  # augmentation = f(seed, epoch, index); workers are re-created per epoch
         loader = torch.utils.data.DataLoader(
             train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
-            drop_last=True, pin_memory=device.type == "cuda",
+            drop_last=True, pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals,
             generator=torch.Generator().manual_seed(config.seed + epoch))
         for batch in loader:
             yield batch
@@ -164,13 +176,15 @@ def optimizer_step(
     step: int,
     accum_steps: int = 1,
     amp: str = "none",
+    clip_grad_norm: float = 0.0,
 ) -> float:
     """Take optimizer step number ``step`` (1-based) on the next ``accum_steps`` micro-batches.
 
     Each micro-batch is ``(B, 3, H, W)`` images and ``(B, H, W)`` masks (moved to ``net``'s
     device). Micro-batch losses are divided by ``accum_steps``, so the summed gradients equal
     those of one batch of ``accum_steps × B`` images; a DDP ``net`` all-reduces them only on the
-    last micro-batch (``no_sync`` before). Then the (optional) scaler steps the optimizer and the
+    last micro-batch (``no_sync`` before). With ``clip_grad_norm > 0`` the (unscaled) gradients'
+    global norm is clipped to it. Then the (optional) scaler steps the optimizer and the
     scheduler advances. Returns the step's loss; raises RefineSegError naming the step when the
     loss is not finite.
     """
@@ -189,6 +203,10 @@ def optimizer_step(
             loss = segmentation_loss(logits, masks) / accum_steps
             scaler.scale(loss).backward()
         step_loss += loss.item()
+    if clip_grad_norm > 0:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the fp16 loss-scaled ones
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
     scaler.step(optimizer)
     scaler.update()
     if scheduler is not None:
@@ -223,25 +241,31 @@ def validate_and_save_best(model: SegmentationModel, val_set, out: Path, metrics
 
 def save_last(out: Path, model: SegmentationModel, optimizer: torch.optim.Optimizer,
               scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler, *,
-              step: int, best_miou: float, rng_state: dict[str, Any], config: TrainConfig) -> Path:
+              step: int, best_miou: float, rng_state: dict[str, Any], config: TrainConfig,
+              extra: dict[str, Any] | None = None) -> Path:
     """Checkpoint the run in ``out/last``: the model plus ``training_state.pt``; returns that path.
 
     Rank 0 writes the directory atomically, then every process waits for it. ``rng_state``
     (from :func:`capture_rng_state` right after the optimizer step) is what a resumed run
-    restores, so it continues exactly as this one does.
+    restores, so it continues exactly as this one does. ``extra`` adds plain values to the
+    training state (the loop's ``validate_pending`` and ``log_window``).
     """
     last = out / "last"
     if dist_utils.is_main_process():
         state = {"step": step, "best_miou": best_miou, "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                 "rng": rng_state, "config": dataclasses.asdict(config)}
+                 "rng": rng_state, "config": dataclasses.asdict(config), **(extra or {})}
         atomic_directory(last, lambda d: (model.save_pretrained(d), torch.save(state, d / STATE_NAME)))
     dist_utils.barrier()
     return last
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
-    """Train as configured; returns ``{"best_miou", "last", "best", "out"}``."""
+    """Train as configured; returns ``{"best_miou", "last", "best", "out", "step", "preempted", "exit_code"}``.
+
+    ``preempted`` is True when a stop signal ended the run early at ``step`` (``last/`` holds
+    that step); ``exit_code`` is then :data:`PREEMPTED_EXIT_CODE`, else 0.
+    """
     device = select_device(config.device)
     if device.type == "cuda" and device.index is None:  # one GPU per torchrun process
         device = torch.device("cuda", dist_utils.local_rank())
@@ -284,27 +308,46 @@ def _train(config: TrainConfig, device: torch.device, distributed: bool) -> dict
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if distributed else model
 
     metrics = MetricsLog(out, step if state is not None else None, main)
-    progress = StepLog(config, metrics, step)
+    progress = StepLog(config, metrics, step, window=state.get("log_window") if state is not None else None)
     if main:
         log.info("training %s on %d images (%s/%s), %d process(es) × batch %d × accum %d, %d steps",
                  config.model, len(train_set), config.dataset, config.train_split, dist_utils.world_size(),
                  config.batch_size, config.accum_steps, config.iters)
+    stopped_by, batches = None, None
     try:
-        batches = micro_batches(train_set, config, step, device)
-        while step < config.iters:
-            step += 1
-            loss = optimizer_step(net, batches, optimizer, scheduler, scaler, step=step,
-                                  accum_steps=config.accum_steps, amp=config.amp)
-            rng_after_step = capture_rng_state()
-            progress.add(step, loss, optimizer.param_groups[0]["lr"])
-            final = step == config.iters
-            if (config.val_interval and step % config.val_interval == 0) or final:
+        with StopSignals() as stop:
+            if state is not None and state.get("validate_pending"):  # skipped when the run was stopped
                 best_miou = validate_and_save_best(model, val_set, out, metrics, step=step, best_miou=best_miou)
-            if step % config.ckpt_interval == 0 or final:
-                save_last(out, model, optimizer, scheduler, scaler, step=step, best_miou=best_miou,
-                          rng_state=rng_after_step, config=config)
-            restore_rng_state(rng_after_step)  # validation and checkpointing must not perturb the run
-    finally:  # leave the terminal clean, also when an error ends the run
+                restore_rng_state(state["rng"])
+            batches = micro_batches(train_set, config, step, device)
+            while step < config.iters:
+                step += 1
+                loss = optimizer_step(net, batches, optimizer, scheduler, scaler, step=step,
+                                      accum_steps=config.accum_steps, amp=config.amp,
+                                      clip_grad_norm=config.clip_grad_norm)
+                rng_after_step = capture_rng_state()
+                progress.add(step, loss, optimizer.param_groups[0]["lr"])
+                final = step == config.iters
+                # A signal to any process stops every process after this same step.
+                stopping = not final and dist_utils.any_process(stop.requested, device)
+                validate = bool(config.val_interval and step % config.val_interval == 0) or final
+                if validate and not stopping:
+                    best_miou = validate_and_save_best(model, val_set, out, metrics, step=step, best_miou=best_miou)
+                if step % config.ckpt_interval == 0 or final or stopping:
+                    save_last(out, model, optimizer, scheduler, scaler, step=step, best_miou=best_miou,
+                              rng_state=rng_after_step, config=config,
+                              extra={"validate_pending": validate and stopping, "log_window": progress.window()})
+                restore_rng_state(rng_after_step)  # validation and checkpointing must not perturb the run
+                if stopping:
+                    stopped_by = stop.received.name if stop.received else "a signal to another process"
+                    break
+    finally:  # leave the terminal clean and the data-loading workers stopped, also when an error ends the run
+        if batches is not None:
+            batches.close()
         progress.close()
         metrics.close()
-    return {"best_miou": best_miou, "last": out / "last", "best": out / "best", "out": out}
+    if stopped_by and main:
+        print(f"stopped by {stopped_by} after step {step}/{config.iters}; checkpoint in {out / 'last'}; "
+              "run the same command with --resume to continue", flush=True)
+    return {"best_miou": best_miou, "last": out / "last", "best": out / "best", "out": out, "step": step,
+            "preempted": stopped_by is not None, "exit_code": PREEMPTED_EXIT_CODE if stopped_by else 0}
