@@ -78,6 +78,13 @@ def make_model(name: str = "lw_refinenet_mbv2", class_names: Sequence[str] = CLA
     return model
 
 
+def saved_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a ``save_pretrained`` directory, read straight from its safetensors file."""
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(directory) / "model.safetensors"))
+
+
 def free_port() -> int:
     """A free TCP port on the loopback interface."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -18,9 +18,9 @@ from typing import Callable
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import conftest
+from conftest import saved_weights as weights
 from refineseg import distributed as dist_utils
 from refineseg.training import TrainConfig, train, trainer
 from refineseg.training.run_state import PREEMPTED_EXIT_CODE, STOP_SIGNALS, StopSignals, load_training_state
@@ -45,10 +45,6 @@ def default_signals() -> None:
     """Child ``preexec_fn``: a shell may start the tests with SIGINT ignored; the child must not inherit that."""
     for name in STOP_SIGNALS:
         signal.signal(getattr(signal, name), signal.SIG_DFL)
-
-
-def weights(directory: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(directory / "model.safetensors"))
 
 
 def assert_same_weights(a: Path, b: Path) -> None:

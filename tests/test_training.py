@@ -11,15 +11,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
 import refineseg
-from conftest import synthetic_batch
+from conftest import saved_weights as weights, synthetic_batch
 from refineseg import from_pretrained
 from refineseg.cli import main as cli_main
 from refineseg.config_utils import add_dataclass_arguments, build_config
@@ -47,10 +45,6 @@ def run_cli(*args: str, env: dict | None = None, check: bool = True) -> subproce
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stderr[-3000:]}")
     return proc
-
-
-def weights(directory: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(directory / "model.safetensors"))
 
 
 def test_poly_schedule_with_warmup():
