@@ -16,10 +16,13 @@ from typing import Callable, Sequence
 
 from .config_utils import add_dataclass_arguments, build_config
 from .data import write_synthetic
+from .data.check import DataCheckError
+from .data.stats import CheckDataConfig, run_check_data
 from .demo import run_demo
 from .errors import RefineSegError, one_line
 from .evaluation import EvalConfig, run_evaluate
 from .export import ExportConfig, run_export
+from .files import is_write_failure, write_error
 from .hub import fetch_weights, list_weights, parse_name, weights_name
 from .models import list_models, model_spec
 from .prediction import PredictConfig, run_predict
@@ -48,15 +51,21 @@ def _cmd_train(args: argparse.Namespace) -> int | None:
     result = train(build_config(TrainConfig, args, args.config))
     if result["preempted"]:  # stopped on a signal; train() printed the step and how to resume
         return result["exit_code"]
-    print(f"best val mIoU {result['best_miou']:.4f}; checkpoints in {result['last']} and {result['best']}")
+    saved = [str(result[name]) for name in ("best", "last") if (result[name] / "model.safetensors").is_file()]
+    print(f"best val mIoU {result['best_miou']:.4f}; checkpoints: {', '.join(saved) or 'none written'}")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     run_evaluate(build_config(EvalConfig, args, args.config))
 
 
-def _cmd_predict(args: argparse.Namespace) -> None:
-    run_predict(build_config(PredictConfig, args, args.config))
+def _cmd_check_data(args: argparse.Namespace) -> None:
+    run_check_data(build_config(CheckDataConfig, args, args.config))
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    """0, or 3 (EXIT_SOME_FAILED) when some inputs failed: they are listed in OUT/errors.txt."""
+    return run_predict(build_config(PredictConfig, args, args.config)).exit_code
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
@@ -105,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     _dataclass_command(sub, "train", "train a model (DDP under torchrun)", TrainConfig, _cmd_train)
     _dataclass_command(sub, "evaluate", "measure mIoU and friends of a checkpoint on a dataset split",
                        EvalConfig, _cmd_evaluate)
+    _dataclass_command(sub, "check-data", "check every image and mask of a dataset (full decode) and count "
+                       "labels: table, data_report.json, class_frequencies.png", CheckDataConfig, _cmd_check_data)
     _dataclass_command(sub, "predict", "segment images; writes label PNGs and overlays", PredictConfig,
                        _cmd_predict, positional=("inputs",))
     _dataclass_command(sub, "export", "export a checkpoint to ONNX (dynamic batch, height and width)",
@@ -145,8 +156,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return int(handler(args) or 0)
+    except DataCheckError as e:  # every bad file, one per line (first 20, then a count)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except RefineSegError as e:  # includes MissingDependencyError: the message names the pip command
         print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk or a permission problem outside the writes that report it themselves
+        if not is_write_failure(e):
+            raise
+        print(f"error: {one_line(write_error(e.filename or '<output>', e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -14,13 +14,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
+import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
-from .errors import RefineSegError, file_error
+from .errors import ConfigError, RefineSegError, file_error
+from .files import write_text
 
 T = TypeVar("T")
 
@@ -111,22 +114,138 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def build_config(cls: type[T], args: argparse.Namespace, config_file: str | None = None) -> T:
-    """Merge ``cls`` defaults, the YAML file and the command-line flags into a ``cls``."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    values: dict[str, Any] = {}
-    if config_file:
-        data = load_yaml(config_file)
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise file_error(RefineSegError, config_file, f"unknown option(s): {', '.join(unknown)}")
-        values.update(data)
-    values.update({k: v for k, v in vars(args).items() if k in names})
+_NUMBER_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _describe(kind: Any) -> str:
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is typing.Literal:
+        return " or ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        words = [_describe(a) for a in args if a is not type(None)]
+        return " or ".join(words + (["null"] if type(None) in args else []))
+    if origin in (list, tuple):
+        return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
+    return _TYPE_WORDS.get(kind, getattr(kind, "__name__", str(kind)))
+
+
+def _coerce(value: Any, kind: Any) -> Any:
+    """``value`` as type ``kind`` (bool, int, float, str, list[...], Optional, Literal, unions).
+
+    Strict: an int field rejects 10.7 and "many", a bool field accepts only true/false (not the
+    string "no"), a str field rejects numbers. Floats also accept numbers written as text, since
+    YAML 1.1 reads ``1e-3`` as a string. Raises ValueError on a mismatch.
+    """
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if kind is Any:
+        return value
+    if origin is typing.Literal:
+        if value in args and not isinstance(value, bool):
+            return value
+    elif origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arm in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arm)
+            except ValueError:
+                pass
+    elif origin in (list, tuple):
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return [_coerce(item, args[0]) for item in items]
+    elif kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _NUMBER_TEXT.fullmatch(value.strip()):
+            return float(value)
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    raise ValueError(f"expected {_describe(kind)}, got {value!r}")
+
+
+def check_value(field: dataclasses.Field, kind: Any, value: Any) -> Any:
+    """``value`` checked against ``field``'s type, ``choices`` and ``min``/``max`` metadata (ValueError)."""
+    value = _coerce(value, kind)
+    choices = field.metadata.get("choices")
+    low, high = field.metadata.get("min"), field.metadata.get("max")
+    for item in (value if isinstance(value, list) else [value]):
+        if item is None:
+            continue
+        if choices is not None and item not in choices:
+            raise ValueError(f"expected one of {', '.join(map(str, choices))}, got {item!r}")
+        if low is not None and isinstance(item, (int, float)) and item < low:
+            raise ValueError(f"must be >= {low}, got {item!r}")
+        if high is not None and isinstance(item, (int, float)) and item > high:
+            raise ValueError(f"must be <= {high}, got {item!r}")
+    return value
+
+
+def check_bounds(config: Any) -> None:
+    """Check a dataclass instance's values against its fields' ``choices``/``min``/``max`` (ValueError).
+
+    Called from ``__post_init__`` so that configs built in Python get the same range checks.
+    """
+    for f in dataclasses.fields(config):
+        if any(key in f.metadata for key in ("choices", "min", "max")):
+            try:
+                check_value(f, Any, getattr(config, f.name))
+            except ValueError as e:
+                raise ValueError(f"{f.name}: {e}")
+
+
+def check_values(cls: type, values: dict[str, Any], source: str) -> dict[str, Any]:
+    """Each of ``values`` checked against its field of dataclass ``cls`` (see :func:`check_value`).
+
+    Errors are one-line :class:`~refineseg.errors.ConfigError` naming ``source`` and the key.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"{source}: unknown option(s): {', '.join(unknown)}")
+    hints = typing.get_type_hints(cls)
+    checked = {}
+    for key, value in values.items():
+        try:
+            checked[key] = check_value(fields[key], hints[key], value)
+        except ValueError as e:
+            raise ConfigError(f"{source}: {key}: {e}")
+    return checked
+
+
+def config_from_values(cls: type[T], values: dict[str, Any], source: str) -> T:
+    """Build ``cls`` from plain values (a YAML mapping, parsed flags), every value type-checked."""
+    checked = check_values(cls, values, source)
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in checked
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{source}: missing required option(s): {', '.join(_flag(m) for m in missing)}")
     try:
-        return cls(**values)
-    except (TypeError, ValueError) as e:
-        raise RefineSegError(f"{config_file or 'command line'}: {e}")
+        return cls(**checked)
+    except (TypeError, ValueError) as e:  # the dataclass's own checks (ranges between fields)
+        raise ConfigError(f"{source}: {e}")
+
+
+def build_config(cls: type[T], args: argparse.Namespace, config_file: str | None = None) -> T:
+    """Merge ``cls`` defaults, the YAML file and the command-line flags into a ``cls``, type-checked.
+
+    Each value is checked where it comes from, so an error names the file or the command line.
+    """
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = check_values(cls, load_yaml(config_file), config_file) if config_file else {}
+    flags = check_values(cls, {k: v for k, v in vars(args).items() if k in names}, "command line")
+    source = f"{config_file} + command line" if config_file and flags else (config_file or "command line")
+    return config_from_values(cls, {**values, **flags}, source)
 
 
 def save_yaml(config: Any, path: str | os.PathLike) -> None:
-    Path(path).write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    write_text(path, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))

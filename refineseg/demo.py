@@ -13,9 +13,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from .config_utils import load_yaml
+from .config_utils import config_from_values, load_yaml
 from .data import SyntheticSegmentation, write_image
-from .errors import RefineSegError
 from .evaluation import EvalConfig, run_evaluate
 from .prediction import PredictConfig, run_predict
 from .training import TrainConfig, train
@@ -28,10 +27,8 @@ def run_demo(config_file: str | Path, out: str | None = None, num_samples: int =
     values = load_yaml(config_file)
     if out is not None:
         values["out"] = out
-    try:
-        config = TrainConfig(**values)
-    except (TypeError, ValueError) as e:
-        raise RefineSegError(f"{config_file}: {e}")
+    values.setdefault("overwrite", not values.get("resume"))  # a re-run moves the earlier demo run aside
+    config = config_from_values(TrainConfig, values, str(config_file))
     run_dir = Path(config.out)
     print(f"[1/3] training {config.model} on the synthetic dataset for {config.iters} steps -> {run_dir}")
     result = train(config)

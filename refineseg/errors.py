@@ -17,6 +17,14 @@ class CheckpointError(RefineSegError):
     """A weights file or checkpoint directory cannot be loaded into the requested model."""
 
 
+class WriteError(RefineSegError):
+    """An output could not be written: no space left, quota, permissions (see :mod:`refineseg.files`)."""
+
+
+class ConfigError(RefineSegError):
+    """A config value (YAML key or flag) has the wrong type or is out of range."""
+
+
 class MissingDependencyError(RefineSegError):
     """An optional extra is not installed; the message names the pip command."""
 

@@ -21,7 +21,9 @@ from . import distributed
 from .models import from_pretrained
 from .config_utils import option, required
 from .data import DATASETS, build_dataset, eval_transform
+from .data.check import check_before_run
 from .errors import CheckpointError, MissingDependencyError, file_error
+from .files import atomic_write, write_text
 from .inference import InferenceOptions, check_inference_options, predict_probabilities, select_device
 from .metrics import ConfusionMatrix, format_table, summarize
 from .visualize import plot_confusion_matrix
@@ -44,6 +46,7 @@ class EvalConfig(InferenceOptions):
     synthetic_val: int = option(64, "synthetic dataset: number of images")
     synthetic_size: int = option(128, "synthetic dataset: image side")
     workers: int = option(0, "data-loading worker processes")
+    skip_data_check: bool = option(False, "start without checking every image and mask of the split first")
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -118,6 +121,7 @@ def run_evaluate(config: EvalConfig) -> dict[str, Any]:
         raise file_error(CheckpointError, config.checkpoint,
                          f"model has {model.config.num_classes} classes but the {config.dataset} dataset "
                          f"has {dataset.num_classes}")
+    check_before_run([dataset], skip=config.skip_data_check)  # every bad file at once, before any image
 
     rank = distributed.rank()
     summary, matrix = evaluate_model(runner, dataset, **config.inference_kwargs(), device=device,
@@ -130,12 +134,14 @@ def run_evaluate(config: EvalConfig) -> dict[str, Any]:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.json"
-    metrics_path.write_text(json.dumps({**summary, "config": asdict(config)}, indent=2) + "\n")
+    write_text(metrics_path, json.dumps({**summary, "config": asdict(config)}, indent=2) + "\n")  # atomic
     print(format_table(summary))
     print(f"Metrics: {metrics_path}")
     if config.confusion_png:
         try:
-            png = plot_confusion_matrix(matrix, dataset.class_names, out / "confusion_matrix.png")
+            png = out / "confusion_matrix.png"
+            with atomic_write(png) as tmp:  # matplotlib writes the temporary name (same suffix), renamed when done
+                plot_confusion_matrix(matrix, dataset.class_names, tmp)
             print(f"Confusion matrix: {png}")
         except MissingDependencyError as e:
             print(f"Skipped confusion_matrix.png: {e}")

@@ -1,7 +1,9 @@
 """Inference on images of any size: whole-image, sliding-window and multi-scale + flip.
 
 All functions take a model that maps a normalized (N, 3, H, W) batch to logits at input size
-(every :class:`~refineseg.models.SegmentationModel` does) and return full-size outputs.
+(every :class:`~refineseg.models.SegmentationModel` does) and return full-size outputs. Inputs
+(and windows) with a side below the models' minimum (``MIN_SIDE``, 32 px) are edge-padded to it
+and the logits cropped back, so any image of at least 1 x 1 pixels can be segmented.
 """
 
 from __future__ import annotations
@@ -29,6 +31,19 @@ def preprocess(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -
     return normalize(image, mean, std).unsqueeze(0)
 
 
+def padded_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Logits (N, C, H, W) of ``model`` for a batch (N, 3, H, W) of any size H, W >= 1.
+
+    Sides below ``MIN_SIDE`` are padded at the bottom/right by repeating the edge pixels (works
+    for 1-pixel sides, unlike reflection) and the logits are cropped back to H x W.
+    """
+    h, w = x.shape[-2:]
+    pad_h, pad_w = max(0, MIN_SIDE - h), max(0, MIN_SIDE - w)
+    if not (pad_h or pad_w):
+        return model(x)
+    return model(F.pad(x, (0, pad_w, 0, pad_h), mode="replicate"))[:, :, :h, :w]
+
+
 def _window_starts(length: int, crop: int, stride: int) -> list[int]:
     """Start offsets of windows of ``crop`` covering ``length``; the last one ends at the border."""
     if length <= crop:
@@ -48,7 +63,7 @@ def slide_logits(model: nn.Module, x: torch.Tensor, crop: int, stride: int) -> t
     for top in _window_starts(h, crop, stride):
         for left in _window_starts(w, crop, stride):
             window = x[:, :, top:top + crop, left:left + crop]
-            logits = model(window)
+            logits = padded_forward(model, window)
             if total is None:
                 total = logits.new_zeros(n, logits.shape[1], h, w)
                 count = logits.new_zeros(1, 1, h, w)
@@ -79,7 +94,7 @@ def predict_probabilities(
     check_inference_options(mode, crop, stride, scales)
     stride = stride or max(1, crop * 2 // 3)
     if mode == "whole":
-        return model(x).softmax(1)
+        return padded_forward(model, x).softmax(1)
     if mode == "slide":
         return slide_logits(model, x, crop, stride).softmax(1)
     h, w = x.shape[-2:]
@@ -90,7 +105,7 @@ def predict_probabilities(
         scaled = F.interpolate(x, size=size, mode="bilinear", align_corners=False) if size != (h, w) else x
         for flipped in (False, True) if flip else (False,):
             inp = scaled.flip(-1) if flipped else scaled
-            logits = slide_logits(model, inp, crop, stride) if max(size) > crop else model(inp)
+            logits = slide_logits(model, inp, crop, stride) if max(size) > crop else padded_forward(model, inp)
             if flipped:
                 logits = logits.flip(-1)
             p = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False).softmax(1)

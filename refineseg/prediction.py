@@ -1,29 +1,49 @@
-"""Segment image files with a saved model: label PNGs and colour overlays.
+"""Segment image files with a saved model: label PNGs and colour overlays, in batches that finish.
 
 :func:`run_predict` is what ``refineseg predict`` runs. For every input image it writes
 ``OUT/<stem>.png``, a palette PNG of class indices (viewers show the class colours, readers get
 the indices back), and, optionally, ``OUT/<stem>_overlay.png``, the photo with the coloured
 labels blended over it and a legend of the classes present.
+
+A bad input (corrupt, truncated, not an image, out of memory) is reported on stderr as
+``error: <file>: <cause>`` and skipped; the rest are processed. The run ends with a summary line
+(``N written, M failed``), the failures are listed in ``OUT/errors.txt`` (``<input>: <cause>``,
+one a line; a run without failures removes an earlier one) and ``refineseg predict`` exits with
+status 3 (:data:`EXIT_SOME_FAILED`). ``--fail-fast`` stops at the first bad input instead (one-line
+error, status 2). An output that cannot be written for lack of space, quota or permissions stops
+the batch after the summary, with a one-line error and status 2.
+
+Every output is written under a temporary name and renamed, so an interrupted run (Ctrl-C,
+``kill -9``) never leaves a truncated file; ``--skip-existing`` continues it: inputs whose outputs
+all exist are skipped, and temporary files of runs no longer alive are removed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from .models import from_pretrained
 from .data import IMAGE_SUFFIXES, TIFF_SUFFIXES, read_image, read_large_image, write_label_png, write_label_tiff
-from .errors import DataError, file_error
+from .data.io import write_pil
+from .errors import DataError, RefineSegError, WriteError, file_error, one_line
+from .files import TMP_MARK, is_write_failure, write_text
 from .config_utils import option, required
 from .inference import InferenceOptions, segment, select_device
 from .tiling import predict_tiled
 from .visualize import overlay
+
+EXIT_SOME_FAILED = 3  # exit status of `refineseg predict` when some inputs failed (2: one-line error, 75: preempted)
+ERRORS_FILE = "errors.txt"  # OUT/errors.txt: "<input>: <cause>" per failed input
 
 
 @dataclass(kw_only=True)
@@ -41,6 +61,11 @@ class PredictConfig(InferenceOptions):
     alpha: float = option(0.5, "overlay opacity of the label colours, 0..1")
     backend: str = option("torch", "inference engine; onnxruntime runs a file from `refineseg export`",
                           choices=["torch", "onnxruntime"])
+    skip_existing: bool = option(False, "skip inputs whose outputs (label file, and overlay if enabled) exist: "
+                                        "continues an interrupted batch")
+    fail_fast: bool = option(False, "stop at the first bad input with a one-line error (exit status 2); by default "
+                                    f"bad inputs are skipped, listed in OUT/{ERRORS_FILE}, and the run exits with "
+                                    f"status {EXIT_SOME_FAILED}")
 
     def __post_init__(self) -> None:
         if isinstance(self.inputs, str):
@@ -113,56 +138,172 @@ def load_predictor(config: PredictConfig):
 PREVIEW_SIDE = 4096  # overlays of tiled predictions are drawn at most this large
 
 
-def _predict_large(model, path: Path, out: Path, name: str, config: PredictConfig) -> Path:
-    """Tiled prediction of one (possibly huge) image; TIFF inputs give TIFF label maps.
+class PredictResult(list):
+    """The label files written, in input order (a ``list`` of Paths), plus what was skipped or failed.
 
-    The image is read with the decompression-bomb limit lifted (TIFFs memory-mapped when
-    uncompressed); the overlay is drawn on a preview no larger than ``PREVIEW_SIDE``.
+    ``skipped``: label files of inputs skipped by ``skip_existing``; ``failed``: ``(input, line)``
+    pairs, ``line`` being the ``<input>: <cause>`` written to errors.txt.
     """
-    image = read_large_image(path)
-    labels = predict_tiled(model, image, tile=config.tile, overlap=config.overlap)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.skipped: list[Path] = []
+        self.failed: list[tuple[Path, str]] = []
+
+    @property
+    def written(self) -> list[Path]:
+        return list(self)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every input was written or skipped, :data:`EXIT_SOME_FAILED` otherwise."""
+        return EXIT_SOME_FAILED if self.failed else 0
+
+
+def output_paths(path: Path, name: str, out: Path, config: PredictConfig) -> tuple[Path, Path | None]:
+    """(label file, overlay file or None) of one input: tiled TIFF inputs give TIFF label maps."""
+    suffix = ".tif" if config.tile and path.suffix.lower() in TIFF_SUFFIXES else ".png"
+    return out / f"{name}{suffix}", (out / f"{name}_overlay.png" if config.overlay else None)
+
+
+def predict_file(model, path: Path, label_path: Path, overlay_path: Path | None, config: PredictConfig) -> None:
+    """Segment one image file and write its label map (+ overlay), each atomically.
+
+    Tiled mode reads the image with the decompression-bomb limit lifted (TIFFs memory-mapped when
+    uncompressed) and draws the overlay on a preview no larger than ``PREVIEW_SIDE``.
+    """
+    if config.tile:
+        image = read_large_image(path)
+        labels = predict_tiled(model, image, tile=config.tile, overlap=config.overlap)
+    else:
+        image = read_image(path)
+        labels = segment(model, image, **config.inference_kwargs())
     palette = model.config.palette
-    if path.suffix.lower() in TIFF_SUFFIXES:
-        label_path = out / f"{name}.tif"
+    if label_path.suffix == ".tif":
         write_label_tiff(label_path, labels, palette)
     else:
-        label_path = out / f"{name}.png"
         write_label_png(label_path, labels, palette)
-    if config.overlay:
-        step = max(1, -(-max(labels.shape) // PREVIEW_SIDE))
-        overlay(np.asarray(image[::step, ::step]), labels[::step, ::step], palette, model.config.class_names,
-                alpha=config.alpha).save(out / f"{name}_overlay.png")
-    return label_path
+    if overlay_path is not None:
+        step = max(1, -(-max(labels.shape) // PREVIEW_SIDE)) if config.tile else 1
+        shown = overlay(np.asarray(image[::step, ::step]), labels[::step, ::step], palette,
+                        model.config.class_names, alpha=config.alpha)
+        write_pil(overlay_path, shown, format="PNG")
 
 
-def run_predict(config: PredictConfig) -> list[Path]:
+def is_input_failure(error: BaseException) -> bool:
+    """True for an error of one input (report it, go on); False for one that stops the batch.
+
+    A full disk, a quota, a read-only or forbidden output folder stop it: every later write would
+    fail the same way.
+    """
+    if isinstance(error, WriteError):
+        return False
+    if isinstance(error, (RefineSegError, MemoryError, torch.OutOfMemoryError)):
+        return True
+    return isinstance(error, OSError) and not is_write_failure(error)
+
+
+def failure_line(path: Path, error: BaseException) -> str:
+    """``<input>: <cause>`` on one line."""
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        return f"{path}: out of memory (try tiled mode, --tile 1024)"
+    text = one_line(error)
+    return text if text.startswith(f"{path}: ") else f"{path}: {text}"
+
+
+def remove_dead_temporaries(folder: Path) -> int:
+    """Delete the temporary files (``.<name>.tmp-<pid><suffix>``) of processes no longer running.
+
+    Those of live processes (another run writing to the same folder) are left alone. Returns the
+    number removed.
+    """
+    removed = 0
+    for entry in folder.iterdir():
+        if not (entry.name.startswith(".") and TMP_MARK in entry.name and entry.is_file()):
+            continue
+        digits = entry.name.rsplit(TMP_MARK, 1)[1].split(".")[0]
+        if digits.isdigit() and int(digits) != os.getpid() and _alive(int(digits)):
+            continue
+        with contextlib.suppress(OSError):
+            entry.unlink()
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: another user's process
+        return True
+    return True
+
+
+def _finish(result: PredictResult, total: int, out: Path, stopped: BaseException | None = None) -> None:
+    """Write (or remove) OUT/errors.txt and print the summary line."""
+    errors = out / ERRORS_FILE
+    try:
+        if result.failed:
+            write_text(errors, "".join(f"{line}\n" for _, line in result.failed))
+        else:
+            errors.unlink(missing_ok=True)  # from an earlier run: errors.txt describes this run only
+    except (WriteError, OSError) as e:
+        if stopped is None:
+            raise
+        print(f"could not write {errors}: {one_line(e)}", file=sys.stderr)
+    parts = [f"{len(result)} written", f"{len(result.failed)} failed"]
+    if result.skipped:
+        parts.append(f"{len(result.skipped)} skipped (outputs exist)")
+    done = len(result) + len(result.failed) + len(result.skipped)
+    if stopped is not None:
+        parts.append(f"{total - done} not processed")
+    line = f"{', '.join(parts)} -> {out}"
+    if result.failed:
+        line += f"; failures listed in {errors}"
+    if isinstance(stopped, KeyboardInterrupt):
+        line = f"interrupted: {line}; continue with --skip-existing"
+    elif stopped is not None:
+        line = f"stopped: {line}"
+    print(line, flush=True)
+
+
+def run_predict(config: PredictConfig) -> PredictResult:
     """Segment every input image; write OUT/<stem>.png (+ OUT/<stem>_overlay.png).
 
-    Returns the label PNG paths in input order. An unreadable input raises DataError naming it.
+    Returns the label files written in input order (see :class:`PredictResult` for skipped and
+    failed inputs). A bad input is reported and skipped, or raises its DataError with
+    ``config.fail_fast``; inputs that match nothing raise DataError before any work.
     """
     paths = expand_inputs(config.inputs)
     model = load_predictor(config)
-    palette, names = model.config.palette, model.config.class_names
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    remove_dead_temporaries(out)
     # Never overwrite an input that happens to live in the output folder.
     taken = {p.name for p in paths if os.path.realpath(p.parent) == os.path.realpath(out)}
 
-    written = []
-    # disable=None: no bar when stderr is not a terminal; closing it on errors keeps them on their own line.
-    with tqdm(paths, desc="predict", unit="img", disable=None) as bar:
-        for path in bar:
-            name = _output_name(path.stem, taken)
-            if config.tile:
-                label_path = _predict_large(model, path, out, name, config)
-            else:
-                image = read_image(path)
-                labels = segment(model, image, **config.inference_kwargs())
-                label_path = out / f"{name}.png"
-                write_label_png(label_path, labels, palette)
-                if config.overlay:
-                    overlay(image, labels, palette, names, alpha=config.alpha).save(out / f"{name}_overlay.png")
-            written.append(label_path)
-    what = "label PNGs and overlays" if config.overlay else "label PNGs"
-    print(f"Wrote {len(written)} {what} to {out}")
-    return written
+    result = PredictResult()
+    try:
+        # disable=None: no bar when stderr is not a terminal; closing it on errors keeps them on their own line.
+        with tqdm(paths, desc="predict", unit="img", disable=None) as bar:
+            for path in bar:
+                label_path, overlay_path = output_paths(path, _output_name(path.stem, taken), out, config)
+                if config.skip_existing and all(p.is_file() for p in (label_path, overlay_path) if p is not None):
+                    result.skipped.append(label_path)
+                    continue
+                try:
+                    predict_file(model, path, label_path, overlay_path, config)
+                except Exception as e:
+                    if config.fail_fast or not is_input_failure(e):
+                        raise
+                    result.failed.append((path, failure_line(path, e)))
+                    tqdm.write(f"error: {result.failed[-1][1]}", file=sys.stderr)
+                    continue
+                result.append(label_path)
+    except BaseException as e:  # Ctrl-C, a full disk, --fail-fast ...: the summary still comes
+        if not (config.fail_fast and is_input_failure(e)):  # --fail-fast on a bad input: the old one-line error
+            _finish(result, len(paths), out, stopped=e)
+        raise
+    _finish(result, len(paths), out)
+    return result

@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from .backbones import MobileNetV2
 from .errors import CheckpointError, file_error
+from .files import write_bytes
 
 StateDict = dict[str, torch.Tensor]
 WeightsSource = str | os.PathLike | Mapping[str, torch.Tensor]
@@ -63,12 +65,12 @@ def load_weights_file(path: str | os.PathLike) -> StateDict:
 
 
 def save_weights_file(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
-    """Write ``state`` as safetensors (CPU, contiguous), atomically: a crash leaves the old file or none."""
-    path = Path(path)
+    """Write ``state`` as safetensors (CPU, contiguous), atomically: a crash leaves the old file or none.
+
+    A full disk or missing permission raises a one-line :class:`~refineseg.errors.WriteError`.
+    """
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, path)
+    write_bytes(path, save_safetensors(tensors, metadata={"format": "pt"}))
 
 
 def read_weights(source: WeightsSource) -> tuple[StateDict, str]:

@@ -21,6 +21,14 @@ CLASS_NAMES = ["background", "road", "car", "tree"]
 PALETTE = [(0, 0, 0), (128, 64, 128), (0, 0, 142), (107, 142, 35)]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_refineseg_home(tmp_path_factory):
+    """Caches the tests write (data-check results, downloaded weights) go to a temp folder, not ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp_:
+        mp_.setenv("REFINESEG_HOME", str(tmp_path_factory.mktemp("refineseg_home")))
+        yield
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models run fastest single-threaded (no oversubscription on busy CI machines)."""

@@ -37,7 +37,9 @@ def dataset(tmp_path) -> Path:
 
 
 def folder_train(root: Path, out: Path, workers: str = "0") -> list[str]:
-    return [*TRAIN, "--dataset", "folder", "--data-root", str(root), "--out", str(out), "--workers", workers]
+    # --skip-data-check: these tests are about the readers' own errors (the check is in test_data_check.py)
+    return [*TRAIN, "--dataset", "folder", "--data-root", str(root), "--out", str(out), "--workers", workers,
+            "--skip-data-check"]
 
 
 @pytest.mark.parametrize("workers", ["0", "1"])  # 1: the error travels back from a DataLoader worker
@@ -67,7 +69,9 @@ def test_non_image_file(tmp_path):
     ckpt = tmp_path / "ckpt"
     import refineseg
     refineseg.create_model("lw_refinenet_mbv2", num_classes=3).save_pretrained(ckpt)
-    assert "notes.png" in fails("predict", "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"), str(fake))
+    # --fail-fast: exit 2 with the reader's one line (without it the input is skipped and listed, exit 3)
+    assert "notes.png" in fails("predict", "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"), "--fail-fast",
+                                str(fake))
 
 
 def test_empty_dataset_folder(tmp_path):

@@ -128,9 +128,9 @@ def test_corrupt_image_raises_data_error_naming_it(checkpoint, tmp_path, content
         content = (tmp_path / "full.png").read_bytes()[:200]
         bad = tmp_path / "bad.png"
     bad.write_bytes(content)
-    with pytest.raises(DataError, match="bad") as err:
+    with pytest.raises(DataError, match="bad") as err:  # --fail-fast; by default it is skipped (test_predict_batch)
         run_predict(PredictConfig(checkpoint=str(checkpoint), inputs=[str(bad)], out=str(tmp_path / "out"),
-                                  device="cpu"))
+                                  device="cpu", fail_fast=True))
     assert str(err.value).startswith(f"{bad}: ")
 
 

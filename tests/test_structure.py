@@ -77,8 +77,9 @@ def test_cycle_detection_finds_a_cycle(tmp_path):
         graphlib.TopologicalSorter(graph).prepare()
 
 
-def test_weights_needs_only_backbones_and_errors():
-    assert import_graph()["refineseg.weights"] <= {"refineseg.backbones", "refineseg.errors"}
+def test_weights_needs_only_backbones_errors_and_files():
+    assert import_graph()["refineseg.weights"] <= {"refineseg.backbones", "refineseg.errors", "refineseg.files"}
+    assert import_graph()["refineseg.files"] <= {"refineseg.errors"}
 
 
 def test_every_model_name_is_a_literal_row_of_the_registry():

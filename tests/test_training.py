@@ -22,10 +22,11 @@ from refineseg import from_pretrained
 from refineseg.cli import main as cli_main
 from refineseg.config_utils import add_dataclass_arguments, build_config
 from refineseg.data import SyntheticSegmentation, eval_transform
+from refineseg.losses import build_loss
 from refineseg.errors import RefineSegError
 from refineseg.models import build_model
 from refineseg.training import (
-    TrainConfig, build_optimizer, optimizer_step, poly_lr_lambda, save_last, segmentation_loss, validate_and_save_best,
+    TrainConfig, build_optimizer, optimizer_step, poly_lr_lambda, save_last, validate_and_save_best,
 )
 from refineseg.training import trainer
 from refineseg.training.progress import MetricsLog
@@ -61,7 +62,7 @@ def test_loss_is_mean_cross_entropy_over_valid_pixels():
     target = torch.randint(0, 4, (2, 5, 6))
     target[0, :2] = 255
     expected = F.cross_entropy(logits, target, ignore_index=255)
-    torch.testing.assert_close(segmentation_loss(logits, target), expected)
+    torch.testing.assert_close(build_loss("ce", num_classes=4)(logits, target), expected)
 
 
 def test_config_precedence_defaults_yaml_flags(tmp_path):
@@ -301,7 +302,7 @@ def test_bad_resume_value_is_a_one_line_cli_error(tmp_path, capsys, how):
     assert cli_main(["train", *TINY, "--out", str(tmp_path / "run"), *args]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ")
-    assert "resume must be true, false or auto, got 'later'" in err
+    assert "resume: expected true or false or 'auto', got 'later'" in err
     assert not (tmp_path / "run").exists()
 
 

@@ -6,6 +6,8 @@ import os
 from typing import Any
 
 from ..errors import DataError, file_error
+from .benchmarks import SUNRGBD, NYUDv2, PascalContext, PascalContext59, PascalPersonPart
+from .coco import COCOVoc
 from .datasets import ADE20K, Cityscapes, SegmentationDataset, Transform, VOCSegmentation
 from .folder import FolderDataset
 from .io import PathLike
@@ -17,6 +19,12 @@ DATASETS = {
     "voc": VOCSegmentation,
     "cityscapes": Cityscapes,
     "ade20k": ADE20K,
+    "nyudv2": NYUDv2,
+    "person_part": PascalPersonPart,
+    "pascal_context": PascalContext,
+    "pascal_context59": PascalContext59,
+    "sunrgbd": SUNRGBD,
+    "coco_voc": COCOVoc,
     "folder": FolderDataset,
 }
 
@@ -24,11 +32,11 @@ DATASETS = {
 def build_dataset(name: str, root: PathLike | None, split: str, transform: Transform | None = None, *,
                   synthetic_samples: int | None = None, synthetic_size: int = 128,
                   **kwargs: Any) -> SegmentationDataset:
-    """Create dataset ``name`` (synthetic, voc, cityscapes, ade20k, folder) for ``split``.
+    """Create dataset ``name`` (one of :data:`DATASETS`, e.g. voc, nyudv2, coco_voc, folder) for ``split``.
 
     ``root`` is ignored for ``synthetic``, which takes ``synthetic_samples`` images (default: its
     split's size) of ``synthetic_size`` pixels; the other datasets ignore those two. Further
-    keyword arguments go to the dataset class (e.g. ``classes`` for folder).
+    keyword arguments go to the dataset class (e.g. ``classes`` for folder, ``keep_all`` for coco_voc).
     """
     key = name.lower()
     if key not in DATASETS:

@@ -70,3 +70,65 @@ def ade20k_lut() -> np.ndarray:
     lut = (np.arange(256, dtype=np.int32) - 1).astype(np.uint8)  # 0 wraps to 255
     lut[255] = 255
     return lut
+
+
+def zero_void_lut(ignore_index: int = 255) -> np.ndarray:
+    """Annotation value -> class index for masks with 0 = unlabelled: 0 -> ``ignore_index``, k -> k - 1.
+
+    Used by NYUDv2 (``labels40``), SUN RGB-D and PASCAL-Context-59; values above the class count
+    stay out of range and are reported by the dataset's sample check.
+    """
+    lut = (np.arange(256, dtype=np.int32) - 1).astype(np.uint8)
+    lut[0] = lut[255] = ignore_index
+    return lut
+
+
+#: NYUDv2 40-class task (Gupta et al., CVPR 2013), class order 1..40 of ``classMapping40.mat``.
+NYUDV2_CLASSES = [
+    "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf",
+    "picture", "counter", "blinds", "desk", "shelves", "curtain", "dresser", "pillow", "mirror",
+    "floor mat", "clothes", "ceiling", "books", "refrigerator", "television", "paper", "towel",
+    "shower curtain", "box", "whiteboard", "person", "night stand", "toilet", "sink", "lamp",
+    "bathtub", "bag", "otherstructure", "otherfurniture", "otherprop",
+]
+NYUDV2_PALETTE = color_palette(len(NYUDV2_CLASSES) + 1)[1:]
+
+#: SUN RGB-D 37-class task (Song et al., CVPR 2015), annotation values 1..37 (0 = unlabelled).
+SUNRGBD_CLASSES = [
+    "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf",
+    "picture", "counter", "blinds", "desk", "shelves", "curtain", "dresser", "pillow", "mirror",
+    "floor mat", "clothes", "ceiling", "books", "fridge", "tv", "paper", "towel", "shower curtain",
+    "box", "whiteboard", "person", "night stand", "toilet", "sink", "lamp", "bathtub", "bag",
+]
+SUNRGBD_PALETTE = color_palette(len(SUNRGBD_CLASSES) + 1)[1:]
+
+#: PASCAL-Person-Part (Chen et al., CVPR 2014): background and six body parts, mask values 0..6.
+PERSON_PART_CLASSES = [
+    "background", "head", "torso", "upper arms", "lower arms", "upper legs", "lower legs",
+]
+PERSON_PART_PALETTE = color_palette(len(PERSON_PART_CLASSES))
+
+#: PASCAL-Context, 59 most frequent classes plus background, in the order of the mmsegmentation
+#: conversion (``SegmentationClassContext``: 0 = background, 1..59 sorted by original label id).
+PASCAL_CONTEXT_CLASSES = [
+    "background", "aeroplane", "bag", "bed", "bedclothes", "bench", "bicycle", "bird", "boat",
+    "book", "bottle", "building", "bus", "cabinet", "car", "cat", "ceiling", "chair", "cloth",
+    "computer", "cow", "cup", "curtain", "dog", "door", "fence", "floor", "flower", "food",
+    "grass", "ground", "horse", "keyboard", "light", "motorbike", "mountain", "mouse", "person",
+    "plate", "platform", "pottedplant", "road", "rock", "sheep", "shelves", "sidewalk", "sign",
+    "sky", "snow", "sofa", "table", "track", "train", "tree", "truck", "tvmonitor", "wall",
+    "water", "window", "wood",
+]
+PASCAL_CONTEXT_PALETTE = color_palette(len(PASCAL_CONTEXT_CLASSES))
+
+#: COCO instance category id -> VOC class index (1..20) for the 20 categories the two share.
+COCO_TO_VOC = {
+    5: 1, 2: 2, 16: 3, 9: 4, 44: 5, 6: 6, 3: 7, 17: 8, 62: 9, 21: 10,
+    67: 11, 18: 12, 19: 13, 4: 14, 1: 15, 64: 16, 20: 17, 63: 18, 7: 19, 72: 20,
+}
+#: COCO's names of those categories (checked against the annotation file's ``categories``).
+COCO_VOC_NAMES = {
+    5: "airplane", 2: "bicycle", 16: "bird", 9: "boat", 44: "bottle", 6: "bus", 3: "car",
+    17: "cat", 62: "chair", 21: "cow", 67: "dining table", 18: "dog", 19: "horse",
+    4: "motorcycle", 1: "person", 64: "potted plant", 20: "sheep", 63: "couch", 7: "train", 72: "tv",
+}

@@ -83,10 +83,13 @@ class SegmentationDataset(torch.utils.data.Dataset):
         values = np.unique(mask)
         bad = values[(values >= self.num_classes) & (values != self.ignore_index)]
         if bad.size:
-            shown = ", ".join(str(v) for v in bad[:10].tolist()) + (", ..." if bad.size > 10 else "")
-            raise file_error(DataError, mask_path,
-                             f"label values {shown} are out of range: {self.num_classes} classes "
-                             f"(0..{self.num_classes - 1}) and {self.ignore_index} = ignore")
+            raise file_error(DataError, mask_path, self.label_range_message(bad.tolist()))
+
+    def label_range_message(self, bad: Sequence[int]) -> str:
+        """Why labels ``bad`` (sorted, out of range) are refused; datasets add how to fix it (folder: classes.yaml)."""
+        shown = ", ".join(str(v) for v in bad[:10]) + (", ..." if len(bad) > 10 else "")
+        return (f"label values {shown} are out of range: {self.num_classes} classes "
+                f"(0..{self.num_classes - 1}) and {self.ignore_index} = ignore")
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         image, mask = self.load_sample(index)

@@ -2,11 +2,15 @@
 
 Every reader forces a full decode (``Image.load()``), so a truncated PNG or JPEG raises a
 :class:`~refineseg.errors.DataError` here instead of being silently padded with grey later.
+Multi-frame files (animated GIF/PNG/WebP, multi-page TIFF) give their first frame, with a note
+logged once per file. Writers go through :func:`refineseg.files.atomic_write`: a temporary name
+renamed into place, so an interrupted write never leaves a truncated file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -14,15 +18,28 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from ..errors import DataError, MissingDependencyError, file_error
+from ..files import atomic_write
 from ..palette import IGNORE_COLOR
+
+log = logging.getLogger("refineseg.data")
 
 PathLike = str | os.PathLike
 
 #: Image files that folders are searched for (datasets and `refineseg predict`), lower case.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 #: Suffixes that :func:`read_large_image` hands to ``tifffile`` instead of Pillow.
 TIFF_SUFFIXES = (".tif", ".tiff")
+
+_noted_multiframe: set[str] = set()  # files already reported as multi-frame (one note per file)
+
+
+def note_first_frame(path: PathLike, frames: int) -> None:
+    """Log, once per file, that only the first of ``frames`` frames (or pages) of ``path`` is used."""
+    key = os.path.realpath(path)
+    if frames > 1 and key not in _noted_multiframe:
+        _noted_multiframe.add(key)
+        log.warning("note: %s: %d frames, using the first", os.fspath(path), frames)
 
 
 def _open_loaded(path: PathLike) -> Image.Image:
@@ -40,6 +57,11 @@ def _open_loaded(path: PathLike) -> Image.Image:
                          "use read_large_image") from None
     except OSError as exc:
         raise file_error(DataError, path, f"cannot open image ({exc})") from None
+    try:
+        frames = getattr(img, "n_frames", 1)  # counted before load(): it may seek, then returns to frame 0
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
+        raise file_error(DataError, path, f"corrupt or truncated image ({exc})") from None
+    note_first_frame(path, frames)
     saved = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # never pad a truncated file, even if someone enabled it
     try:
@@ -185,6 +207,7 @@ def _read_tiff(path: PathLike) -> np.ndarray:
     tifffile = _tifffile(path)
     try:
         with tifffile.TiffFile(path) as tif:
+            note_first_frame(path, len(tif.pages))
             page = tif.pages[0]
             planar = getattr(page, "planarconfig", None) == tifffile.PLANARCONFIG.SEPARATE
             if page.is_memmappable and page.dtype == np.uint8 and page.shape[-1:] == (3,) and not planar:
@@ -235,10 +258,7 @@ def write_label_png(path: PathLike, labels: np.ndarray, palette: Sequence[Sequen
         labels = labels.astype(np.uint8)
     img = Image.fromarray(np.ascontiguousarray(labels))  # mode "L"
     img.putpalette(_palette_bytes(palette))  # turns it into mode "P" with the same indices
-    parent = os.path.dirname(os.fspath(path))
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    img.save(path, format="PNG")
+    write_pil(path, img, format="PNG")
 
 
 def write_label_tiff(path: PathLike, labels: np.ndarray, palette: Sequence[Sequence[int]]) -> None:
@@ -248,13 +268,23 @@ def write_label_tiff(path: PathLike, labels: np.ndarray, palette: Sequence[Seque
     """
     tifffile = _tifffile(path)
     colormap = np.asarray(_palette_bytes(palette), np.uint16).reshape(256, 3).T * 257  # 8 -> 16 bit
-    tifffile.imwrite(path, labels, photometric="palette", colormap=colormap, compression="zlib",
-                     tile=(512, 512), bigtiff=labels.size > 2**31)
+    with atomic_write(path) as tmp:
+        tifffile.imwrite(tmp, labels, photometric="palette", colormap=colormap, compression="zlib",
+                         tile=(512, 512), bigtiff=labels.size > 2**31)
 
 
 def write_image(path: PathLike, image: np.ndarray) -> None:
     """Write an (H, W, 3) uint8 RGB array; the format follows the file suffix."""
+    write_pil(path, Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)))
+
+
+def write_pil(path: PathLike, image: Image.Image, format: str | None = None) -> None:
+    """Save a Pillow image atomically (temporary name, then rename); parent folders are created.
+
+    ``format`` defaults to the one Pillow infers from the suffix of ``path``.
+    """
     parent = os.path.dirname(os.fspath(path))
     if parent:
         os.makedirs(parent, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(path)
+    with atomic_write(path) as tmp:
+        image.save(tmp, format=format)

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..palette import color_palette
+from ..version import __version__
+
+VERSION_KEY = "refineseg_version"  # in config.json: the version that wrote it
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -46,12 +49,19 @@ class ModelConfig:
         d = dataclasses.asdict(self)
         d["palette"] = [list(c) for c in self.palette]
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        d[VERSION_KEY] = __version__
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
+        """Read ``config.json``; ValueError naming the fields (and the writer's version) this version lacks."""
+        if not isinstance(d, dict):
+            raise ValueError("expected a JSON object")
+        d = dict(d)
+        written_by = d.pop(VERSION_KEY, None)
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+            origin = f"written by refineseg {written_by}" if written_by else "written by another refineseg version"
+            raise ValueError(f"fields {', '.join(unknown)} are unknown to refineseg {__version__} ({origin}; "
+                             "upgrade refineseg to read it)")
         return cls(**d)

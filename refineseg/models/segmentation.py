@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import freeze_batch_norm
+from ..files import write_text
 from ..weights import save_weights_file
 from .config import ModelConfig
 
@@ -74,6 +75,4 @@ class SegmentationModel(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         save_weights_file(self.state_dict(), directory / WEIGHTS_NAME)
-        config_tmp = directory / (CONFIG_NAME + ".tmp")
-        config_tmp.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
-        os.replace(config_tmp, directory / CONFIG_NAME)
+        write_text(directory / CONFIG_NAME, json.dumps(self.config.to_dict(), indent=2) + "\n")

@@ -11,6 +11,7 @@ from typing import Any
 from tqdm import tqdm
 
 from .. import distributed as dist_utils
+from ..files import write_text
 from .config import TrainConfig
 
 log = logging.getLogger("refineseg.train")
@@ -29,7 +30,7 @@ class MetricsLog:
         if resume_step is not None and self.path.exists():  # drop what a killed run logged after the checkpoint
             kept = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
             self.records = [r for r in kept if r["iter"] <= resume_step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
         try:
             from torch.utils.tensorboard import SummaryWriter
 

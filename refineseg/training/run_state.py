@@ -13,6 +13,7 @@ step, writes ``last/`` and exits with :data:`PREEMPTED_EXIT_CODE`.
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import shutil
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, file_error
+from ..files import is_write_failure, write_bytes, write_error
 
 STATE_NAME = "training_state.pt"
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): stopped early on a signal, checkpoint saved, resume me
@@ -43,23 +45,47 @@ def _fsync_tree(directory: Path) -> None:
         os.close(fd)
 
 
+def _tree_bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.iterdir() if p.is_file()) if directory.is_dir() else 0
+
+
 def atomic_directory(target: Path, write: Callable[[Path], None]) -> None:
     """Write a directory with ``write(tmp_dir)`` and swap it in for ``target``.
 
     Sequence: write ``.NAME.tmp`` -> fsync -> rename ``NAME`` to ``.NAME.old`` -> rename tmp to
-    ``NAME`` -> delete the old one. :func:`recover_directory` undoes an interrupted swap.
+    ``NAME`` -> delete the old one. :func:`recover_directory` undoes an interrupted swap. When
+    the write fails (a full disk, say), the temporary directory is removed, ``target`` is left
+    as it was, and a lack of space or permission raises a one-line
+    :class:`~refineseg.errors.WriteError` naming ``target``.
     """
     target = Path(target)
     tmp = target.with_name(f".{target.name}.tmp")
     old = target.with_name(f".{target.name}.old")
     recover_directory(target)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    _fsync_tree(tmp)
+    try:
+        tmp.mkdir(parents=True)
+        write(tmp)
+        _fsync_tree(tmp)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os_error = e if isinstance(e, OSError) else e.__cause__
+        if isinstance(os_error, OSError) and is_write_failure(os_error):
+            error = write_error(target, os_error, needed=_tree_bytes(target) or None)
+            kept = "; the previous checkpoint is kept" if target.exists() else ""
+            raise type(error)(f"{error}{kept}") from e
+        raise
     if target.exists():
         os.replace(target, old)
     os.replace(tmp, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def save_state(state: dict[str, Any], path: Path) -> None:
+    """``torch.save`` through memory and :func:`~refineseg.files.write_bytes`: a full disk gives an
+    OSError (not torch's ``unexpected pos``) and never a truncated file."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_bytes(path, buffer.getvalue())
 
 
 def recover_directory(target: Path) -> None:

@@ -30,8 +30,8 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -39,16 +39,21 @@ from tqdm import tqdm
 from .. import distributed as dist_utils
 from ..config_utils import save_yaml
 from ..data import build_dataset, eval_transform, train_transform
+from ..data.check import check_before_run
+from ..data.stats import dataset_statistics
 from ..errors import CheckpointError, RefineSegError, file_error
 from ..evaluation import evaluate_model
+from ..files import write_text
 from ..inference import select_device
+from ..losses import CrossEntropyLoss, build_loss, class_weights_from_counts, load_class_weights
 from ..models import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel, create_model, from_pretrained
 from ..models.grad_checkpointing import enable_grad_checkpointing
 from ..visualize import plot_curves
 from .progress import MetricsLog, StepLog
+from .run_dir import RunLock, claim_run_dir
 from .run_state import (
     PREEMPTED_EXIT_CODE, STATE_NAME, StopSignals, atomic_directory, capture_rng_state, ignore_stop_signals,
-    load_training_state, recover_directory, restore_rng_state,
+    load_training_state, recover_directory, restore_rng_state, save_state,
 )
 from .config import TrainConfig
 
@@ -82,20 +87,6 @@ def build_optimizer(model: SegmentationModel, config: TrainConfig) -> torch.opti
     return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
-    """Cross-entropy averaged over the valid pixels of *all* processes' batches.
-
-    Each process divides its summed loss by the global valid-pixel count (times the world size,
-    which DDP's gradient averaging divides out again), so DDP gradients equal those of one
-    process on the whole global batch, even when processes hold different numbers of
-    ignored pixels.
-    """
-    total = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum")
-    count = (target != ignore_index).sum().to(torch.float64)
-    count = dist_utils.all_reduce_sum(count.clone())
-    return total * dist_utils.world_size() / count.clamp(min=1).to(total.dtype)
-
-
 def _datasets(config: TrainConfig, mean, std):
     train_set = build_dataset(config.dataset, config.data_root, config.train_split,
                               transform=train_transform(config.crop, mean, std, (config.scale_min, config.scale_max),
@@ -106,7 +97,26 @@ def _datasets(config: TrainConfig, mean, std):
                             synthetic_samples=config.synthetic_val, synthetic_size=config.synthetic_size)
     if len(train_set) == 0:
         raise RefineSegError(f"{config.data_root or config.dataset}: the {config.train_split!r} split has no samples")
+    check_before_run([train_set, val_set], skip=config.skip_data_check)  # rank 0 checks, every rank stops on errors
     return train_set, val_set
+
+
+def _class_weights(config: TrainConfig, train_set) -> np.ndarray | None:
+    """``--class-weights``: None, median-frequency weights of the training split (auto), or a file's."""
+    if config.class_weights == "none":
+        return None
+    if config.class_weights == "auto":
+        stats = dataset_statistics(train_set, workers=config.workers)
+        counts = [(c["pixels"], c["image_pixels"]) for c in stats["classes"]]
+        weights = class_weights_from_counts(*np.array(counts, dtype=np.float64).T)
+        source = "median-frequency balancing of the training split"
+    else:
+        weights = load_class_weights(config.class_weights, train_set.num_classes)
+        source = config.class_weights
+    if dist_utils.is_main_process():
+        shown = ", ".join(f"{name} {w:.3g}" for name, w in zip(train_set.class_names, weights))
+        log.info("class weights (%s): %s", source, shown)
+    return weights
 
 
 def _build_or_resume(config: TrainConfig, train_set, out: Path) -> tuple[SegmentationModel, dict | None]:
@@ -177,6 +187,7 @@ def optimizer_step(
     accum_steps: int = 1,
     amp: str = "none",
     clip_grad_norm: float = 0.0,
+    criterion: nn.Module | None = None,
 ) -> float:
     """Take optimizer step number ``step`` (1-based) on the next ``accum_steps`` micro-batches.
 
@@ -184,7 +195,8 @@ def optimizer_step(
     device). Micro-batch losses are divided by ``accum_steps``, so the summed gradients equal
     those of one batch of ``accum_steps × B`` images; a DDP ``net`` all-reduces them only on the
     last micro-batch (``no_sync`` before). With ``clip_grad_norm > 0`` the (unscaled) gradients'
-    global norm is clipped to it. Then the (optional) scaler steps the optimizer and the
+    global norm is clipped to it. ``criterion(logits, masks)`` is the loss (default: cross-entropy,
+    see :mod:`refineseg.losses`). Then the (optional) scaler steps the optimizer and the
     scheduler advances. Returns the step's loss; raises RefineSegError naming the step when the
     loss is not finite.
     """
@@ -200,7 +212,9 @@ def optimizer_step(
         with (nullcontext() if sync else net.no_sync()):
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 logits = net(images)
-            loss = segmentation_loss(logits, masks) / accum_steps
+            if criterion is None:
+                criterion = CrossEntropyLoss(num_classes=logits.shape[1])
+            loss = criterion(logits, masks) / accum_steps
             scaler.scale(loss).backward()
         step_loss += loss.item()
     if clip_grad_norm > 0:
@@ -233,7 +247,7 @@ def validate_and_save_best(model: SegmentationModel, val_set, out: Path, metrics
         best_miou = summary["mIoU"]
         if main:
             atomic_directory(out / "best", lambda d: (model.save_pretrained(d),
-                                                      (d / "metrics.json").write_text(json.dumps(summary, indent=2))))
+                                                      write_text(d / "metrics.json", json.dumps(summary, indent=2))))
     if main:
         plot_curves(metrics.records, out / "plots")
     return best_miou
@@ -255,7 +269,7 @@ def save_last(out: Path, model: SegmentationModel, optimizer: torch.optim.Optimi
         state = {"step": step, "best_miou": best_miou, "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                  "rng": rng_state, "config": dataclasses.asdict(config), **(extra or {})}
-        atomic_directory(last, lambda d: (model.save_pretrained(d), torch.save(state, d / STATE_NAME)))
+        atomic_directory(last, lambda d: (model.save_pretrained(d), save_state(state, d / STATE_NAME)))
     dist_utils.barrier()
     return last
 
@@ -280,16 +294,43 @@ def train(config: TrainConfig) -> dict[str, Any]:
         dist_utils.cleanup_distributed()
 
 
+def _claim_out(config: TrainConfig, device: torch.device) -> RunLock | None:
+    """Rank 0 locks and claims OUT (see :mod:`.run_dir`); a refusal there stops every rank."""
+    lock, error = None, None
+    if dist_utils.is_main_process():
+        try:
+            lock = RunLock(config.out).acquire()
+            claim_run_dir(config.out, resume=config.resume, overwrite=config.overwrite)
+        except RefineSegError as e:
+            if lock is not None:
+                lock.release()
+            error = e
+    if dist_utils.any_process(error is not None, device):
+        raise error or RefineSegError(f"{config.out}: rank 0 could not claim the run directory")
+    return lock
+
+
 def _train(config: TrainConfig, device: torch.device, distributed: bool) -> dict[str, Any]:
+    lock = _claim_out(config, device)
+    try:
+        return _train_locked(config, device, distributed)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_locked(config: TrainConfig, device: torch.device, distributed: bool) -> dict[str, Any]:
     out = Path(config.out)
     main = dist_utils.is_main_process()
     if main:
-        out.mkdir(parents=True, exist_ok=True)
         save_yaml(config, out / "config.yaml")
     torch.manual_seed(config.seed)  # identical initialization on every rank
 
     train_set, val_set = _datasets(config, IMAGENET_MEAN, IMAGENET_STD)  # the models' input normalization
     model, state = _build_or_resume(config, train_set, out)
+    criterion = build_loss(config.loss, num_classes=train_set.num_classes, ignore_index=train_set.ignore_index,
+                           class_weights=_class_weights(config, train_set), ohem_thresh=config.ohem_thresh,
+                           ohem_min_kept=config.ohem_min_kept)
     model.to(device).train()
     if config.grad_checkpointing:
         enable_grad_checkpointing(model)
@@ -324,7 +365,7 @@ def _train(config: TrainConfig, device: torch.device, distributed: bool) -> dict
                 step += 1
                 loss = optimizer_step(net, batches, optimizer, scheduler, scaler, step=step,
                                       accum_steps=config.accum_steps, amp=config.amp,
-                                      clip_grad_norm=config.clip_grad_norm)
+                                      clip_grad_norm=config.clip_grad_norm, criterion=criterion)
                 rng_after_step = capture_rng_state()
                 progress.add(step, loss, optimizer.param_groups[0]["lr"])
                 final = step == config.iters

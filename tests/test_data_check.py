@@ -1,0 +1,287 @@
+"""The fail-fast data check (refineseg.data.check) and `refineseg check-data` (refineseg.data.stats)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+import conftest
+from refineseg.cli import main
+from refineseg.data import FolderDataset, SyntheticSegmentation
+from refineseg.data.check import SHOWN, DataCheckError, cache_file, check_before_run, check_dataset
+from refineseg.errors import DataError
+from refineseg.data.stats import dataset_statistics
+
+CLASSES = ["background", "road", "car", "tree", "sky", "person"]
+PALETTE = [(0, 0, 0), (128, 64, 128), (0, 0, 142), (107, 142, 35), (70, 130, 180), (220, 20, 60)]
+W, H = 40, 30  # image size of the test samples
+
+
+@pytest.fixture(autouse=True)
+def cache_home(tmp_path, monkeypatch):
+    """Keep the data-check cache in the test's folder."""
+    monkeypatch.setenv("REFINESEG_HOME", str(tmp_path / "home"))
+
+
+def write_mask(path: Path, labels: np.ndarray) -> None:
+    img = Image.fromarray(labels.astype(np.uint8))
+    img.putpalette([c for color in PALETTE for c in color] + [0] * (768 - 3 * len(PALETTE)))
+    img.save(path)
+
+
+def truncate(path: Path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def make_folder(root: Path, splits: dict[str, int], seed: int = 0) -> Path:
+    """A folder dataset: ``splits`` maps split -> number of good samples (noisy images, blocky masks)."""
+    rng = np.random.default_rng(seed)
+    for sub in ("images", "masks", "splits"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    (root / "classes.yaml").write_text(yaml.safe_dump([{"name": n, "color": list(c)} for n, c in zip(CLASSES, PALETTE)]))
+    for split, count in splits.items():
+        names = []
+        for i in range(count):
+            name = f"{split}_{i:03d}"
+            Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)).save(root / "images" / f"{name}.png")
+            blocks = rng.integers(0, len(CLASSES), (3, 4))
+            labels = np.kron(blocks, np.ones((10, 10), np.int64))
+            labels[rng.random((H, W)) < 0.05] = 255  # some ignore pixels
+            write_mask(root / "masks" / f"{name}.png", labels)
+            names.append(name)
+        (root / "splits" / f"{split}.txt").write_text("".join(n + "\n" for n in names))
+    return root
+
+
+def add_bad_samples(root: Path, split: str) -> dict[str, Path]:
+    """Append one sample per kind of damage to ``split``; returns kind -> the file that is bad."""
+    rng = np.random.default_rng(1)
+    good = lambda: rng.integers(0, 256, (H, W, 3), dtype=np.uint8)  # noqa: E731
+    labels = np.zeros((H, W), np.uint8)
+    images, masks = root / "images", root / "masks"
+    bad = {}
+    (images / "corrupt.png").write_bytes(b"this is not an image" * 20)
+    bad["corrupt"] = images / "corrupt.png"
+    Image.fromarray(good()).save(images / "trunc_png.png")
+    truncate(images / "trunc_png.png")
+    bad["truncated png image"] = images / "trunc_png.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(
+        images / "trunc_jpg.jpg", quality=95)
+    truncate(images / "trunc_jpg.jpg", 0.6)
+    write_mask(masks / "trunc_jpg.png", np.zeros((96, 128), np.uint8))
+    bad["truncated jpeg image"] = images / "trunc_jpg.jpg"
+    Image.fromarray(good()).save(images / "trunc_mask.png")
+    write_mask(masks / "trunc_mask.png", rng.integers(0, 6, (H, W)))
+    truncate(masks / "trunc_mask.png")
+    bad["truncated mask"] = masks / "trunc_mask.png"
+    Image.fromarray(good()).save(images / "wrong_size.png")
+    write_mask(masks / "wrong_size.png", np.zeros((H + 2, W), np.uint8))
+    bad["wrong size"] = masks / "wrong_size.png"
+    Image.fromarray(good()).save(images / "label200.png")
+    labels200 = labels.copy()
+    labels200[:3, :3] = 200
+    write_mask(masks / "label200.png", labels200)
+    bad["label 200"] = masks / "label200.png"
+    for name in ("corrupt", "trunc_png"):
+        write_mask(masks / f"{name}.png", labels)
+    stems = ["corrupt", "trunc_png", "trunc_jpg", "trunc_mask", "wrong_size", "label200"]
+    with open(root / "splits" / f"{split}.txt", "a") as f:
+        f.write("".join(s + "\n" for s in stems))
+    return bad
+
+
+def test_every_problem_in_one_error(tmp_path):
+    root = make_folder(tmp_path / "data", {"train": 3})
+    bad = add_bad_samples(root, "train")
+    dataset = FolderDataset(root, "train")
+    missing = Path(dataset.samples[0][0])
+    missing.unlink()  # disappears after the dataset was listed
+    with pytest.raises(DataCheckError) as info:
+        check_dataset(dataset, workers=0)
+    err = info.value
+    assert err.failed == 7 and err.total == 9
+    for kind, path in {**bad, "missing": missing}.items():
+        assert any(line.startswith(f"{path}: ") for line in err.problems), (kind, err.problems)
+    text = str(err)
+    assert text.splitlines()[0].startswith(f"{len(err.problems)} problem(s) in 7 of 9 samples")
+    assert "label values 200 are out of range" in text and "mask is 40x32 but image" in text
+    good = [Path(i) for i, _ in dataset.samples[1:3]]
+    assert not any(str(p) in text for p in good)
+
+
+def test_worker_processes_find_the_same_problems(tmp_path):
+    root = make_folder(tmp_path / "data", {"train": 10})
+    add_bad_samples(root, "train")
+    dataset = FolderDataset(root, "train")
+    found = []
+    for workers in (0, 2):
+        with pytest.raises(DataCheckError) as info:
+            check_dataset(dataset, workers=workers, cache=False)
+        found.append(info.value.problems)
+    assert found[0] == found[1] and len(found[0]) == 6
+
+
+def test_message_shows_twenty_lines_then_a_count():
+    problems = [f"/data/m{i}.png: label values 9 are out of range" for i in range(27)]
+    lines = str(DataCheckError(problems, 27, 100, "X split 'train'")).splitlines()
+    assert len(lines) == 1 + SHOWN + 1
+    assert lines[1].strip() == problems[0] and lines[SHOWN].strip() == problems[SHOWN - 1]
+    assert lines[-1].strip() == "... and 7 more"
+
+
+def test_cache_rechecks_only_what_changed(tmp_path):
+    root = make_folder(tmp_path / "data", {"train": 12})
+    dataset = FolderDataset(root, "train")
+    first = check_dataset(dataset, workers=2)
+    assert (first.checked, first.cached, first.total) == (12, 0, 12)
+    assert cache_file(dataset).is_file()
+    again = check_dataset(FolderDataset(root, "train"), workers=2)
+    assert (again.checked, again.cached) == (0, 12)
+    image, mask = dataset.samples[4]
+    st = os.stat(mask)
+    os.utime(mask, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    touched = check_dataset(dataset, workers=0)
+    assert (touched.checked, touched.cached) == (1, 11)
+    truncate(Path(image))  # a change that breaks the file is found, not excused by the cache
+    with pytest.raises(DataCheckError) as info:
+        check_dataset(dataset, workers=0)
+    assert info.value.problems[0].startswith(f"{image}: ")
+    # Other classes (a different label check) invalidate every remembered sample.
+    fewer = FolderDataset(root, "train", classes=CLASSES[:3])
+    with pytest.raises(DataCheckError) as info:
+        check_dataset(fewer, workers=0)
+    assert info.value.failed >= 11 and "out of range: 3 classes" in str(info.value)
+
+
+def test_synthetic_is_skipped_but_has_statistics():
+    dataset = SyntheticSegmentation("val", num_samples=3, size=24)
+    assert check_dataset(dataset).skipped
+    stats = dataset_statistics(dataset, workers=0)
+    masks = [dataset.load_sample(i)[1] for i in range(3)]
+    for entry in stats["classes"]:
+        assert entry["pixels"] == sum(int((m == entry["index"]).sum()) for m in masks)
+        assert entry["images"] == sum(int((m == entry["index"]).any()) for m in masks)
+    assert stats["problems"] == [] and stats["image_sizes"]["min"] == [24, 24]
+
+
+def independent_counts(root: Path, stems: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Per class pixels, images and pixels of those images, and ignore pixels, straight from the PNGs."""
+    pixels, images, image_pixels, ignore = np.zeros(6, int), np.zeros(6, int), np.zeros(6, int), 0
+    for stem in stems:
+        m = np.array(Image.open(root / "masks" / f"{stem}.png"))
+        for c in range(6):
+            n = int((m == c).sum())
+            pixels[c] += n
+            images[c] += n > 0
+            image_pixels[c] += m.size if n else 0
+        ignore += int((m == 255).sum())
+    return pixels, images, image_pixels, ignore
+
+
+def test_check_data_counts_equal_an_independent_count(tmp_path, capsys):
+    root = make_folder(tmp_path / "data", {"train": 9, "val": 4})
+    out = tmp_path / "report"
+    rc = main(["check-data", "--dataset", "folder", "--data-root", str(root), "--split", "train", "val",
+               "--out", str(out), "--workers", "2"])
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads((out / "data_report.json").read_text())
+    stems = [f"train_{i:03d}" for i in range(9)] + [f"val_{i:03d}" for i in range(4)]
+    pixels, images, image_pixels, ignore = independent_counts(root, stems)
+    assert [c["pixels"] for c in report["classes"]] == pixels.tolist()
+    assert [c["images"] for c in report["classes"]] == images.tolist()
+    assert [c["image_pixels"] for c in report["classes"]] == image_pixels.tolist()
+    assert [c["name"] for c in report["classes"]] == CLASSES
+    assert sum(c["share"] for c in report["classes"]) == pytest.approx(1.0)
+    assert report["ignore_share"] == pytest.approx(ignore / (13 * W * H))
+    assert report["num_samples"] == 13 and report["splits"] == ["train", "val"]
+    assert report["image_sizes"]["most_common"] == [{"width": W, "height": H, "images": 13}]
+    assert report["problems"] == [] and report["out_of_range"] == []
+    with Image.open(out / "class_frequencies.png") as png:
+        assert png.format == "PNG" and png.mode in ("RGB", "RGBA") and png.size[0] > 100
+    printed = capsys.readouterr().out
+    assert "| road" in printed and f"{pixels[1]:,}" in printed
+    # What check-data passed, the check before training does not open again.
+    result = check_dataset(FolderDataset(root, "train"), workers=0)
+    assert (result.checked, result.cached) == (0, 9)
+
+
+def test_check_data_lists_labels_outside_the_classes(tmp_path, capsys):
+    root = make_folder(tmp_path / "data", {"train": 2})
+    add_bad_samples(root, "train")
+    out = tmp_path / "report"
+    rc = main(["check-data", "--dataset", "folder", "--data-root", str(root), "--out", str(out), "--workers", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and "6 problem(s) in 6 of 8 samples" in err
+    report = json.loads((out / "data_report.json").read_text())
+    assert report["out_of_range"] == [{"label": 200, "pixels": 9, "files": [str(root / "masks" / "label200.png")]}]
+    assert len(report["problems"]) == 6 and (out / "class_frequencies.png").is_file()
+
+
+TRAIN_ARGS = ["--model", "lw_refinenet18", "--iters", "2", "--crop", "32", "--batch-size", "2", "--workers", "0",
+              "--val-interval", "0", "--log-interval", "1"]
+
+
+def test_train_stops_before_any_step_naming_every_bad_file(tmp_path, capsys):
+    root = make_folder(tmp_path / "data", {"train": 2, "val": 2})
+    bad = add_bad_samples(root, "train")
+    out = tmp_path / "run"
+    rc = main(["train", "--dataset", "folder", "--data-root", str(root), "--out", str(out), *TRAIN_ARGS])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: 6 problem(s) in 6 of 10 samples"), err
+    for path in bad.values():
+        assert f"{path}: " in err
+    assert "--skip-data-check" in err
+    assert not (out / "last").exists()
+
+
+def test_skip_data_check_runs_until_a_bad_file(tmp_path, capsys):
+    root = make_folder(tmp_path / "data", {"train": 2, "val": 2})
+    bad = add_bad_samples(root, "train")  # 6 of 8 training samples are bad: the first batches meet one
+    out = tmp_path / "run"
+    rc = main(["train", "--dataset", "folder", "--data-root", str(root), "--out", str(out), "--skip-data-check",
+               *TRAIN_ARGS])
+    err = capsys.readouterr().err
+    assert rc == 2 and "problem(s)" not in err, err
+    assert len(err.strip().splitlines()) == 1 and sum(str(p) in err for p in bad.values()) == 1, err
+    assert not cache_file(FolderDataset(root, "train")).exists()  # nothing was checked
+
+
+def _check_on_rank(rank: int, root: str, out: str) -> None:
+    try:
+        check_before_run([FolderDataset(root, "train"), FolderDataset(root, "val")])
+        outcome = ["passed", ""]
+    except DataError as e:
+        outcome = [type(e).__name__, str(e)]
+    Path(out, f"{rank}.json").write_text(json.dumps(outcome))
+
+
+def test_under_torchrun_rank_0_checks_and_every_rank_stops(tmp_path):
+    root = make_folder(tmp_path / "data", {"train": 2, "val": 1})
+    bad = add_bad_samples(root, "val")
+    conftest.run_gloo_group(_check_on_rank, 2, str(root), str(tmp_path))
+    kind0, text0 = json.loads((tmp_path / "0.json").read_text())
+    kind1, text1 = json.loads((tmp_path / "1.json").read_text())
+    assert kind0 == "DataCheckError" and all(str(p) in text0 for p in bad.values())
+    assert kind1 == "DataError" and "rank 0" in text1
+
+
+def test_evaluate_stops_before_any_image(tmp_path, capsys):
+    import refineseg
+
+    root = make_folder(tmp_path / "data", {"val": 2})
+    bad = add_bad_samples(root, "val")
+    ckpt = tmp_path / "ckpt"
+    refineseg.create_model("lw_refinenet_mbv2", num_classes=len(CLASSES)).save_pretrained(ckpt)
+    args = ["evaluate", "--checkpoint", str(ckpt), "--dataset", "folder", "--data-root", str(root), "--split", "val",
+            "--out", str(tmp_path / "eval")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 6 problem(s) in 6 of 8 samples") and all(f"{p}: " in err for p in bad.values())
+    assert not (tmp_path / "eval" / "metrics.json").exists()
