@@ -16,10 +16,9 @@ from typing import Callable, Sequence
 
 from .config_utils import add_dataclass_arguments, build_config
 from .data import write_synthetic
-from .data.check import DataCheckError
 from .data.stats import CheckDataConfig, run_check_data
 from .demo import run_demo
-from .errors import RefineSegError, one_line
+from .errors import DataCheckError, RefineSegError, one_line
 from .evaluation import EvalConfig, run_evaluate
 from .export import ExportConfig, run_export
 from .files import is_write_failure, write_error

@@ -13,6 +13,26 @@ class DataError(RefineSegError):
     """A dataset, image or mask file is missing, unreadable or inconsistent."""
 
 
+class DataCheckError(DataError):
+    """Every problem a dataset check found; ``str()`` shows a header, the first 20 lines and a count.
+
+    The one multi-line error: the CLI prints it as it is, so a broken dataset is reported in full.
+    """
+
+    SHOWN = 20  # problem lines in the message; the rest are counted
+
+    def __init__(self, problems, failed: int, total: int, what: str = "", hint: str = ""):
+        self.problems, self.failed, self.total, self.what, self.hint = list(problems), failed, total, what, hint
+        head = f"{len(self.problems)} problem(s) in {failed} of {total} samples" + (f" of {what}" if what else "")
+        lines = [head + ":"] + ["  " + p for p in self.problems[:self.SHOWN]]
+        if len(self.problems) > self.SHOWN:
+            lines.append(f"  ... and {len(self.problems) - self.SHOWN} more")
+        super().__init__("\n".join(lines + ([hint] if hint else [])))
+
+    def __reduce__(self):  # picklable: raised in worker processes
+        return type(self), (self.problems, self.failed, self.total, self.what, self.hint)
+
+
 class CheckpointError(RefineSegError):
     """A weights file or checkpoint directory cannot be loaded into the requested model."""
 

@@ -23,7 +23,7 @@ from .config_utils import option, required
 from .data import DATASETS, build_dataset, eval_transform
 from .data.check import check_before_run
 from .errors import CheckpointError, MissingDependencyError, file_error
-from .files import atomic_write, write_text
+from .files import write_text
 from .inference import InferenceOptions, check_inference_options, predict_probabilities, select_device
 from .metrics import ConfusionMatrix, format_table, summarize
 from .visualize import plot_confusion_matrix
@@ -45,12 +45,16 @@ class EvalConfig(InferenceOptions):
     confusion_png: bool = option(True, "write confusion_matrix.png")
     synthetic_val: int = option(64, "synthetic dataset: number of images")
     synthetic_size: int = option(128, "synthetic dataset: image side")
+    binary_masks: bool = option(False, "folder dataset: masks are 0/255 background/foreground "
+                                       "(0 -> 0; 1 and 128..255 -> 1), as `binary: true` in classes.yaml")
     workers: int = option(0, "data-loading worker processes")
     skip_data_check: bool = option(False, "start without checking every image and mask of the split first")
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+        if self.binary_masks and self.dataset != "folder":
+            raise ValueError(f"binary_masks is for --dataset folder, not {self.dataset}")
         super().__post_init__()
         if self.resize is not None and self.resize < 1:
             raise ValueError(f"resize must be >= 1, got {self.resize}")
@@ -116,7 +120,8 @@ def run_evaluate(config: EvalConfig) -> dict[str, Any]:
     runner = config.prepare(model)
     transform = eval_transform(model.config.mean, model.config.std, resize=config.resize)
     dataset = build_dataset(config.dataset, config.data_root, config.split, transform,
-                            synthetic_samples=config.synthetic_val, synthetic_size=config.synthetic_size)
+                            synthetic_samples=config.synthetic_val, synthetic_size=config.synthetic_size,
+                            **({"binary_masks": True} if config.binary_masks else {}))
     if dataset.num_classes != model.config.num_classes:
         raise file_error(CheckpointError, config.checkpoint,
                          f"model has {model.config.num_classes} classes but the {config.dataset} dataset "
@@ -139,9 +144,7 @@ def run_evaluate(config: EvalConfig) -> dict[str, Any]:
     print(f"Metrics: {metrics_path}")
     if config.confusion_png:
         try:
-            png = out / "confusion_matrix.png"
-            with atomic_write(png) as tmp:  # matplotlib writes the temporary name (same suffix), renamed when done
-                plot_confusion_matrix(matrix, dataset.class_names, tmp)
+            png = plot_confusion_matrix(matrix, dataset.class_names, out / "confusion_matrix.png")  # atomic
             print(f"Confusion matrix: {png}")
         except MissingDependencyError as e:
             print(f"Skipped confusion_matrix.png: {e}")

@@ -114,15 +114,30 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> int:
-    """Delete temporary files that an interrupted run left in ``folder``; returns how many."""
+def remove_dead_temporaries(folder: str | os.PathLike) -> int:
+    """Delete the temporary files (``.<name>.tmp-<pid><suffix>``) of processes no longer running.
+
+    What an interrupted run left behind; those of live processes (another run writing to the same
+    folder) are left alone. Returns the number removed.
+    """
     removed = 0
-    folder = Path(folder)
-    if not folder.is_dir():
-        return 0
-    for entry in folder.iterdir():
-        if entry.name.startswith(".") and TMP_MARK in entry.name and entry.is_file():
-            with contextlib.suppress(OSError):
-                entry.unlink()
-                removed += 1
+    for entry in Path(folder).iterdir():
+        if not (entry.name.startswith(".") and TMP_MARK in entry.name and entry.is_file()):
+            continue
+        digits = entry.name.rsplit(TMP_MARK, 1)[1].split(".")[0]
+        if digits.isdigit() and int(digits) != os.getpid() and _alive(int(digits)):
+            continue
+        with contextlib.suppress(OSError):
+            entry.unlink()
+            removed += 1
     return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: another user's process
+        return True
+    return True

@@ -20,7 +20,6 @@ all exist are skipped, and temporary files of runs no longer alive are removed.
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 import sys
@@ -36,7 +35,7 @@ from .models import from_pretrained
 from .data import IMAGE_SUFFIXES, TIFF_SUFFIXES, read_image, read_large_image, write_label_png, write_label_tiff
 from .data.io import write_pil
 from .errors import DataError, RefineSegError, WriteError, file_error, one_line
-from .files import TMP_MARK, is_write_failure, write_text
+from .files import is_write_failure, remove_dead_temporaries, write_text
 from .config_utils import option, required
 from .inference import InferenceOptions, segment, select_device
 from .tiling import predict_tiled
@@ -209,35 +208,6 @@ def failure_line(path: Path, error: BaseException) -> str:
         return f"{path}: out of memory (try tiled mode, --tile 1024)"
     text = one_line(error)
     return text if text.startswith(f"{path}: ") else f"{path}: {text}"
-
-
-def remove_dead_temporaries(folder: Path) -> int:
-    """Delete the temporary files (``.<name>.tmp-<pid><suffix>``) of processes no longer running.
-
-    Those of live processes (another run writing to the same folder) are left alone. Returns the
-    number removed.
-    """
-    removed = 0
-    for entry in folder.iterdir():
-        if not (entry.name.startswith(".") and TMP_MARK in entry.name and entry.is_file()):
-            continue
-        digits = entry.name.rsplit(TMP_MARK, 1)[1].split(".")[0]
-        if digits.isdigit() and int(digits) != os.getpid() and _alive(int(digits)):
-            continue
-        with contextlib.suppress(OSError):
-            entry.unlink()
-            removed += 1
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: another user's process
-        return True
-    return True
 
 
 def _finish(result: PredictResult, total: int, out: Path, stopped: BaseException | None = None) -> None:

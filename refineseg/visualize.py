@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import MissingDependencyError
+from .files import atomic_write
 from .palette import IGNORE_COLOR
 
 
@@ -155,6 +156,15 @@ def _agg_figure(figsize: tuple[float, float]):
     return fig
 
 
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """Save a figure as ``path`` (format from the suffix) atomically, creating its folder; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as tmp:  # the temporary name keeps the suffix matplotlib reads the format from
+        fig.savefig(tmp)
+    return path
+
+
 # (key in the records, file name, y-axis label)
 _CURVES = [("loss", "loss.png", "training loss"), ("lr", "lr.png", "learning rate"), ("mIoU", "miou.png", "val mIoU")]
 
@@ -184,9 +194,7 @@ def plot_curves(records: Sequence[dict], out_dir: str | os.PathLike) -> list[Pat
         if key == "mIoU":
             best = int(np.argmax(ys))
             ax.set_title(f"best mIoU {100 * ys[best]:.2f}% at iter {xs[best]}")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out_dir / filename)
-        written.append(out_dir / filename)
+        written.append(save_figure(fig, out_dir / filename))
     return written
 
 
@@ -224,10 +232,7 @@ def plot_confusion_matrix(
                 text = f"{mat[i, j]:.2f}" if normalize else f"{int(mat[i, j])}"
                 color = "white" if top > 0 and mat[i, j] > 0.6 * top else "black"
                 ax.text(j, i, text, ha="center", va="center", fontsize=fontsize - 1, color=color)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return save_figure(fig, path)
 
 
 def _cell(value: Any) -> str:

@@ -20,7 +20,7 @@ from refineseg.data import (
     build_dataset, prepare_nyudv2, write_label_png,
 )
 from refineseg.data.coco import decode_rle, fill_polygon, rle_counts_from_string
-from refineseg.errors import DataError
+from refineseg.errors import DataCheckError, DataError
 
 RNG = np.random.default_rng(7)
 H, W = 12, 16
@@ -46,10 +46,11 @@ def write_lines(path, lines) -> None:
 
 @contextlib.contextmanager
 def raises_naming(path, match: str | None = None):
-    """pytest.raises(DataError) whose one-line message names ``path`` (and contains ``match``)."""
+    """pytest.raises(DataError) whose one-line message (or, for missing files, one problem line) names ``path``."""
     with pytest.raises(DataError) as info:
         yield info
-    msg = str(info.value)
+    lines = info.value.problems if isinstance(info.value, DataCheckError) else [str(info.value)]
+    msg = next((line for line in lines if str(path) in line), str(info.value))
     assert str(path) in msg and "\n" not in msg, msg
     assert match is None or match in msg, msg
 

@@ -14,8 +14,8 @@ from PIL import Image
 import conftest
 from refineseg.cli import main
 from refineseg.data import FolderDataset, SyntheticSegmentation
-from refineseg.data.check import SHOWN, DataCheckError, cache_file, check_before_run, check_dataset
-from refineseg.errors import DataError
+from refineseg.data.check import cache_file, check_before_run, check_dataset
+from refineseg.errors import DataCheckError, DataError
 from refineseg.data.stats import dataset_statistics
 
 CLASSES = ["background", "road", "car", "tree", "sky", "person"]
@@ -131,8 +131,8 @@ def test_worker_processes_find_the_same_problems(tmp_path):
 def test_message_shows_twenty_lines_then_a_count():
     problems = [f"/data/m{i}.png: label values 9 are out of range" for i in range(27)]
     lines = str(DataCheckError(problems, 27, 100, "X split 'train'")).splitlines()
-    assert len(lines) == 1 + SHOWN + 1
-    assert lines[1].strip() == problems[0] and lines[SHOWN].strip() == problems[SHOWN - 1]
+    assert len(lines) == 1 + DataCheckError.SHOWN + 1
+    assert lines[1].strip() == problems[0] and lines[DataCheckError.SHOWN].strip() == problems[DataCheckError.SHOWN - 1]
     assert lines[-1].strip() == "... and 7 more"
 
 
@@ -285,3 +285,24 @@ def test_evaluate_stops_before_any_image(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: 6 problem(s) in 6 of 8 samples") and all(f"{p}: " in err for p in bad.values())
     assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+def test_missing_files_of_a_split_are_all_reported_at_once(tmp_path, capsys):
+    from refineseg.data import VOCSegmentation, write_image
+
+    voc = tmp_path / "VOCdevkit" / "VOC2012"
+    (voc / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (voc / "ImageSets" / "Segmentation" / "train.txt").write_text("a\nb\nc\n")
+    write_image(voc / "JPEGImages" / "a.jpg", np.zeros((8, 8, 3), np.uint8))
+    write_image(voc / "JPEGImages" / "c.jpg", np.zeros((8, 8, 3), np.uint8))
+    (voc / "SegmentationClass").mkdir()
+    (voc / "SegmentationClass" / "a.png").write_bytes((voc / "JPEGImages" / "a.jpg").read_bytes())
+    with pytest.raises(DataCheckError) as info:
+        VOCSegmentation(tmp_path, "train")
+    missing = [str(voc / "JPEGImages" / "b.jpg"), str(voc / "SegmentationClass" / "b.png"),
+               str(voc / "SegmentationClass" / "c.png")]
+    assert info.value.failed == 2 and info.value.total == 3
+    assert [p.split(": ")[0] for p in info.value.problems] == missing
+    assert main(["train", "--dataset", "voc", "--data-root", str(tmp_path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert all(path in err for path in missing)

@@ -11,17 +11,22 @@ import errno
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 import refineseg
-from conftest import saved_weights
+from refineseg.data import write_image
+from conftest import make_model, saved_weights
+from test_predict_batch import photo, temporaries
 from refineseg import files
 from refineseg.cli import main as cli_main
 from refineseg.errors import WriteError
@@ -257,6 +262,50 @@ def test_a_real_full_tmpfs_during_a_checkpoint(tmp_path):
     assert torch.load(tmp_path / "state1.pt", weights_only=True)["step"] == 1
     assert (tmp_path / "rc2.txt").read_text().strip() == "0", (tmp_path / "err2.txt").read_text()
     assert torch.load(tmp_path / "state2.pt", weights_only=True)["step"] == 2
+
+
+# --- 4. batch prediction (the other cases: tests/test_predict_batch.py) ------------------------------
+
+@pytest.fixture(scope="module")
+def predict_checkpoint(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "best"
+    make_model().save_pretrained(path)
+    return path
+
+
+@pytest.mark.slow
+def test_kill_9_then_skip_existing_gives_the_outputs_of_an_uninterrupted_run(predict_checkpoint, tmp_path):
+    for k in range(8):
+        write_image(tmp_path / "in" / f"img{k}.png", photo(k, 160, 200))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def command(out: Path, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "refineseg", "predict", "--checkpoint", str(predict_checkpoint), "--out", str(out),
+                "--device", "cpu", *extra, str(tmp_path / "in")]
+
+    subprocess.run(command(tmp_path / "reference"), env=env, check=True, capture_output=True)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(command(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (out.is_dir() and any(out.glob("img*_overlay.png"))) and proc.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert len(finished) < 16, "the run ended before it could be killed"
+    for name in finished:  # whatever is there is complete
+        with Image.open(out / name) as img:
+            img.load()
+    (out / f".img5.png{files.TMP_MARK}{proc.pid}.png").write_bytes(b"\x89PNG cut")  # as a kill can leave it
+
+    result = subprocess.run(command(out, "--skip-existing"), env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "skipped" in result.stdout.strip().splitlines()[-1]
+    assert temporaries(out) == []
+    reference = {p.name: p.read_bytes() for p in (tmp_path / "reference").iterdir()}
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == reference
+
 
 
 # --- 5. one-line errors, usual permissions ----------------------------------------------------------

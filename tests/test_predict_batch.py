@@ -11,10 +11,6 @@ import errno
 import json
 import logging
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +24,8 @@ from refineseg.data import SYNTHETIC_CLASSES, read_image, write_image, write_lab
 from refineseg.data import io as data_io
 from refineseg.evaluation import EvalConfig, run_evaluate
 from refineseg.inference import segment
-from refineseg.prediction import EXIT_SOME_FAILED, PredictConfig, remove_dead_temporaries, run_predict
+from refineseg.files import remove_dead_temporaries
+from refineseg.prediction import EXIT_SOME_FAILED
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -290,48 +287,14 @@ def test_evaluate_outputs_are_written_atomically(synthetic_checkpoint, tmp_path,
 
     pytest.importorskip("matplotlib")
 
-    def interrupted_plot(matrix, names, path):
+    def interrupted_savefig(figure, path, **kwargs):  # matplotlib writes part of the PNG, then Ctrl-C
         PartialWriter(KeyboardInterrupt()).save(path)
 
-    monkeypatch.setattr("refineseg.evaluation.plot_confusion_matrix", interrupted_plot)
+    monkeypatch.setattr("matplotlib.figure.Figure.savefig", interrupted_savefig)
     with pytest.raises(KeyboardInterrupt):
         run_evaluate(config)
     assert json.loads((out / "metrics.json").read_text())["num_images"] == 1
     assert os.listdir(out) == ["metrics.json"]  # no confusion_matrix.png, whole or partial
-
-
-@pytest.mark.slow
-def test_kill_9_then_skip_existing_gives_the_outputs_of_an_uninterrupted_run(checkpoint, tmp_path):
-    for k in range(8):
-        write_image(tmp_path / "in" / f"img{k}.png", photo(k, 160, 200))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-    def command(out: Path, *extra: str) -> list[str]:
-        return [sys.executable, "-m", "refineseg", "predict", "--checkpoint", str(checkpoint), "--out", str(out),
-                "--device", "cpu", *extra, str(tmp_path / "in")]
-
-    subprocess.run(command(tmp_path / "reference"), env=env, check=True, capture_output=True)
-    out = tmp_path / "out"
-    proc = subprocess.Popen(command(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not (out.is_dir() and any(out.glob("img*_overlay.png"))) and proc.poll() is None \
-            and time.monotonic() < deadline:
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    finished = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
-    assert len(finished) < 16, "the run ended before it could be killed"
-    for name in finished:  # whatever is there is complete
-        with Image.open(out / name) as img:
-            img.load()
-    (out / f".img5.png{files.TMP_MARK}{proc.pid}.png").write_bytes(b"\x89PNG cut")  # as a kill can leave it
-
-    result = subprocess.run(command(out, "--skip-existing"), env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert "skipped" in result.stdout.strip().splitlines()[-1]
-    assert temporaries(out) == []
-    reference = {p.name: p.read_bytes() for p in (tmp_path / "reference").iterdir()}
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == reference
 
 
 def test_a_full_disk_stops_the_batch_with_one_line_and_the_summary(checkpoint, tmp_path, monkeypatch, capsys):

@@ -34,32 +34,16 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from .. import distributed
-from ..errors import DataError, one_line
+from ..errors import DataCheckError, DataError, one_line
 from .check_cache import cache_file, fingerprint, load_cache, save_cache, stamp
 from .datasets import SegmentationDataset
 from .io import read_image
 
 log = logging.getLogger("refineseg.data")
 
-SHOWN = 20            # problem lines in the error message; the rest are counted
 CHUNK = 64            # samples per task sent to a worker process
 VERIFY, DECODE = 1, 2  # check levels remembered in the cache: header + verify(), or a full image decode
 SKIP_HINT = "fix or remove these samples, or pass --skip-data-check to train anyway"
-
-
-class DataCheckError(DataError):
-    """Every problem the check found; ``str()`` shows a header, the first 20 lines and a count."""
-
-    def __init__(self, problems: Sequence[str], failed: int, total: int, what: str = "", hint: str = ""):
-        self.problems, self.failed, self.total, self.what, self.hint = list(problems), failed, total, what, hint
-        head = f"{len(self.problems)} problem(s) in {failed} of {total} samples" + (f" of {what}" if what else "")
-        lines = [head + ":"] + ["  " + p for p in self.problems[:SHOWN]]
-        if len(self.problems) > SHOWN:
-            lines.append(f"  ... and {len(self.problems) - SHOWN} more")
-        super().__init__("\n".join(lines + ([hint] if hint else [])))
-
-    def __reduce__(self):
-        return type(self), (self.problems, self.failed, self.total, self.what, self.hint)
 
 
 @dataclass

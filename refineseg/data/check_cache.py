@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import WriteError
+from ..files import write_text
 from ..hub import weights_home
 from ..version import __version__
 from .datasets import SegmentationDataset
@@ -80,13 +82,10 @@ def load_cache(path: Path, context: str) -> dict[str, list]:
 
 def save_cache(path: Path, context: str, entries: dict[str, list]) -> None:
     """Write the cache atomically (a temporary file renamed into place); a failure only logs a warning."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps({"context": context, "entries": entries}, separators=(",", ":")))
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
+        write_text(path, json.dumps({"context": context, "entries": entries}, separators=(",", ":")))
+    except (OSError, WriteError) as e:
         log.warning("could not save the data-check cache %s (%s); the next run checks everything again", path, e)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import DataError, file_error
+from ..errors import DataCheckError, DataError, file_error
 
 from .classes import (
     ADE20K_CLASSES, ADE20K_PALETTE, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, VOC_CLASSES,
@@ -121,12 +121,17 @@ def _read_list(path: str) -> list[str]:
         return [line.split()[0] for line in f if line.strip() and not line.lstrip().startswith("#")]
 
 
-def _check_exists(samples: list[tuple[str, str]]) -> None:
+def _check_exists(samples: list[tuple[str, str]], what: str = "") -> None:
+    """Raise one :class:`DataCheckError` listing every missing image and mask of ``samples``."""
+    problems, failed = [], 0
     for image_path, mask_path in samples:
-        if not os.path.isfile(image_path):
-            raise file_error(DataError, image_path, "image listed in the split is missing")
+        missing = [f"{image_path}: image listed in the split is missing"] if not os.path.isfile(image_path) else []
         if not os.path.isfile(mask_path):
-            raise file_error(DataError, mask_path, f"mask for image {image_path} is missing")
+            missing.append(f"{mask_path}: mask for image {image_path} is missing")
+        problems += missing
+        failed += bool(missing)
+    if problems:
+        raise DataCheckError(problems, failed, len(samples), what)
 
 
 class VOCSegmentation(SegmentationDataset):

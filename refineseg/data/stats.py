@@ -30,10 +30,11 @@ from typing import Any
 import numpy as np
 
 from ..config_utils import option, required
-from ..errors import MissingDependencyError
-from ..visualize import _agg_figure, model_table
+from ..errors import DataCheckError, MissingDependencyError
+from ..files import write_text
+from ..visualize import _agg_figure, model_table, save_figure
 from .build import DATASETS, build_dataset
-from .check import DataCheckError, Totals, describe, scan_dataset
+from .check import Totals, describe, scan_dataset
 from .datasets import SegmentationDataset
 
 
@@ -149,17 +150,7 @@ def plot_class_frequencies(report: dict[str, Any], palette: Sequence[Sequence[in
     ax.set_ylabel("pixels (%) of the labelled pixels")
     ax.set_title(title or "class frequencies")
     ax.grid(True, axis="y", alpha=0.3)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON through a temporary file renamed into place (never a half-written report)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    return save_figure(fig, path)
 
 
 def run_check_data(config: CheckDataConfig) -> dict[str, Any]:
@@ -171,7 +162,7 @@ def run_check_data(config: CheckDataConfig) -> dict[str, Any]:
               **stats}
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "data_report.json", report)
+    write_text(out / "data_report.json", json.dumps(report, indent=2) + "\n")
     print(statistics_table(report))
     sizes = report["image_sizes"]
     print(f"{report['num_samples']} samples ({config.dataset} {'+'.join(config.split)}), "

@@ -63,6 +63,8 @@ class TrainConfig:
     synthetic_train: int = option(512, "synthetic dataset: training samples", min=1)
     synthetic_val: int = option(64, "synthetic dataset: validation samples", min=1)
     synthetic_size: int = option(128, "synthetic dataset: image side", min=32)
+    binary_masks: bool = option(False, "folder dataset: masks are 0/255 background/foreground "
+                                       "(0 -> 0; 1 and 128..255 -> 1), as `binary: true` in classes.yaml")
     device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: cuda when available)")
     skip_data_check: bool = option(False, "start without checking every image and mask of both splits first")
     resume: bool | Literal["auto"] = option(
@@ -74,6 +76,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_bounds(self)
+        if self.binary_masks and self.dataset != "folder":
+            raise ValueError(f"binary_masks is for --dataset folder, not {self.dataset}")
         if not (isinstance(self.resume, bool) or self.resume == "auto"):
             raise ValueError(f"resume must be true, false or auto, got {self.resume!r}")
         if self.resume and self.overwrite:

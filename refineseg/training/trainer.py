@@ -88,13 +88,14 @@ def build_optimizer(model: SegmentationModel, config: TrainConfig) -> torch.opti
 
 
 def _datasets(config: TrainConfig, mean, std):
+    folder = {"binary_masks": True} if config.binary_masks else {}  # a FolderDataset option (config checks the dataset)
     train_set = build_dataset(config.dataset, config.data_root, config.train_split,
                               transform=train_transform(config.crop, mean, std, (config.scale_min, config.scale_max),
                                                         seed=config.seed),
-                              synthetic_samples=config.synthetic_train, synthetic_size=config.synthetic_size)
+                              synthetic_samples=config.synthetic_train, synthetic_size=config.synthetic_size, **folder)
     val_set = build_dataset(config.dataset, config.data_root, config.val_split,
                             transform=eval_transform(mean, std, resize=config.val_size),
-                            synthetic_samples=config.synthetic_val, synthetic_size=config.synthetic_size)
+                            synthetic_samples=config.synthetic_val, synthetic_size=config.synthetic_size, **folder)
     if len(train_set) == 0:
         raise RefineSegError(f"{config.data_root or config.dataset}: the {config.train_split!r} split has no samples")
     check_before_run([train_set, val_set], skip=config.skip_data_check)  # rank 0 checks, every rank stops on errors
