@@ -321,3 +321,23 @@ def test_resume_auto_starts_fresh_then_continues_from_the_saved_step(tmp_path):
     assert torch.load(out / "last" / "training_state.pt", weights_only=True)["step"] == 4
     steps = [r["iter"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     assert steps == [1, 2, 3, 4]
+
+
+def test_init_from_copies_a_checkpoint_and_reinitializes_a_classifier_of_other_classes(tmp_path):
+    from refineseg.errors import CheckpointError
+    from refineseg.training.trainer import init_from_checkpoint
+
+    torch.manual_seed(1)
+    source = refineseg.create_model("lw_refinenet_mbv2", num_classes=6)
+    source.save_pretrained(tmp_path / "stage1")
+    same = refineseg.create_model("lw_refinenet_mbv2", num_classes=6)
+    init_from_checkpoint(same, tmp_path / "stage1")
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in same.state_dict().items())
+
+    other = refineseg.create_model("lw_refinenet_mbv2", num_classes=3)
+    fresh_head = {k: v.clone() for k, v in other.state_dict().items() if k.startswith("head.")}
+    init_from_checkpoint(other, tmp_path / "stage1")
+    for key, value in other.state_dict().items():
+        assert torch.equal(value, fresh_head[key] if key in fresh_head else source.state_dict()[key]), key
+    with pytest.raises(CheckpointError, match="holds lw_refinenet_mbv2, but this run trains lw_refinenet18"):
+        init_from_checkpoint(refineseg.create_model("lw_refinenet18", num_classes=6), tmp_path / "stage1")

@@ -185,10 +185,8 @@ class _Scanner:
         counts = np.bincount(mask.ravel(), minlength=256)
         labels = np.flatnonzero(counts)
         bad = labels[(labels >= ds.num_classes) & (labels != ds.ignore_index)].tolist()
-        if bad:
-            shown = ", ".join(str(v) for v in bad[:10]) + (", ..." if len(bad) > 10 else "")
-            problems.append(f"{mask_path}: label values {shown} are out of range: {ds.num_classes} classes "
-                            f"(0..{ds.num_classes - 1}) and {ds.ignore_index} = ignore")
+        if bad:  # the dataset's own message: a folder dataset adds what to change in classes.yaml
+            problems.append(f"{mask_path}: {ds.label_range_message(bad)}")
         totals.add(counts, size, bad, mask_path)
         return problems
 

@@ -48,6 +48,8 @@ class CheckDataConfig:
     out: str = option("runs/data_check", "output directory for data_report.json and class_frequencies.png")
     workers: int | None = option(None, "worker processes (default: all CPU cores; 0: in this process)")
     log_scale: bool = option(True, "logarithmic y axis in class_frequencies.png (rare classes stay visible)")
+    binary_masks: bool = option(False, "folder dataset: masks are 0/255 background/foreground "
+                                       "(0 -> 0; 1 and 128..255 -> 1), as `binary: true` in classes.yaml")
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -58,6 +60,8 @@ class CheckDataConfig:
             raise ValueError("split needs at least one split name")
         if self.workers is not None and self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.binary_masks and self.dataset != "folder":
+            raise ValueError(f"binary_masks is for --dataset folder, not {self.dataset}")
 
 
 def _sizes_summary(sizes: dict[tuple[int, int], int]) -> dict[str, Any]:
@@ -155,7 +159,8 @@ def plot_class_frequencies(report: dict[str, Any], palette: Sequence[Sequence[in
 
 def run_check_data(config: CheckDataConfig) -> dict[str, Any]:
     """``refineseg check-data``: report, chart and table; raise DataCheckError if any sample is bad."""
-    datasets = [build_dataset(config.dataset, config.data_root, split) for split in config.split]
+    folder = {"binary_masks": True} if config.binary_masks else {}
+    datasets = [build_dataset(config.dataset, config.data_root, split, **folder) for split in config.split]
     stats = dataset_statistics(datasets, workers=config.workers)
     root = getattr(datasets[0], "root", None) or config.data_root
     report = {"dataset": config.dataset, "root": None if root is None else str(root), "splits": list(config.split),

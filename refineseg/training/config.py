@@ -51,6 +51,9 @@ class TrainConfig:
     backbone_weights: str | None = option(None, "torchvision ImageNet checkpoint for the backbone: a file, or "
                                                "`imagenet` / `imagenet_v2` (cached or downloaded; "
                                                "see `refineseg weights`)")
+    init_from: str | None = option(None, "start from the weights of this checkpoint directory (e.g. the previous stage's "
+                                         "OUT/best in the COCO -> SBD -> VOC schedule); same model, classifier "
+                                         "reinitialized when the class count differs")
     grad_checkpointing: bool = option(False, "recompute backbone stages and RefineNet blocks in the backward pass: "
                                               "several times less activation memory, slower steps")
     amp: str = option("none", "mixed precision", choices=["none", "bf16", "fp16"])

@@ -147,7 +147,29 @@ def _build_or_resume(config: TrainConfig, train_set, out: Path) -> tuple[Segment
     model = create_model(config.model, num_classes=train_set.num_classes, class_names=train_set.class_names,
                          palette=train_set.palette, freeze_bn=config.freeze_bn, dropout=config.dropout,
                          output_stride=config.output_stride, backbone_weights=config.backbone_weights)
+    if config.init_from:
+        init_from_checkpoint(model, config.init_from)
     return model, None
+
+
+def init_from_checkpoint(model: SegmentationModel, directory: str | Path) -> None:
+    """Copy the weights of a ``save_pretrained`` directory of the same model into ``model``.
+
+    Every tensor must match, except the classifier's when the class counts differ (it keeps its
+    fresh initialization, e.g. COCO's 81 classes -> VOC's 21); anything else is a CheckpointError.
+    """
+    source = from_pretrained(directory)
+    if source.config.name != model.config.name:
+        raise file_error(CheckpointError, directory,
+                         f"holds {source.config.name}, but this run trains {model.config.name}")
+    theirs, ours = source.state_dict(), model.state_dict()
+    differ = [k for k in ours if theirs[k].shape != ours[k].shape]
+    if any(not k.startswith("head.") for k in differ):
+        raise file_error(CheckpointError, directory, f"tensors of other shapes: {', '.join(differ[:5])}")
+    model.load_state_dict({k: (ours[k] if k in differ else theirs[k]) for k in ours})
+    if dist_utils.is_main_process():
+        kept = f"; classifier reinitialized ({source.num_classes} -> {model.num_classes} classes)" if differ else ""
+        log.info("initialized from %s%s", directory, kept)
 
 
 def micro_batches(train_set, config: TrainConfig, step: int,
