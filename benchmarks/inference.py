@@ -9,7 +9,12 @@ run as a large 3×3 convolution. Then training-step throughput and peak RSS with
 ``--device cuda`` measures the GPU instead (its own BENCHMARKS.md section): batch 1 and 8, eager
 fp32 and ``optimize_for_inference`` in fp32, bf16 and fp16; images/s and peak GPU memory.
 
-    python benchmarks/inference.py [--quick] [--repeat 5] [--no-write] [--device cuda]
+``--int8`` measures only onnxruntime int8 (``refineseg export --int8``, calibrated on synthetic
+scenes) against onnxruntime fp32 and eager fp32 in the same run, for lw_refinenet50 and
+lw_refinenet_mbv2 at 512×512, with onnxruntime's per-operator profile of the int8 model and the
+load average (its own BENCHMARKS.md section).
+
+    python benchmarks/inference.py [--quick] [--repeat 5] [--no-write] [--device cuda | --int8]
 """
 
 from __future__ import annotations
@@ -27,7 +32,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import git_revision, machine_description, median_seconds, write_section  # noqa: E402
 
-PATHS = ["eager fp32", "folded+CL fp32", "folded+CL+compile fp32", "folded+CL bf16", "onnxruntime fp32"]
+PATHS = ["eager fp32", "folded+CL fp32", "folded+CL+compile fp32", "folded+CL bf16", "onnxruntime fp32",
+         "onnxruntime int8"]
+INT8_PATHS = ["eager fp32", "onnxruntime fp32", "onnxruntime int8"]
+INT8_CALIBRATION = 8  # synthetic scenes the int8 rows are calibrated on (timing does not depend on them)
 GPU_PATHS = ["eager fp32", "folded+CL fp32", "folded+CL bf16", "folded+CL fp16"]
 GPU_BATCHES = (1, 8)
 
@@ -62,11 +70,12 @@ def run_inference(spec: dict) -> dict:
     path = spec["path"]
     if path == "eager fp32":
         runner = model
-    elif path == "onnxruntime fp32":
+    elif path.startswith("onnxruntime"):
         from refineseg.export import OnnxSegmenter, export_onnx
 
-        onnx_path = Path(tempfile.mkdtemp()) / "model.onnx"
-        export_onnx(model, onnx_path, height=h, width=w)
+        onnx_path = export_onnx(model, Path(tempfile.mkdtemp()) / "model.onnx", height=h, width=w)
+        if path == "onnxruntime int8":
+            onnx_path = quantized(onnx_path, h, w, INT8_CALIBRATION)
         runner = OnnxSegmenter(onnx_path)
     else:
         runner = optimize_for_inference(model, fold_bn=True, channels_last=True, compile="compile" in path,
@@ -78,6 +87,77 @@ def run_inference(spec: dict) -> dict:
         seconds = median_seconds(lambda: runner(x), warmup=1, repeat=spec["repeat"])
     macs = count_macs(model, h, w)
     return {"ms": seconds * 1000, "first_ms": first * 1000, "gflops": 2 * macs / seconds / 1e9, "peak_mib": _peak_mib()}
+
+
+def run_int8(spec: dict) -> dict:
+    """ms/image of eager fp32, onnxruntime fp32 and int8 timed in turns in one process (so load
+    changes hit all three alike), and the int8 model's per-operator profile."""
+    import statistics
+
+    import torch
+
+    import refineseg
+    from refineseg.export import OnnxSegmenter, export_onnx
+
+    torch.manual_seed(0)
+    model = refineseg.create_model(spec["model"], num_classes=21).eval()
+    h, w = spec["height"], spec["width"]
+    fp32_path = export_onnx(model, Path(tempfile.mkdtemp()) / "model.onnx", height=h, width=w)
+    int8_path = quantized(fp32_path, h, w, spec["calibration"])
+    runners = {"eager fp32": model, "onnxruntime fp32": OnnxSegmenter(fp32_path),
+               "onnxruntime int8": OnnxSegmenter(int8_path)}
+    x = torch.randn(1, 3, h, w)
+    times: dict[str, list[float]] = {path: [] for path in runners}
+    with torch.inference_mode():
+        for runner in runners.values():
+            runner(x)  # warm-up
+        for _ in range(spec["repeat"]):
+            for path, runner in runners.items():
+                start = time.perf_counter()
+                runner(x)
+                times[path].append(time.perf_counter() - start)
+    ms = {path: 1000 * statistics.median(t) for path, t in times.items()}
+    return {"ms": ms, "profile": op_profile(int8_path, h, w), "fp32_profile": op_profile(fp32_path, h, w)}
+
+
+def quantized(onnx_path: Path, height: int, width: int, samples: int) -> Path:
+    """The int8 version of an exported model, calibrated on ``samples`` synthetic scenes of at most 512²
+    (the calibration run holds every intermediate tensor of one image)."""
+    from refineseg.data import SyntheticSegmentation, write_image
+    from refineseg.export import OnnxSegmenter
+    from refineseg.quantize import quantize_onnx
+
+    calibration = onnx_path.parent / "calibration"
+    calibration.mkdir()
+    size = (min(height, 512), min(width, 512))
+    scenes = SyntheticSegmentation("train", num_samples=samples, size=size)
+    for i in range(samples):
+        write_image(calibration / f"{i:03d}.png", scenes.load_sample(i)[0])
+    config = OnnxSegmenter(onnx_path).config
+    return quantize_onnx(onnx_path, onnx_path.with_name("model.int8.onnx"), calibration, config.mean, config.std,
+                         samples, height=size[0], width=size[1])
+
+
+def op_profile(onnx_path: Path, height: int, width: int, runs: int = 3) -> dict[str, float]:
+    """Share of onnxruntime's kernel time per operator type (after its graph fusions), over ``runs`` calls."""
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(onnx_path.with_name("profile"))
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((1, 3, height, width), dtype=np.float32)
+    for _ in range(runs + 1):
+        session.run(None, {session.get_inputs()[0].name: x})
+    events = json.loads(Path(session.end_profiling()).read_text())
+    totals: dict[str, float] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            op = event["args"].get("op_name", "?")
+            totals[op] = totals.get(op, 0.0) + event["dur"]
+    total = sum(totals.values()) or 1.0
+    return {op: t / total for op, t in sorted(totals.items(), key=lambda kv: -kv[1])}
 
 
 def run_training(spec: dict) -> dict:
@@ -187,6 +267,60 @@ def cuda_main(args: argparse.Namespace) -> None:
         print("wrote BENCHMARKS.md")
 
 
+INT8_TARGETS = {"onnxruntime fp32": 1.5, "eager fp32": 4.0}  # lw_refinenet50 512²: int8 speed-up at least
+
+
+def _profile_line(profile: dict[str, float], top: int = 8) -> str:
+    return ", ".join(f"{op} {100 * share:.0f}%" for op, share in list(profile.items())[:top])
+
+
+def int8_main(args: argparse.Namespace) -> None:
+    """The int8 benchmark: per model, the three paths timed in turns in one child process."""
+    import os
+
+    repeat = 3 if args.quick else max(5, args.repeat)
+    cases = [("lw_refinenet50", 512, 512)] + ([] if args.quick else [("lw_refinenet_mbv2", 512, 512)])
+    load_before = os.getloadavg()
+    lines = ["| model | input | path | ms/image | vs eager fp32 | vs onnxruntime fp32 |",
+             "| --- | --- | --- | ---: | ---: | ---: |"]
+    notes, verdicts = [], []
+    for name, h, w in cases:
+        spec = {"model": name, "height": h, "width": w, "repeat": repeat, "calibration": 2 if args.quick else INT8_CALIBRATION}
+        r = in_child("int8", spec)
+        if "error" in r:
+            lines.append(f"| {name} | {h}×{w} | all | failed: {r['error'][:80]} | | |")
+            print(lines[-1], flush=True)
+            continue
+        ms = r["ms"]
+        for path in INT8_PATHS:
+            lines.append(f"| {name} | {h}×{w} | {path} | {ms[path]:,.0f} | {ms['eager fp32'] / ms[path]:.2f}× | "
+                         f"{ms['onnxruntime fp32'] / ms[path]:.2f}× |")
+            print(lines[-1], flush=True)
+        notes.append(f"- {name}: onnxruntime kernel time by operator, int8 model: {_profile_line(r['profile'])}; "
+                     f"fp32 model: {_profile_line(r['fp32_profile'])}.")
+        if name == "lw_refinenet50":
+            for base, target in INT8_TARGETS.items():
+                ratio = ms[base] / ms["onnxruntime int8"]
+                verdicts.append(f"int8 vs {base}: {ratio:.2f}× (target ≥ {target}×: {'met' if ratio >= target else 'NOT met'})")
+    load_after = os.getloadavg()
+    table = "\n".join(lines)
+    print(table)
+    print("\n".join(notes + verdicts))
+    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
+    if not args.no_write:
+        write_section("inference-int8", (
+            "## int8 inference on the CPU (onnxruntime)\n\n"
+            f"`python benchmarks/inference.py --int8{' --quick' if args.quick else ''}` — batch 1, random weights, "
+            f"21 classes; `refineseg export --int8` (onnxruntime static quantization, QDQ, uint8 activations with "
+            f"MinMax ranges from {spec['calibration']} synthetic scenes, int8 per-channel weights, classifier kept in fp32). "
+            f"The three paths are timed in turns in one process, median of {repeat} calls each after a warm-up, so "
+            f"a change of load hits all of them alike. 1-minute load average {load_before[0]:.2f} before, "
+            f"{load_after[0]:.2f} after (the machine is shared). Machine: {machine_description()}; "
+            f"commit {git_revision()}.\n\n{table}\n\n" + "\n".join(notes)
+            + ("\n\nlw_refinenet50 512²: " + "; ".join(verdicts) + "." if verdicts else "") + "\n"))
+        print("wrote BENCHMARKS.md")
+
+
 def in_child(kind: str, spec: dict) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--child", kind, json.dumps(spec)], capture_output=True, text=True)
     if proc.returncode != 0:
@@ -201,6 +335,8 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                         help="cuda: the GPU benchmark (batch 1 and 8, fp32/bf16/fp16) instead of the CPU one")
+    parser.add_argument("--int8", action="store_true",
+                        help="only onnxruntime int8 against onnxruntime fp32 and eager fp32 (own section)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.device == "cuda":
@@ -208,7 +344,11 @@ def main() -> None:
         return
     if args.child:
         kind, spec = args.child[0], json.loads(args.child[1])
-        print(json.dumps(run_inference(spec) if kind == "inference" else run_training(spec)))
+        runs = {"inference": run_inference, "training": run_training, "int8": run_int8}
+        print(json.dumps(runs[kind](spec)))
+        return
+    if args.int8:
+        int8_main(args)
         return
 
     peak = conv_peak_gflops(args.repeat)

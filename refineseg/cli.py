@@ -26,6 +26,7 @@ from .hub import fetch_weights, list_weights, parse_name, weights_name
 from .models import list_models, model_spec
 from .prediction import PredictConfig, run_predict
 from .profiling import summarize_model
+from .report import MAX_SIDE, write_compare_report, write_report
 from .training import TrainConfig, train
 from .visualize import model_table
 
@@ -56,6 +57,32 @@ def _cmd_train(args: argparse.Namespace) -> int | None:
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     run_evaluate(build_config(EvalConfig, args, args.config))
+
+
+def _count(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _side(text: str) -> int:
+    """An argparse type: a picture side in pixels, >= 16."""
+    value = int(text)
+    if value < 16:
+        raise argparse.ArgumentTypeError(f"must be >= 16 px, got {value}")
+    return value
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    path = write_report(args.run_dir, out=args.out, worst=args.worst, best=args.best, max_side=args.max_side)
+    print(f"Report: {path}")
+
+
+def _cmd_compare(args: argparse.Namespace) -> None:
+    path = write_compare_report(args.eval_a, args.eval_b, args.out, top=args.top, max_side=args.max_side)
+    print(f"Comparison: {path}")
 
 
 def _cmd_check_data(args: argparse.Namespace) -> None:
@@ -113,6 +140,31 @@ def build_parser() -> argparse.ArgumentParser:
     _dataclass_command(sub, "train", "train a model (DDP under torchrun)", TrainConfig, _cmd_train)
     _dataclass_command(sub, "evaluate", "measure mIoU and friends of a checkpoint on a dataset split",
                        EvalConfig, _cmd_evaluate)
+    p = sub.add_parser("report", allow_abbrev=False,
+                       help="rebuild report.html of an evaluate output folder or a training run folder",
+                       description="Rebuild the self-contained report.html from saved outputs: an evaluate "
+                                   "folder (metrics.json, per_image.csv, predictions/) or a training run "
+                                   "(metrics.jsonl, last_validation.json).")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--out", default=None, help="output file (default: RUN_DIR/report.html)")
+    p.add_argument("--worst", type=_count, default=6, help="images with the lowest mIoU to show (default 6)")
+    p.add_argument("--best", type=_count, default=3, help="images with the highest mIoU to show (default 3)")
+    p.add_argument("--max-side", type=_side, default=MAX_SIDE, help=f"longer side of the pictures in px "
+                                                                  f"(default {MAX_SIDE})")
+    p.set_defaults(handler=_cmd_report)
+
+    p = sub.add_parser("compare", allow_abbrev=False,
+                       help="side-by-side page of two evaluations: per-class deltas, images that differ most",
+                       description="Compare two evaluate output folders of the same dataset (written with "
+                                   "--report or --save-predictions) in one self-contained HTML page.")
+    p.add_argument("eval_a", metavar="EVAL_A")
+    p.add_argument("eval_b", metavar="EVAL_B")
+    p.add_argument("--out", default="compare.html", help="output file (default compare.html)")
+    p.add_argument("--top", type=_count, default=6, help="images with the largest mIoU difference to show (default 6)")
+    p.add_argument("--max-side", type=_side, default=MAX_SIDE, help=f"longer side of the pictures in px "
+                                                                  f"(default {MAX_SIDE})")
+    p.set_defaults(handler=_cmd_compare)
+
     _dataclass_command(sub, "check-data", "check every image and mask of a dataset (full decode) and count "
                        "labels: table, data_report.json, class_frequencies.png", CheckDataConfig, _cmd_check_data)
     _dataclass_command(sub, "predict", "segment images; writes label PNGs and overlays", PredictConfig,

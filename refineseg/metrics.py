@@ -1,8 +1,9 @@
 """Segmentation metrics: a streaming confusion matrix and the scores derived from it.
 
-Everything (pixel accuracy, per-class recall, IoU, Dice) is computed from one C x C
+Everything (pixel accuracy, per-class recall, IoU, Dice, F-score) is computed from one C x C
 matrix, so evaluation only has to accumulate integer counts batch by batch, and
-distributed evaluation only has to sum those counts across ranks.
+distributed evaluation only has to sum those counts across ranks. The boundary metrics
+(:mod:`refineseg.boundary`) stream the same way; :func:`summarize` merges both into the JSON form.
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ class ConfusionMatrix:
         self._mat.zero_()
 
     @torch.no_grad()
-    def update(self, pred: Tensor, target: Tensor) -> None:
+    def update(self, pred: Tensor, target: Tensor) -> Tensor:
         """Add one batch. ``pred`` and ``target`` are integer label maps of the same shape, (N, H, W) or (H, W).
+
+        Returns the batch's own (C, C) counts (e.g. for per-image scores).
 
         Raises ``ValueError`` for mismatched shapes or labels outside ``[0, C)`` (other than ignored targets),
         since those would silently land in the wrong cell of the flattened bincount.
@@ -52,17 +55,22 @@ class ConfusionMatrix:
         pred = pred.reshape(-1).to(self.device, torch.int64)
         target = target.reshape(-1).to(self.device, torch.int64)
         keep = target != self.ignore_index
-        pred, target = pred[keep], target[keep]
-        if target.numel() == 0:
-            return
         c = self.num_classes
-        if int(target.min()) < 0 or int(target.max()) >= c:
-            raise ValueError(f"target labels must be in [0, {c}) or {self.ignore_index}, "
-                             f"got range [{int(target.min())}, {int(target.max())}]")
-        if int(pred.min()) < 0 or int(pred.max()) >= c:
-            raise ValueError(f"pred labels must be in [0, {c}), got range [{int(pred.min())}, {int(pred.max())}]")
-        counts = torch.bincount(target * c + pred, minlength=c * c)
-        self._mat += counts.reshape(c, c)
+        if not bool(keep.any()):
+            return torch.zeros(c, c, dtype=torch.int64, device=self.device)
+        # Ranges over the kept pixels without boolean indexing (slow on large images).
+        low = int(torch.where(keep, target, c).min())
+        high = int(torch.where(keep, target, -1).max())
+        if low < 0 or high >= c:
+            raise ValueError(f"target labels must be in [0, {c}) or {self.ignore_index}, got range [{low}, {high}]")
+        low = int(torch.where(keep, pred, c).min())
+        high = int(torch.where(keep, pred, -1).max())
+        if low < 0 or high >= c:
+            raise ValueError(f"pred labels must be in [0, {c}), got range [{low}, {high}]")
+        code = torch.where(keep, target * c + pred, c * c)  # ignored pixels: one extra bin, dropped
+        counts = torch.bincount(code, minlength=c * c + 1)[:-1].reshape(c, c)
+        self._mat += counts
+        return counts
 
     def all_reduce(self) -> None:
         """Sum the matrix over all ranks in place when torch.distributed is initialized; no-op otherwise.
@@ -75,10 +83,16 @@ class ConfusionMatrix:
     def compute(self) -> dict[str, Any]:
         """Scores as Python floats in [0, 1].
 
-        Returns ``aAcc`` (overall pixel accuracy), ``mAcc`` (mean per-class recall), ``mIoU``, ``mDice``
-        and per-class lists ``IoU``, ``Acc``, ``Dice``. A class absent from both ground truth and
-        prediction gets NaN and is left out of the means; a class with predictions but no ground truth
-        gets IoU/Dice 0 (counted) and Acc NaN (recall is undefined without ground-truth pixels).
+        Returns ``aAcc`` (overall pixel accuracy), ``mAcc`` (mean per-class recall), ``mIoU``, ``mDice``,
+        ``fwIoU``, ``mFscore`` and per-class lists ``IoU``, ``Acc``, ``Dice``, ``Fscore``, ``PixelShare``.
+        A class absent from both ground truth and prediction gets NaN and is left out of the means; a
+        class with predictions but no ground truth gets IoU/Dice 0 (counted) and Acc NaN (recall is
+        undefined without ground-truth pixels).
+
+        ``fwIoU`` = sum over classes of ``PixelShare`` (the class's fraction of the ground-truth
+        pixels) x IoU. ``Fscore`` is mmsegmentation's: 2PR / (P + R) with precision P = TP / predicted
+        and recall R = TP / ground truth, NaN when it is 0/0, i.e. for every class with TP = 0 (even
+        one present in the ground truth); ``mFscore`` is its nan-mean, as mmseg reports it.
         """
         mat = self._mat.detach().to("cpu", torch.float64)
         tp = mat.diagonal()
@@ -91,14 +105,22 @@ class ConfusionMatrix:
         acc = torch.where(gt > 0, tp / gt.clamp(min=1), nan)
         dice = torch.where(gt + pr > 0, 2 * tp / (gt + pr).clamp(min=1), nan)
         total = float(mat.sum())
+        share = gt / total if total > 0 else torch.full_like(gt, float("nan"))
+        precision, recall = tp / pr, tp / gt  # NaN for 0/0, as mmseg
+        fscore = 2 * precision * recall / (precision + recall)  # NaN when TP = 0
+        fwiou = float((share * iou.nan_to_num(0.0)).sum()) if total > 0 else float("nan")
         return {
             "aAcc": float(tp.sum()) / total if total > 0 else float("nan"),
             "mAcc": _nanmean(acc),
             "mIoU": _nanmean(iou),
             "mDice": _nanmean(dice),
+            "fwIoU": fwiou,
+            "mFscore": _nanmean(fscore),
             "IoU": iou.tolist(),
             "Acc": acc.tolist(),
             "Dice": dice.tolist(),
+            "Fscore": fscore.tolist(),
+            "PixelShare": share.tolist(),
         }
 
 
@@ -115,25 +137,42 @@ def _json_float(x: float | None) -> float | None:
     return float(x)
 
 
-def summarize(metrics: dict[str, Any], class_names: list[str]) -> dict[str, Any]:
+def summarize(metrics: dict[str, Any], class_names: list[str], boundary: dict[str, Any] | None = None,
+              trimap: dict[str, Any] | None = None,
+              palette: list[tuple[int, int, int]] | None = None) -> dict[str, Any]:
     """Turn ``ConfusionMatrix.compute()`` output into the JSON-ready form written by evaluation.
 
-    Returns ``{"aAcc", "mAcc", "mIoU", "mDice", "per_class": [{"name", "IoU", "Acc"}, ...]}``
-    with NaN replaced by None.
+    Returns ``{"aAcc", "mAcc", "mIoU", "mDice", "fwIoU", "mFscore", "per_class": [{"name", "IoU",
+    "Acc", "fscore", "pixel_share"}, ...]}`` with NaN replaced by None. ``boundary``
+    (``BoundaryIoU.compute()``) adds ``mBoundaryIoU``, ``boundary_ratio`` and a per-class
+    ``boundary_iou``; ``trimap`` (``TrimapAccuracy.compute()``) adds ``trimap: {"widths",
+    "accuracy"}``; ``palette`` adds a per-class ``color`` ([r, g, b]).
     """
     n = len(metrics["IoU"])
     if len(class_names) != n:
         raise ValueError(f"got {len(class_names)} class names for {n} classes")
-    return {
-        "aAcc": _json_float(metrics["aAcc"]),
-        "mAcc": _json_float(metrics["mAcc"]),
-        "mIoU": _json_float(metrics["mIoU"]),
-        "mDice": _json_float(metrics["mDice"]),
-        "per_class": [
-            {"name": str(name), "IoU": _json_float(iou), "Acc": _json_float(acc)}
-            for name, iou, acc in zip(class_names, metrics["IoU"], metrics["Acc"])
-        ],
-    }
+    for name, values in (("boundary", boundary and boundary["BoundaryIoU"]), ("palette", palette)):
+        if values is not None and len(values) != n:
+            raise ValueError(f"got {len(values)} {name} entries for {n} classes")
+    summary: dict[str, Any] = {key: _json_float(metrics[key])
+                               for key in ("aAcc", "mAcc", "mIoU", "mDice", "fwIoU", "mFscore")}
+    per_class = []
+    for i, name in enumerate(class_names):
+        entry = {"name": str(name), "IoU": _json_float(metrics["IoU"][i]), "Acc": _json_float(metrics["Acc"][i]),
+                 "fscore": _json_float(metrics["Fscore"][i]), "pixel_share": _json_float(metrics["PixelShare"][i])}
+        if boundary is not None:
+            entry["boundary_iou"] = _json_float(boundary["BoundaryIoU"][i])
+        if palette is not None:
+            entry["color"] = [int(v) for v in palette[i][:3]]
+        per_class.append(entry)
+    if boundary is not None:
+        summary["mBoundaryIoU"] = _json_float(boundary["mBoundaryIoU"])
+        summary["boundary_ratio"] = float(boundary["ratio"])
+    summary["per_class"] = per_class
+    if trimap is not None:
+        summary["trimap"] = {"widths": [int(w) for w in trimap["widths"]],
+                             "accuracy": [_json_float(a) for a in trimap["accuracy"]]}
+    return summary
 
 
 def _pct(x: float | None) -> str:
@@ -143,14 +182,20 @@ def _pct(x: float | None) -> str:
 
 
 def format_table(summary: dict[str, Any]) -> str:
-    """Printable per-class table (name, IoU %, Acc %) followed by one line with the overall scores."""
-    rows = [(c["name"], _pct(c["IoU"]), _pct(c["Acc"])) for c in summary["per_class"]]
-    header = ("Class", "IoU %", "Acc %")
-    w0 = max([len(header[0])] + [len(r[0]) for r in rows])
-    w1 = max([len(header[1])] + [len(r[1]) for r in rows])
-    w2 = max([len(header[2])] + [len(r[2]) for r in rows])
-    lines = [f"{header[0]:<{w0}}  {header[1]:>{w1}}  {header[2]:>{w2}}", "-" * (w0 + w1 + w2 + 4)]
-    lines += [f"{name:<{w0}}  {iou:>{w1}}  {acc:>{w2}}" for name, iou, acc in rows]
-    lines.append("-" * (w0 + w1 + w2 + 4))
-    lines.append("  ".join(f"{key}: {_pct(summary.get(key))}" for key in ("aAcc", "mAcc", "mIoU", "mDice")))
+    """Printable per-class table (name, IoU %, Acc %, and Boundary IoU % when present) and the overall scores."""
+    columns = [("IoU %", "IoU"), ("Acc %", "Acc")]
+    if "mBoundaryIoU" in summary:
+        columns.append(("BIoU %", "boundary_iou"))
+    rows = [[c["name"]] + [_pct(c.get(key)) for _, key in columns] for c in summary["per_class"]]
+    header = ["Class"] + [title for title, _ in columns]
+    widths = [max([len(header[i])] + [len(r[i]) for r in rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join([f"{cells[0]:<{widths[0]}}"] + [f"{v:>{w}}" for v, w in zip(cells[1:], widths[1:])])
+
+    rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
+    lines = [line(header), rule] + [line(r) for r in rows] + [rule]
+    keys = [k for k in ("aAcc", "mAcc", "mIoU", "mDice", "fwIoU", "mFscore", "mBoundaryIoU") if k in summary
+            or k in ("aAcc", "mAcc", "mIoU", "mDice")]
+    lines.append("  ".join(f"{key}: {_pct(summary.get(key))}" for key in keys))
     return "\n".join(lines)

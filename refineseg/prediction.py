@@ -56,6 +56,8 @@ class PredictConfig(InferenceOptions):
     tile: int | None = option(None, "tiled mode for images of any size: tile side in pixels (e.g. 1024); "
                                     "memory is bounded by the tile, not the image")
     overlap: int = option(128, "tiled mode: overlap between neighbouring tiles, blended smoothly")
+    tile_batch: int = option(1, "tiled mode: tiles of equal size per forward pass (e.g. 4 on a GPU with room); "
+                                "memory grows to about tile_batch x one tile's")
     overlay: bool = option(True, "also write <stem>_overlay.png (photo + colours + legend)")
     alpha: float = option(0.5, "overlay opacity of the label colours, 0..1")
     backend: str = option("torch", "inference engine; onnxruntime runs a file from `refineseg export`",
@@ -72,6 +74,8 @@ class PredictConfig(InferenceOptions):
         super().__post_init__()
         if self.tile is not None and not 0 <= self.overlap < self.tile:
             raise ValueError(f"need 0 <= overlap < tile, got tile={self.tile}, overlap={self.overlap}")
+        if self.tile_batch < 1:
+            raise ValueError(f"tile_batch must be >= 1, got {self.tile_batch}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
 
@@ -173,7 +177,7 @@ def predict_file(model, path: Path, label_path: Path, overlay_path: Path | None,
     """
     if config.tile:
         image = read_large_image(path)
-        labels = predict_tiled(model, image, tile=config.tile, overlap=config.overlap)
+        labels = predict_tiled(model, image, tile=config.tile, overlap=config.overlap, tile_batch=config.tile_batch)
     else:
         image = read_image(path)
         labels = segment(model, image, **config.inference_kwargs())

@@ -306,3 +306,15 @@ def test_missing_files_of_a_split_are_all_reported_at_once(tmp_path, capsys):
     assert main(["train", "--dataset", "voc", "--data-root", str(tmp_path), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert all(path in err for path in missing)
+
+
+def test_folder_dataset_lists_every_missing_image_and_mask(tmp_path):
+    root = make_folder(tmp_path / "data", {"train": 4})
+    (root / "masks" / "train_001.png").unlink()
+    (root / "masks" / "train_003.png").unlink()
+    (root / "images" / "train_002.png").unlink()
+    with pytest.raises(DataCheckError) as info:
+        FolderDataset(root, "train")
+    assert [p.split(": ")[0] for p in info.value.problems] == [
+        str(root / "images" / "train_001.png"), str(root / "splits" / "train.txt"), str(root / "images" / "train_003.png")]
+    assert "no mask found" in info.value.problems[0] and "'train_002'" in info.value.problems[1]

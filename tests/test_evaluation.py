@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -105,17 +107,22 @@ def test_evaluate_model_restores_training_mode(data_root):
 
 def _evaluate_on_rank(rank: int, root: str, out_dir: str) -> None:
     dataset = FolderDataset(root, "val", transform=eval_transform())
-    _, matrix = evaluate_model(make_model(), dataset, progress=False)
+    summary, matrix = evaluate_model(make_model(), dataset, progress=False, per_image=True)
     np.save(f"{out_dir}/rank{rank}.npy", matrix)
+    Path(f"{out_dir}/rank{rank}.json").write_text(json.dumps(summary))
 
 
 def test_distributed_evaluation_equals_single_process(data_root, tmp_path):
     conftest.run_gloo_group(_evaluate_on_rank, 2, str(data_root), str(tmp_path))
     # Single-threaded like the workers (one_thread fixture), so the arithmetic is identical.
-    _, single = evaluate_model(make_model(), FolderDataset(data_root, "val", transform=eval_transform()),
-                               progress=False)
+    summary, single = evaluate_model(make_model(), FolderDataset(data_root, "val", transform=eval_transform()),
+                                     progress=False, per_image=True)
+    summary = json.loads(json.dumps(summary))
+    assert [row["index"] for row in summary["per_image"]] == [0, 1, 2]
     for rank in range(2):
         assert np.array_equal(np.load(tmp_path / f"rank{rank}.npy"), single)
+        # Boundary and trimap counts are summed and per-image rows gathered from both ranks.
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == summary
 
 
 def test_run_evaluate_writes_metrics_and_plot(data_root, checkpoint, tmp_path, capsys):
@@ -139,6 +146,7 @@ def test_run_evaluate_writes_metrics_and_plot(data_root, checkpoint, tmp_path, c
         assert png.width > 100 and png.height > 100
     printed = capsys.readouterr().out
     assert "mIoU" in printed and str(out / "metrics.json") in printed
+    assert (out / "per_image.csv").is_file() and not (out / "predictions").exists()
 
 
 def test_run_evaluate_synthetic_with_resize(checkpoint, tmp_path):
@@ -182,3 +190,69 @@ def test_cli_class_mismatch_is_one_line_error(data_root, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and str(ckpt) in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def cv2_band(mask: np.ndarray, d: int) -> np.ndarray:
+    """Boundary IoU reference recipe: zero border, d erosions by a 3x3 kernel, crop, mask - eroded."""
+    h, w = mask.shape
+    padded = cv2.copyMakeBorder(mask.astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    eroded = cv2.erode(padded, np.ones((3, 3), np.uint8), iterations=d)[1:h + 1, 1:w + 1]
+    return mask & (eroded == 0)
+
+
+def test_saved_predictions_reproduce_metrics_json_and_per_image_csv(data_root, checkpoint, tmp_path):
+    out = tmp_path / "eval"
+    run_evaluate(EvalConfig(checkpoint=str(checkpoint), dataset="folder", data_root=str(data_root), out=str(out),
+                            device="cpu", save_predictions=True, confusion_png=False))
+    metrics = json.loads((out / "metrics.json").read_text())
+    raw = FolderDataset(data_root, "val")
+    names = [raw.sample_name(i) for i in range(len(raw))]
+    assert sorted(p.name for p in (out / "predictions").iterdir()) == sorted(f"{n}.png" for n in names)
+
+    model = make_model()
+    normalized = FolderDataset(data_root, "val", transform=eval_transform(model.config.mean, model.config.std))
+    mat = np.zeros((K, K), np.int64)
+    inter, union = np.zeros(K, np.int64), np.zeros(K, np.int64)
+    rows = []
+    for i, name in enumerate(names):
+        pred = read_mask(out / "predictions" / f"{name}.png")
+        target = raw.load_sample(i)[1]
+        with torch.no_grad():  # the saved file is the model's argmax
+            assert np.array_equal(pred, model(normalized[i][0][None]).argmax(1)[0].numpy())
+        valid = target != 255
+        image_mat = np.zeros((K, K), np.int64)
+        np.add.at(image_mat, (target[valid], pred[valid]), 1)
+        d = max(1, int(round(0.02 * math.sqrt(target.shape[0] ** 2 + target.shape[1] ** 2))))
+        image_inter, image_union = np.zeros(K, np.int64), np.zeros(K, np.int64)
+        for c in range(K):
+            gt_band = cv2_band(target == c, d) & valid
+            pred_band = cv2_band(pred == c, d) & valid
+            image_inter[c], image_union[c] = (gt_band & pred_band).sum(), (gt_band | pred_band).sum()
+        tp, present = np.diag(image_mat), image_mat.sum(0) + image_mat.sum(1) - np.diag(image_mat)
+        rows.append((i, name, tp.sum() / valid.sum(), np.mean(tp[present > 0] / present[present > 0]),
+                     np.mean(image_inter[image_union > 0] / image_union[image_union > 0])))
+        mat += image_mat
+        inter += image_inter
+        union += image_union
+
+    assert np.array_equal(np.array(metrics["confusion_matrix"]), mat)
+    biou = [i / u if u else None for i, u in zip(inter, union)]
+    assert [c["boundary_iou"] for c in metrics["per_class"]] == pytest.approx(biou, abs=1e-12)
+    assert metrics["mBoundaryIoU"] == pytest.approx(np.mean([b for b in biou if b is not None]), abs=1e-12)
+    assert 0.0 < metrics["mBoundaryIoU"] < metrics["aAcc"] < 1.0
+    gt_share = mat.sum(1) / mat.sum()
+    assert [c["pixel_share"] for c in metrics["per_class"]] == pytest.approx(gt_share.tolist())
+    assert metrics["boundary_ratio"] == 0.02 and metrics["ignore_index"] == 255
+    assert metrics["class_names"] == SYNTHETIC_CLASSES
+    assert metrics["palette"] == [list(c) for c in model.config.palette]
+    assert [c["color"] for c in metrics["per_class"]] == metrics["palette"]
+    assert metrics["trimap"]["widths"] == list(range(1, 41)) and len(metrics["trimap"]["accuracy"]) == 40
+    assert metrics["config"]["save_predictions"] is True
+
+    with open(out / "per_image.csv", newline="") as f:
+        table = list(csv.reader(f))
+    assert table[0] == ["index", "name", "pixel_accuracy", "miou", "boundary_iou"]
+    assert len(table) == 1 + len(names)
+    for got, want in zip(table[1:], rows):
+        assert int(got[0]) == want[0] and got[1] == want[1]
+        assert [float(v) for v in got[2:]] == pytest.approx(list(want[2:]), abs=1e-6)

@@ -164,10 +164,11 @@ def test_summarize_is_json_ready_and_table_lists_every_class():
     cm = ConfusionMatrix(3)
     cm.update(torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 1, 1]))  # class 2 absent -> NaN
     summary = summarize(cm.compute(), ["background", "cat", "dog"])
-    assert set(summary) == {"aAcc", "mAcc", "mIoU", "mDice", "per_class"}
+    assert set(summary) == {"aAcc", "mAcc", "mIoU", "mDice", "fwIoU", "mFscore", "per_class"}
     assert [c["name"] for c in summary["per_class"]] == ["background", "cat", "dog"]
     assert summary["per_class"][1]["IoU"] == pytest.approx(2 / 3)
-    assert summary["per_class"][2] == {"name": "dog", "IoU": None, "Acc": None}
+    assert summary["per_class"][1]["pixel_share"] == pytest.approx(3 / 4)
+    assert summary["per_class"][2] == {"name": "dog", "IoU": None, "Acc": None, "fscore": None, "pixel_share": 0.0}
     text = json.dumps(summary, allow_nan=False)  # raises if any NaN slipped through
     assert json.loads(text)["aAcc"] == pytest.approx(0.75)
     with pytest.raises(ValueError, match="class names"):
@@ -181,3 +182,48 @@ def test_summarize_is_json_ready_and_table_lists_every_class():
     dog = next(line for line in lines if line.startswith("dog"))
     assert dog.split() == ["dog", "-", "-"]
     assert "aAcc: 75.00" in lines[-1] and "mIoU: " in lines[-1]
+
+
+def test_fwiou_and_mfscore_match_numpy_from_the_matrix():
+    # Rows = ground truth. Class 2: in GT, never predicted (TP 0); class 3: predicted, not in GT;
+    # class 4: absent everywhere.
+    mat = np.array([[50, 3, 0, 2, 0],
+                    [4, 30, 0, 1, 0],
+                    [6, 2, 0, 0, 0],
+                    [0, 0, 0, 0, 0],
+                    [0, 0, 0, 0, 0]], np.int64)
+    target = np.repeat(np.arange(5), mat.sum(1))
+    pred = np.concatenate([np.repeat(np.arange(5), row) for row in mat])
+    cm = ConfusionMatrix(5)
+    cm.update(torch.from_numpy(pred), torch.from_numpy(target))
+    assert np.array_equal(cm.matrix.numpy(), mat)
+    got = cm.compute()
+
+    tp, gt, pr = np.diag(mat).astype(float), mat.sum(1).astype(float), mat.sum(0).astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = tp / (gt + pr - tp)
+        freq = gt / gt.sum()
+        precision, recall = tp / pr, tp / gt
+        fscore = 2 * precision * recall / (precision + recall)  # mmseg: NaN wherever TP = 0
+    assert got["fwIoU"] == pytest.approx(np.nansum(freq * iou), rel=1e-12)
+    assert got["fwIoU"] == pytest.approx((55 / 98) * (50 / 65) + (35 / 98) * (30 / 40), rel=1e-12)
+    np.testing.assert_allclose(got["Fscore"], fscore, rtol=1e-12, equal_nan=True)
+    assert math.isnan(got["Fscore"][2]) and math.isnan(got["Fscore"][3])
+    assert got["mFscore"] == pytest.approx(np.nanmean(fscore), rel=1e-12)
+    np.testing.assert_allclose(got["PixelShare"], freq, rtol=1e-12)
+
+    summary = summarize(got, [f"c{i}" for i in range(5)])
+    assert summary["fwIoU"] == pytest.approx(got["fwIoU"]) and summary["mFscore"] == pytest.approx(got["mFscore"])
+    assert [c["fscore"] for c in summary["per_class"]][2:] == [None, None, None]
+    assert sum(c["pixel_share"] for c in summary["per_class"]) == pytest.approx(1.0)
+
+
+def test_update_returns_the_batch_counts():
+    pred, target = random_labels(7, (2, 9, 11), num_classes=4)
+    cm = ConfusionMatrix(4)
+    cm.update(pred[0], target[0])
+    counts = cm.update(pred[1], target[1])
+    single = ConfusionMatrix(4)
+    single.update(pred[1], target[1])
+    assert torch.equal(counts, single.matrix)
+    assert torch.equal(cm.update(torch.tensor([1]), torch.tensor([IGNORE])), torch.zeros(4, 4, dtype=torch.int64))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -77,6 +79,38 @@ def test_output_shapes_at_odd_sizes(name, size):
         h, w = ((s - 1) // 2 + 1 for s in size)
         h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
         assert native.shape == (1, 5, h, w)
+
+
+def test_fcn32_baseline_classifies_the_stride_32_features():
+    """The FCN-32s-style baseline: no decoder parameters, a 1×1 classifier at stride 32, bilinear upsampling."""
+    torch.manual_seed(0)
+    model = refineseg.create_model("fcn32_mbv2", num_classes=5).eval()
+    spec = refineseg.models.model_spec("fcn32_mbv2")
+    assert spec.family == "baseline" and spec.recipe == refineseg.models.model_spec("lw_refinenet_mbv2").recipe
+    with pytest.raises(ValueError, match="no published reference layout"):
+        reference_key_map(model)
+    # Parameters: torchvision's MobileNetV2 without classifier and features.18, plus the inserted
+    # expand step of the first block (1x1 conv 32->32 + BN), plus a 1x1 conv 320 -> 5 with bias.
+    shapes = manifest("torchvision_mobilenet_v2")["state_dict"]
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    trunk = sum(math.prod(s) for k, s in shapes.items()
+                if not k.startswith(("classifier.", "features.18.")) and not k.endswith(buffers))
+    assert count(model) == trunk + (32 * 32 + 2 * 32) + (320 * 5 + 5)
+    assert count(model.decoder) == 0 and count(model.head) == 320 * 5 + 5
+    x = torch.randn(1, 3, 97, 130)
+    with torch.no_grad():
+        out, native = model(x), model(x, upsample=False)
+        features = model.encoder(x)[-1]
+    h, w = 97, 130
+    for _ in range(5):  # five stride-2 3x3 convs with padding 1
+        h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+    assert native.shape == (1, 5, h, w) == (1, 5, 4, 5)
+    assert out.shape == (1, 5, 97, 130)
+    weight, bias = model.head.conv.weight[:, :, 0, 0], model.head.conv.bias
+    expected = torch.einsum("kc,nchw->nkhw", weight, features) + bias[:, None, None]
+    torch.testing.assert_close(native, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, torch.nn.functional.interpolate(expected, size=(97, 130), mode="bilinear"),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_rejects_tiny_or_malformed_inputs():
@@ -166,7 +200,8 @@ def test_from_pretrained_missing_directory_is_a_clear_error(tmp_path):
         refineseg.from_pretrained(tmp_path / "empty")
 
 
-@pytest.mark.parametrize("name", ["refinenet18", "lw_refinenet18", "lw_refinenet_mbv2", "seed_refinenet50"])
+@pytest.mark.parametrize("name", ["refinenet18", "lw_refinenet18", "lw_refinenet_mbv2", "seed_refinenet50",
+                                  "fcn32_mbv2"])
 def test_gradients_reach_every_trainable_parameter(name):
     model = refineseg.create_model(name, num_classes=3, dropout=0.0).train()
     out = model(torch.randn(2, 3, 64, 64))
@@ -220,7 +255,8 @@ def test_multi_resolution_fusion_matches_its_definition():
     torch.testing.assert_close(mrf([fine, coarse]), mrf.convs[0](fine) + up)
 
 
-@pytest.mark.parametrize("name", ["refinenet18", "lw_refinenet18", "lw_refinenet_mbv2", "seed_refinenet50"])
+@pytest.mark.parametrize("name", ["refinenet18", "lw_refinenet18", "lw_refinenet_mbv2", "seed_refinenet50",
+                                  "fcn32_mbv2"])
 def test_dropout_option_reaches_every_family(name):
     model = refineseg.create_model(name, num_classes=3, dropout=0.3)
     rates = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
@@ -238,7 +274,7 @@ def test_dropout_option_reaches_every_family(name):
 
 
 @pytest.mark.parametrize("name,default", [("refinenet50", 0.5), ("lw_refinenet50", 0.5), ("lw_refinenet_mbv2", None),
-                                          ("seed_refinenet50", None)])
+                                          ("seed_refinenet50", None), ("fcn32_mbv2", None)])
 def test_default_dropout_per_family(name, default):
     with torch.device("meta"):
         model = refineseg.create_model(name, num_classes=3)

@@ -8,7 +8,9 @@ import torch
 
 import refineseg
 from refineseg.inference import segment
-from refineseg.tiling import _windows, predict_tiled, tile_spans
+from refineseg.tiling import _windows, predict_tiled, tile_logits, tile_spans
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tiles: one thread is fastest on a busy machine
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +119,101 @@ def test_memory_mapped_input_gives_the_same_labels(tmp_path, model, image):
     expected = predict_tiled(model, image, tile=64, overlap=16, progress=False)
     assert np.array_equal(predict_tiled(model, mapped, tile=64, overlap=16, progress=False), expected)
     assert np.array_equal(np.asarray(mapped), image)  # released pages are read back from the file
+
+
+class PixelModel(torch.nn.Module):
+    """A model whose logits for one image do not depend on the rest of the batch, bit for bit:
+    per-pixel channel mixes plus a 5×5 mean for spatial context (so misplaced or padded tiles show)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mix = torch.nn.Parameter(torch.randn(5, 3, generator=torch.Generator().manual_seed(0)))
+        self.config = refineseg.ModelConfig(name="pixel", num_classes=5)
+        self.batch_sizes: list[tuple[int, ...]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batch_sizes.append(tuple(x.shape))
+        mixed = (self.mix[None, :, :, None, None] * x[:, None]).sum(2)  # (n, 5, h, w)
+        return mixed + torch.nn.functional.avg_pool2d(mixed, 5, stride=1, padding=2)
+
+
+def _spans(image, tile, overlap):
+    return tile_spans(image.shape[0], tile, overlap), tile_spans(image.shape[1], tile, overlap)
+
+
+@pytest.mark.parametrize("tile_batch", [2, 3, 5, 16])
+def test_batched_tiles_equal_one_tile_at_a_time_exactly(image, tile_batch):
+    """With batch-invariant logits, batching changes nothing: each tile's logits and the labels are identical."""
+    model = PixelModel()
+    rows, cols = _spans(image, 64, 20)  # 3 × 4 tiles: last row 62 px tall, last column 38 px wide
+    mean, std = model.config.mean, model.config.std
+    single = list(tile_logits(model, image, rows, cols, mean, std, "cpu", tile_batch=1))
+    model.batch_sizes.clear()
+    batched = list(tile_logits(model, image, rows, cols, mean, std, "cpu", tile_batch=tile_batch))
+    assert len(batched) == len(single) == 12
+    for k, (a, b) in enumerate(zip(single, batched)):
+        (y0, y1), (x0, x1) = rows[k // len(cols)], cols[k % len(cols)]
+        assert a.shape == (5, y1 - y0, x1 - x0) and torch.equal(a, b), k
+    # Each forward pass stacks tiles of one size from the next tile_batch tiles in raster order, so
+    # never more than tile_batch tiles are in flight (the memory bound).
+    shapes = [(y1 - y0, x1 - x0) for y0, y1 in rows for x0, x1 in cols]
+    expected = []
+    for start in range(0, 12, tile_batch):
+        chunk = shapes[start:start + tile_batch]
+        expected += [(chunk.count(s), 3, *s) for s in dict.fromkeys(chunk)]
+    assert sorted(model.batch_sizes) == sorted(expected)
+    assert 1 < max(n for n, *_ in model.batch_sizes) <= tile_batch
+    assert np.array_equal(predict_tiled(model, image, tile=64, overlap=20, progress=False, tile_batch=tile_batch),
+                          predict_tiled(model, image, tile=64, overlap=20, progress=False))
+
+
+@pytest.mark.parametrize("tile_batch", [3, 12])
+def test_batched_tiles_give_the_labels_of_one_tile_at_a_time(model, image, tile_batch):
+    expected = predict_tiled(model, image, tile=64, overlap=20, progress=False)
+    got = predict_tiled(model, image, tile=64, overlap=20, progress=False, tile_batch=tile_batch)
+    assert np.array_equal(got, expected)
+    assert len(np.unique(expected)) > 1
+    # A real network's convolutions may sum in another order for another batch size: logits agree to rounding.
+    rows, cols = _spans(image, 64, 20)
+    args = (model, image, rows, cols, model.config.mean, model.config.std, "cpu")
+    for a, b in zip(tile_logits(*args, tile_batch=1), tile_logits(*args, tile_batch=tile_batch)):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_batched_thin_edge_tiles_are_padded_like_single_ones(model):
+    image = np.random.default_rng(3).integers(0, 255, (70, 100, 3), dtype=np.uint8)  # last tiles 14 and 44 px
+    expected = predict_tiled(model, image, tile=64, overlap=8, progress=False)
+    assert np.array_equal(predict_tiled(model, image, tile=64, overlap=8, progress=False, tile_batch=4), expected)
+
+
+def test_rejects_bad_tile_batch(model, image):
+    from refineseg.prediction import PredictConfig
+
+    with pytest.raises(ValueError, match="tile_batch"):
+        predict_tiled(model, image, tile=64, overlap=8, tile_batch=0)
+    with pytest.raises(ValueError, match="tile_batch"):
+        PredictConfig(checkpoint="c", inputs=["x.png"], tile=64, overlap=8, tile_batch=0)
+
+
+def test_predict_cli_passes_tile_batch(tmp_path, model, image):
+    from PIL import Image
+
+    from refineseg.prediction import PredictConfig, run_predict
+
+    model.save_pretrained(tmp_path / "ckpt")
+    Image.fromarray(image).save(tmp_path / "photo.png")
+    calls = []
+    original = refineseg.prediction.predict_tiled
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["tile_batch"])
+        return original(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(refineseg.prediction, "predict_tiled", spy)
+        written = run_predict(PredictConfig(checkpoint=str(tmp_path / "ckpt"), inputs=[str(tmp_path / "photo.png")],
+                                            out=str(tmp_path / "out"), tile=64, overlap=20, tile_batch=4,
+                                            overlay=False, optimize=False))
+    assert calls == [4]
+    expected = predict_tiled(model, image, tile=64, overlap=20, progress=False)
+    assert np.array_equal(np.asarray(Image.open(written[0])), expected)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError, file_error
+from ..errors import DataCheckError, DataError, file_error
 
 from ..palette import color_palette
 from .classes import Color
@@ -251,15 +251,19 @@ class FolderDataset(SegmentationDataset):
             stems = list(images)
         if not stems:
             raise file_error(DataError, split_file or image_dir, "no images found")
-        samples = []
+        samples, problems = [], []  # every missing image and mask reported at once
         for stem in stems:
-            if stem not in images:
-                raise file_error(DataError, split_file or image_dir,
-                                 f"lists {stem!r} but there is no image {image_dir}/{stem}.*")
             mask = os.path.join(mask_dir, stem + ".png")
-            if not os.path.isfile(mask):
-                raise file_error(DataError, images[stem], f"no mask found (expected {mask})")
-            samples.append((images[stem], mask))
+            if stem not in images:
+                problems.append(f"{split_file or image_dir}: lists {stem!r} but there is no image {image_dir}/{stem}.*")
+            elif not os.path.isfile(mask):
+                problems.append(f"{images[stem]}: no mask found (expected {mask})")
+            else:
+                samples.append((images[stem], mask))
+        if len(problems) == 1:
+            raise DataError(problems[0])
+        if problems:
+            raise DataCheckError(problems, len(problems), len(stems), f"folder dataset {root}")
 
         fallback = color_palette(len(spec.names))
         palette = [c if c is not None else fallback[i] for i, c in enumerate(spec.colors)]

@@ -3,7 +3,10 @@
 * :class:`RefineNetDecoder`: the cascade of RefineNet blocks from the coarsest backbone
   level to the finest (released RefineNet, Light-Weight RefineNet, LW on MobileNetV2).
 * :class:`SingleStageDecoder`: one RefineNet block over all levels (the seed design).
-* :class:`ClassifierHead`, :class:`FullResolutionHead`: the per-pixel classifiers.
+* :class:`CoarsestLevelDecoder`: no refinement at all, the coarsest level passed through
+  (the FCN-32s-style baseline ``fcn32_mbv2`` that shows what refinement buys).
+* :class:`ClassifierHead`, :class:`PointwiseClassifierHead`, :class:`FullResolutionHead`: the
+  per-pixel classifiers.
 """
 
 from __future__ import annotations
@@ -121,16 +124,44 @@ class SingleStageDecoder(nn.Module):
         return self.block(self.level_dropout(features))
 
 
-class ClassifierHead(nn.Module):
-    """Dropout (training only) then a 3×3 conv to class logits, at the decoder's stride."""
+class CoarsestLevelDecoder(nn.Module):
+    """A baseline without refinement: the coarsest backbone level, unchanged.
 
-    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.0) -> None:
+    FCN-32s style: the head classifies the last backbone features (stride 32 for MobileNetV2
+    and ResNet at output stride 32) and the model upsamples the logits bilinearly to the input
+    size. ``dropout_levels`` containing the last level puts ``Dropout(dropout)`` on it while
+    training (FCN's dropout before its score layer).
+    Forward: list of backbone features -> features[-1], (N, in_channels[-1], H / 32, W / 32).
+    """
+
+    def __init__(self, in_channels: Sequence[int], dropout: float = 0.0, dropout_levels: Sequence[int] = ()) -> None:
+        super().__init__()
+        last = len(in_channels) - 1
+        self.dropout = nn.Dropout(dropout) if dropout > 0 and last in dropout_levels else nn.Identity()
+        self.out_channels = in_channels[-1]
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.dropout(features[-1])
+
+
+class ClassifierHead(nn.Module):
+    """Dropout (training only) then a ``kernel_size`` conv (3×3 by default) to class logits, at the
+    decoder's stride."""
+
+    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.0, kernel_size: int = 3) -> None:
         super().__init__()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.conv = nn.Conv2d(in_channels, num_classes, 3, padding=1, bias=True)
+        self.conv = nn.Conv2d(in_channels, num_classes, kernel_size, padding=kernel_size // 2, bias=True)
 
     def forward(self, x: torch.Tensor, output_size: Sequence[int]) -> torch.Tensor:
         return self.conv(self.dropout(x))
+
+
+class PointwiseClassifierHead(ClassifierHead):
+    """FCN's score layer: dropout (training only) then a 1×1 conv to class logits."""
+
+    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.0) -> None:
+        super().__init__(in_channels, num_classes, dropout, kernel_size=1)
 
 
 class FullResolutionHead(nn.Module):

@@ -12,6 +12,9 @@ Families:
   on the two coarsest levels).
 * ``lw_refinenet_mbv2``: Light-Weight RefineNet on MobileNetV2, ReLU6, no dropout by default.
 * ``seed_refinenet{50,101,152}``: the single-stage design with a full-resolution head.
+* ``fcn32_mbv2`` (family ``baseline``, not a RefineNet): the same MobileNetV2 backbone with a 1×1
+  conv classifying its stride-32 features, upsampled bilinearly (FCN-32s style). It has
+  ``lw_refinenet_mbv2``'s recipe so the two train alike; ``benchmarks/boundary.py`` compares them.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from ..backbones import build_backbone
 from ..hub import is_tag, resolve_backbone_weights
 from ..weights import load_backbone_weights
 from .config import ModelConfig
-from .decoders import ClassifierHead, FullResolutionHead, RefineNetDecoder, SingleStageDecoder
+from .decoders import (ClassifierHead, CoarsestLevelDecoder, FullResolutionHead, PointwiseClassifierHead,
+                       RefineNetDecoder, SingleStageDecoder)
 from .reference import MOBILENET_LAYOUT, RESNET_LAYOUT, SEED_LAYOUT, ReferenceLayout
 from .segmentation import SegmentationModel
 
@@ -124,6 +128,10 @@ MODELS: dict[str, ModelSpec] = {
     "seed_refinenet50": _seed_refinenet("resnet50"),
     "seed_refinenet101": _seed_refinenet("resnet101"),
     "seed_refinenet152": _seed_refinenet("resnet152"),
+    # Baseline, not a RefineNet: lw_refinenet_mbv2's backbone and recipe without the decoder.
+    "fcn32_mbv2": ModelSpec(
+        "baseline", "mobilenet_v2", CoarsestLevelDecoder, {}, PointwiseClassifierHead, dropout=0.0,
+        dropout_levels=(5,), recipe=_LIGHT_WEIGHT_RECIPE, backbone_options={"expand_first_block": True}),
 }
 
 

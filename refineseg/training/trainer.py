@@ -48,6 +48,7 @@ from ..inference import select_device
 from ..losses import CrossEntropyLoss, build_loss, class_weights_from_counts, load_class_weights
 from ..models import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel, create_model, from_pretrained
 from ..models.grad_checkpointing import enable_grad_checkpointing
+from ..report import write_training_report
 from ..visualize import plot_curves
 from .progress import MetricsLog, StepLog
 from .run_dir import RunLock, claim_run_dir
@@ -55,7 +56,7 @@ from .run_state import (
     PREEMPTED_EXIT_CODE, STATE_NAME, StopSignals, atomic_directory, capture_rng_state, ignore_stop_signals,
     load_training_state, recover_directory, restore_rng_state, save_state,
 )
-from .config import TrainConfig
+from .config import TrainConfig, resolve_amp
 
 log = logging.getLogger("refineseg.train")
 
@@ -211,6 +212,7 @@ def optimizer_step(
     amp: str = "none",
     clip_grad_norm: float = 0.0,
     criterion: nn.Module | None = None,
+    channels_last: bool = False,
 ) -> float:
     """Take optimizer step number ``step`` (1-based) on the next ``accum_steps`` micro-batches.
 
@@ -219,9 +221,10 @@ def optimizer_step(
     those of one batch of ``accum_steps × B`` images; a DDP ``net`` all-reduces them only on the
     last micro-batch (``no_sync`` before). With ``clip_grad_norm > 0`` the (unscaled) gradients'
     global norm is clipped to it. ``criterion(logits, masks)`` is the loss (default: cross-entropy,
-    see :mod:`refineseg.losses`). Then the (optional) scaler steps the optimizer and the
-    scheduler advances. Returns the step's loss; raises RefineSegError naming the step when the
-    loss is not finite.
+    see :mod:`refineseg.losses`). ``channels_last`` hands ``net`` the images in NHWC memory (for a
+    ``net`` converted by ``to(memory_format=torch.channels_last)``). Then the (optional) scaler
+    steps the optimizer and the scheduler advances. Returns the step's loss; raises
+    RefineSegError naming the step when the loss is not finite.
     """
     device = next(net.parameters()).device
     autocast_dtype = AUTOCAST_DTYPES.get(amp)
@@ -230,7 +233,9 @@ def optimizer_step(
     step_loss = 0.0
     for micro in range(accum_steps):
         images, masks = next(batches)
-        images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
+        images = images.to(device, non_blocking=True,
+                           memory_format=torch.channels_last if channels_last else torch.preserve_format)
+        masks = masks.to(device, non_blocking=True)
         sync = micro == accum_steps - 1 or not isinstance(net, DistributedDataParallel)
         with (nullcontext() if sync else net.no_sync()):
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
@@ -259,10 +264,10 @@ def validate_and_save_best(model: SegmentationModel, val_set, out: Path, metrics
 
     Every process must call it (evaluation is sharded over ranks); rank 0 writes ``out/best``
     (model + ``metrics.json``) atomically when mIoU beats ``best_miou``, and redraws
-    ``out/plots``. Pass the bare model, not a DDP wrapper. Returns the new best mIoU.
+    ``out/plots`` and ``out/report.html``. Pass the bare model, not a DDP wrapper. Returns the new best mIoU.
     """
     main = dist_utils.is_main_process()
-    summary, _ = evaluate_model(model, val_set, progress=False)  # restores the model's train/eval mode
+    summary, matrix = evaluate_model(model, val_set, progress=False)  # restores the model's train/eval mode
     metrics.add({"iter": step, "mIoU": summary["mIoU"], "aAcc": summary["aAcc"], "mAcc": summary["mAcc"]})
     if main:
         tqdm.write(f"step {step}: val mIoU {summary['mIoU']:.4f}  aAcc {summary['aAcc']:.4f}")
@@ -273,6 +278,7 @@ def validate_and_save_best(model: SegmentationModel, val_set, out: Path, metrics
                                                       write_text(d / "metrics.json", json.dumps(summary, indent=2))))
     if main:
         plot_curves(metrics.records, out / "plots")
+        write_training_report(out, summary, matrix, step=step, palette=val_set.palette)  # OUT/report.html
     return best_miou
 
 
@@ -306,6 +312,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     device = select_device(config.device)
     if device.type == "cuda" and device.index is None:  # one GPU per torchrun process
         device = torch.device("cuda", dist_utils.local_rank())
+    config = dataclasses.replace(config, amp=resolve_amp(config.amp, device))  # config.yaml records the choice
     if config.amp == "fp16" and device.type != "cuda":
         raise RefineSegError("--amp fp16 needs CUDA; use --amp bf16 on CPU")
     distributed = dist_utils.init_distributed(device.type)
@@ -355,6 +362,8 @@ def _train_locked(config: TrainConfig, device: torch.device, distributed: bool) 
                            class_weights=_class_weights(config, train_set), ohem_thresh=config.ohem_thresh,
                            ohem_min_kept=config.ohem_min_kept)
     model.to(device).train()
+    if config.channels_last:  # 4-D weights NHWC (checkpoints stay standard: save_pretrained copies them)
+        model.to(memory_format=torch.channels_last)
     if config.grad_checkpointing:
         enable_grad_checkpointing(model)
     if config.sync_bn and distributed and device.type == "cuda":
@@ -374,9 +383,10 @@ def _train_locked(config: TrainConfig, device: torch.device, distributed: bool) 
     metrics = MetricsLog(out, step if state is not None else None, main)
     progress = StepLog(config, metrics, step, window=state.get("log_window") if state is not None else None)
     if main:
-        log.info("training %s on %d images (%s/%s), %d process(es) × batch %d × accum %d, %d steps",
+        log.info("training %s on %d images (%s/%s), %d process(es) × batch %d × accum %d, %d steps; amp %s, %s",
                  config.model, len(train_set), config.dataset, config.train_split, dist_utils.world_size(),
-                 config.batch_size, config.accum_steps, config.iters)
+                 config.batch_size, config.accum_steps, config.iters, config.amp,
+                 "channels-last" if config.channels_last else "contiguous")
     stopped_by, batches = None, None
     try:
         with StopSignals() as stop:
@@ -388,7 +398,8 @@ def _train_locked(config: TrainConfig, device: torch.device, distributed: bool) 
                 step += 1
                 loss = optimizer_step(net, batches, optimizer, scheduler, scaler, step=step,
                                       accum_steps=config.accum_steps, amp=config.amp,
-                                      clip_grad_norm=config.clip_grad_norm, criterion=criterion)
+                                      clip_grad_norm=config.clip_grad_norm, criterion=criterion,
+                                      channels_last=config.channels_last)
                 rng_after_step = capture_rng_state()
                 progress.add(step, loss, optimizer.param_groups[0]["lr"])
                 final = step == config.iters

@@ -1,0 +1,287 @@
+"""Training speed and memory of each training path, data loading, and end-to-end ``refineseg train``.
+
+1. One optimizer step (the trainer's own ``optimizer_step``: SGD with the model's recipe,
+   cross-entropy) of ``lw_refinenet50``, ``lw_refinenet_mbv2`` and ``refinenet101`` at crop 512,
+   batch 2 on CPU (batch 8 with ``--device cuda``), along each path: contiguous fp32 (what the
+   reference implementations do), channels-last fp32, bf16 autocast, channels-last + bf16 (and
+   fp16 on CUDA). Each configuration runs in its own process: images/s (median step after one
+   warm-up step) and peak memory. CPU: peak RSS of the process, and its growth over the RSS just
+   before the first step (model, optimizer and batch already in memory), i.e. what the step itself
+   adds: activations, gradients, momentum, autocast's weight copies. CUDA: ``max_memory_allocated``.
+2. The data pipeline alone (decode, augment, collate) on VOC-sized 500×375 JPEGs in a folder
+   dataset, through the trainer's own loader at ``--workers`` (default 2), batch 2, crop 512.
+3. ``refineseg train`` end to end on that dataset (loading included), the default path against
+   ``--no-channels-last --amp none``: it/s from its metrics.jsonl (every step after the first).
+
+    python benchmarks/training.py [--quick] [--no-write] [--device cuda]
+
+``--quick`` (crop 256, one timed step, 3 training steps end to end) checks that everything runs
+and writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import git_revision, machine_description, write_section  # noqa: E402
+
+MODELS = ["lw_refinenet50", "lw_refinenet_mbv2", "refinenet101"]
+# (name, channels_last, amp); the first is the reference every ratio is taken against.
+PATHS = [("contiguous fp32", False, "none"), ("channels-last fp32", True, "none"),
+         ("contiguous bf16", False, "bf16"), ("channels-last bf16", True, "bf16")]
+GPU_PATHS = PATHS + [("channels-last fp16", True, "fp16")]
+NUM_CLASSES = 21
+
+
+def _rss_mib() -> float:
+    """Current resident set size of this process (Linux /proc)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_step(spec: dict) -> dict:
+    """Seconds per optimizer step and peak memory of one (model, path, device, batch, crop)."""
+    import torch
+
+    from refineseg.models import create_model
+    from refineseg.training import TrainConfig, build_optimizer, optimizer_step
+
+    device = torch.device(spec["device"])  # cuDNN autotuning stays off, as in refineseg train
+    torch.manual_seed(0)
+    model = create_model(spec["model"], num_classes=NUM_CLASSES).to(device).train()
+    if spec["channels_last"]:
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, TrainConfig(model=spec["model"], iters=1000))
+    scaler = torch.amp.GradScaler(device.type, enabled=spec["amp"] == "fp16")
+    n, crop = spec["batch"], spec["crop"]
+    batch = (torch.randn(n, 3, crop, crop), torch.randint(0, NUM_CLASSES, (n, crop, crop)))
+
+    def step(s: int) -> float:
+        start = time.perf_counter()
+        optimizer_step(model, iter([batch]), optimizer, None, scaler, step=s, amp=spec["amp"],
+                       channels_last=spec["channels_last"])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    before = _rss_mib()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = [step(s) for s in range(1, 2 + spec["repeat"])][1:]  # the first step warms up
+    seconds = statistics.median(times)
+    result = {"s_per_step": seconds, "img_per_s": n / seconds}
+    if device.type == "cuda":
+        result["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result.update(peak_mib=peak, step_mib=peak - before)
+    return result
+
+
+def in_child(spec: dict) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        return {"error": lines[-1] if lines else f"exit {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def make_voc_sized_folder(root: Path, count: int, seed: int = 0) -> Path:
+    """``count`` 500×375 JPEG photos-like images (smooth colours + noise) and 21-class PNG masks."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "classes.yaml").write_text("".join(f"- class{i}\n" for i in range(NUM_CLASSES)))
+    for i in range(count):
+        coarse = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+        image = np.asarray(Image.fromarray(coarse).resize((500, 375), Image.BICUBIC), dtype=np.int16)
+        image = np.clip(image + rng.normal(0, 12, image.shape), 0, 255).astype(np.uint8)
+        labels = rng.integers(0, NUM_CLASSES, (6, 8), dtype=np.uint8)
+        mask = np.asarray(Image.fromarray(labels).resize((500, 375), Image.NEAREST))
+        mask = np.where(rng.random(mask.shape) < 0.02, 255, mask).astype(np.uint8)  # VOC's ignore border
+        Image.fromarray(image).save(root / "images" / f"{i:04d}.jpg", quality=90)
+        Image.fromarray(mask).save(root / "masks" / f"{i:04d}.png")
+    for split, names in (("train", range(count - 2)), ("val", range(count - 2, count))):
+        (root / f"{split}.txt").write_text("".join(f"{i:04d}\n" for i in names))
+    return root
+
+
+def loader_images_per_s(root: Path, crop: int, workers: int, batch: int, batches: int) -> dict:
+    """images/s of the trainer's data loader alone, after its first batch (workers started)."""
+    import torch
+
+    from refineseg.models import IMAGENET_MEAN, IMAGENET_STD
+    from refineseg.training import TrainConfig
+    from refineseg.training.trainer import _datasets, micro_batches
+
+    config = TrainConfig(dataset="folder", data_root=str(root), crop=crop, batch_size=batch, workers=workers,
+                         skip_data_check=True)
+    train_set, _ = _datasets(config, IMAGENET_MEAN, IMAGENET_STD)
+    stream = micro_batches(train_set, config, 0, torch.device("cpu"))
+    start = time.perf_counter()
+    next(stream)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(stream)
+    seconds = time.perf_counter() - start
+    stream.close()
+    return {"img_per_s": batches * batch / seconds, "first_batch_s": first}
+
+
+def train_its(root: Path, out: Path, crop: int, iters: int, extra: list[str]) -> float:
+    """Median it/s of ``refineseg train`` steps 2.. on the folder dataset (each step logged)."""
+    cmd = [sys.executable, "-m", "refineseg", "train", "--model", "lw_refinenet50", "--dataset", "folder",
+           "--data-root", str(root), "--crop", str(crop), "--batch-size", "2", "--iters", str(iters),
+           "--log-interval", "1", "--val-interval", "0", "--val-size", "128", "--skip-data-check",
+           "--out", str(out), *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr.strip().splitlines()[-1])
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return statistics.median(r["it/s"] for r in records if "it/s" in r and r["iter"] > 1)
+
+
+def step_table(device: str, batch: int, crop: int, repeat: int) -> tuple[str, dict]:
+    """The per-path table, and {model: {path: result}}."""
+    import torch
+
+    from refineseg.training.config import resolve_amp
+
+    default_amp = resolve_amp("auto", torch.device(device))
+    paths = GPU_PATHS if device == "cuda" else PATHS
+    if device == "cuda" and default_amp != "bf16":  # no native bf16 on this GPU: skip its paths
+        paths = [p for p in paths if p[2] != "bf16"]
+    memory_cols = "peak GPU memory (MiB)" if device == "cuda" else "peak RSS (MiB) | step's RSS growth (MiB)"
+    lines = [f"| model | path | images/s | s/step | speed-up | {memory_cols} |",
+             "| --- | --- | ---: | ---: | ---: | ---: |" + (" ---: |" if device == "cpu" else "")]
+    results: dict = {}
+    for name in MODELS:
+        reference = None
+        for label, channels_last, amp in paths:
+            default = channels_last and amp == default_amp
+            shown = f"**{label}** (default)" if default else label
+            spec = {"model": name, "device": device, "batch": batch, "crop": crop, "amp": amp,
+                    "channels_last": channels_last, "repeat": repeat if name != "refinenet101" else min(repeat, 2)}
+            r = in_child(spec)
+            results.setdefault(name, {})[label] = {**r, "default": default}
+            if "error" in r:
+                lines.append(f"| {name} | {shown} | failed: {r['error'][:80]} | | | |" + (" |" if device == "cpu" else ""))
+            else:
+                reference = reference or r
+                memory = f"{r['peak_mib']:,.0f}" + (f" | {r['step_mib']:,.0f}" if device == "cpu" else "")
+                lines.append(f"| {name} | {shown} | {r['img_per_s']:.2f} | {r['s_per_step']:.2f} | "
+                             f"{reference['s_per_step'] / r['s_per_step']:.2f}× | {memory} |")
+            print(lines[-1], flush=True)
+    return "\n".join(lines), results
+
+
+def targets(results: dict) -> str:
+    """The issue's CPU targets per model: default ≥ 1.5×, fastest ≥ 2.5× contiguous fp32, memory no higher."""
+    lines = ["| model | default path | fastest path | peak RSS default / contiguous fp32 | met |",
+             "| --- | --- | --- | --- | --- |"]
+    for name, paths in results.items():
+        ok = {k: v for k, v in paths.items() if "error" not in v}
+        if "contiguous fp32" not in ok:
+            continue
+        ref = ok["contiguous fp32"]
+        default_label, default = next(((k, v) for k, v in ok.items() if v["default"]), (None, None))
+        fastest_label = min(ok, key=lambda k: ok[k]["s_per_step"])
+        speed = {k: ref["s_per_step"] / v["s_per_step"] for k, v in ok.items()}
+        if default is None:
+            lines.append(f"| {name} | failed | {fastest_label} {speed[fastest_label]:.2f}× | | no |")
+            continue
+        memory = f"{default['peak_mib']:,.0f} / {ref['peak_mib']:,.0f} MiB"
+        met = speed[default_label] >= 1.5 and speed[fastest_label] >= 2.5 and default["peak_mib"] <= ref["peak_mib"]
+        lines.append(f"| {name} | {default_label} {speed[default_label]:.2f}× (≥ 1.5×) | {fastest_label} "
+                     f"{speed[fastest_label]:.2f}× (≥ 2.5×) | {memory} | {'yes' if met else 'no'} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="crop 256, one timed step; writes nothing")
+    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--repeat", type=int, default=3, help="timed steps per configuration (refinenet101: ≤ 2)")
+    parser.add_argument("--workers", type=int, default=2, help="data-loading workers (refineseg train's default)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_step(json.loads(args.child))))
+        return
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device")
+    crop = 256 if args.quick else 512
+    batch = 8 if args.device == "cuda" else 2
+    repeat = 1 if args.quick else args.repeat
+    load_before = os.getloadavg()
+    table, results = step_table(args.device, batch, crop, repeat)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = make_voc_sized_folder(Path(tmp) / "voc_sized", 40)
+        loading = loader_images_per_s(root, crop, args.workers, 2, 8 if args.quick else 30)
+        print(f"data loading alone: {loading['img_per_s']:.1f} images/s", flush=True)
+        iters = 3 if args.quick else 8
+        device_flag = ["--device", args.device, "--workers", str(args.workers)]
+        e2e = {label: train_its(root, Path(tmp) / label.replace(" ", "_"), crop, iters, device_flag + flags)
+               for label, flags in (("default", []), ("contiguous fp32", ["--no-channels-last", "--amp", "none"]))}
+    print(f"refineseg train it/s: {e2e}", flush=True)
+    load_after = os.getloadavg()
+
+    step_default = results["lw_refinenet50"]
+    default_ips = next((v["img_per_s"] for v in step_default.values() if v.get("default") and "error" not in v), None)
+    loading_line = (f"Data loading alone ({args.workers} workers, batch 2, crop {crop}, 500×375 JPEGs, folder dataset, "
+                    f"scale 0.5–2, colour jitter, flip): **{loading['img_per_s']:.1f} images/s** (first batch, "
+                    f"workers starting: {loading['first_batch_s']:.2f} s)")
+    if default_ips:
+        loading_line += (f", {loading['img_per_s'] / default_ips:.0f}× the default training step of lw_refinenet50 "
+                         f"({default_ips:.2f} images/s)")
+    e2e_line = (f"`refineseg train` end to end (lw_refinenet50, batch 2, crop {crop}, {args.workers} workers, "
+                f"loading included; median it/s of steps 2–{iters}): default {e2e['default']:.3f} it/s "
+                f"({2 * e2e['default']:.2f} images/s), `--no-channels-last --amp none` {e2e['contiguous fp32']:.3f} "
+                f"it/s: **{e2e['default'] / e2e['contiguous fp32']:.2f}×**")
+    print(table, loading_line, e2e_line, sep="\n\n")
+    if args.device == "cpu":
+        print(targets(results))
+    if args.quick or args.no_write:
+        return
+    load = f"1-minute load average {load_before[0]:.2f} before, {load_after[0]:.2f} after"
+    header = ("## Training paths (issue 12)\n\n" if args.device == "cpu" else "## Training paths on the GPU\n\n")
+    body = (f"{header}`python benchmarks/training.py{' --device cuda' if args.device == 'cuda' else ''}` — "
+            f"one optimizer step (the trainer's `optimizer_step`, SGD with the model's recipe, cross-entropy, "
+            f"21 classes, random weights and inputs), crop {crop}, batch {batch}; median of {repeat} steps "
+            f"(refinenet101: {min(repeat, 2)}) after a warm-up step, each configuration in a fresh process. "
+            f"Speed-up is against contiguous fp32 (the reference implementations' way) in the same run. ")
+    if args.device == "cpu":
+        body += ("Peak RSS is the process's high-water mark (libraries, weights, optimizer state and the step); "
+                 "the growth column subtracts the RSS just before the first step, leaving what the step adds. ")
+    else:
+        body += "Peak GPU memory is `torch.cuda.max_memory_allocated` over the steps. "
+    body += f"Machine: {machine_description()}; {load}; commit {git_revision()}.\n\n{table}\n\n"
+    if args.device == "cpu":
+        body += f"Targets (default ≥ 1.5×, fastest ≥ 2.5× contiguous fp32, peak memory no higher):\n\n{targets(results)}\n\n"
+    body += f"{loading_line}.\n\n{e2e_line}.\n"
+    write_section("training" if args.device == "cpu" else "training-gpu", body)
+    print("wrote BENCHMARKS.md")
+
+
+if __name__ == "__main__":
+    main()
