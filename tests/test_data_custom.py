@@ -181,13 +181,13 @@ def test_binary_masks_option_is_for_folder_datasets_only(tmp_path):
 
 
 def test_trainer_passes_binary_masks_to_the_folder_dataset(tmp_path):
-    from refineseg.training.trainer import _datasets
+    from refineseg.training.setup import build_datasets
 
     raws = {"a": binary_mask(), "b": binary_mask()}
     make_folder(tmp_path, raws)
     config = TrainConfig(dataset="folder", data_root=str(tmp_path), train_split=None, val_split=None,
                          binary_masks=True, crop=4, iters=1)
-    train_set, val_set = _datasets(config, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    train_set, val_set = build_datasets(config, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     assert train_set.num_classes == val_set.num_classes == 2
     _, mask = val_set[0]
     assert np.array_equal(mask.numpy(), expected_binary(raws["a"]))

@@ -327,7 +327,7 @@ def test_resume_auto_starts_fresh_then_continues_from_the_saved_step(tmp_path):
 
 def test_init_from_copies_a_checkpoint_and_reinitializes_a_classifier_of_other_classes(tmp_path):
     from refineseg.errors import CheckpointError
-    from refineseg.training.trainer import init_from_checkpoint
+    from refineseg.training.setup import init_from_checkpoint
 
     torch.manual_seed(1)
     source = refineseg.create_model("lw_refinenet_mbv2", num_classes=6)

@@ -1,0 +1,124 @@
+"""Setting up a training run: claim OUT, build the datasets, the model (new, resumed or initialized
+from another run) and the loss's class weights. :mod:`.trainer` runs the loop on what these return."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import distributed as dist_utils
+from ..data import build_dataset, eval_transform, train_transform
+from ..data.check import check_before_run
+from ..data.stats import dataset_statistics
+from ..errors import CheckpointError, RefineSegError, file_error
+from ..losses import class_weights_from_counts, load_class_weights
+from ..models import SegmentationModel, create_model, from_pretrained
+from .config import TrainConfig
+from .run_dir import RunLock, claim_run_dir
+from .run_state import STATE_NAME, load_training_state, recover_directory
+
+log = logging.getLogger("refineseg.train")
+
+
+def claim_out(config: TrainConfig, device: torch.device) -> RunLock | None:
+    """Rank 0 locks and claims OUT (see :mod:`.run_dir`); a refusal there stops every rank."""
+    lock, error = None, None
+    if dist_utils.is_main_process():
+        try:
+            lock = RunLock(config.out).acquire()
+            claim_run_dir(config.out, resume=config.resume, overwrite=config.overwrite)
+        except RefineSegError as e:
+            if lock is not None:
+                lock.release()
+            error = e
+    if dist_utils.any_process(error is not None, device):
+        raise error or RefineSegError(f"{config.out}: rank 0 could not claim the run directory")
+    return lock
+
+
+def build_datasets(config: TrainConfig, mean, std):
+    folder = {"binary_masks": True} if config.binary_masks else {}  # a FolderDataset option (config checks the dataset)
+    train_set = build_dataset(config.dataset, config.data_root, config.train_split,
+                              transform=train_transform(config.crop, mean, std, (config.scale_min, config.scale_max),
+                                                        seed=config.seed),
+                              synthetic_samples=config.synthetic_train, synthetic_size=config.synthetic_size, **folder)
+    val_set = build_dataset(config.dataset, config.data_root, config.val_split,
+                            transform=eval_transform(mean, std, resize=config.val_size),
+                            synthetic_samples=config.synthetic_val, synthetic_size=config.synthetic_size, **folder)
+    if len(train_set) == 0:
+        raise RefineSegError(f"{config.data_root or config.dataset}: the {config.train_split!r} split has no samples")
+    check_before_run([train_set, val_set], skip=config.skip_data_check)  # rank 0 checks, every rank stops on errors
+    return train_set, val_set
+
+
+def class_weights(config: TrainConfig, train_set) -> np.ndarray | None:
+    """``--class-weights``: None, median-frequency weights of the training split (auto), or a file's."""
+    if config.class_weights == "none":
+        return None
+    if config.class_weights == "auto":
+        stats = dataset_statistics(train_set, workers=config.workers)
+        counts = [(c["pixels"], c["image_pixels"]) for c in stats["classes"]]
+        weights = class_weights_from_counts(*np.array(counts, dtype=np.float64).T)
+        source = "median-frequency balancing of the training split"
+    else:
+        weights = load_class_weights(config.class_weights, train_set.num_classes)
+        source = config.class_weights
+    if dist_utils.is_main_process():
+        shown = ", ".join(f"{name} {w:.3g}" for name, w in zip(train_set.class_names, weights))
+        log.info("class weights (%s): %s", source, shown)
+    return weights
+
+
+def build_or_resume(config: TrainConfig, train_set, out: Path) -> tuple[SegmentationModel, dict | None]:
+    """The model and training state from ``OUT/last`` when resuming, else a new model and None.
+
+    ``resume="auto"`` resumes only when ``OUT/last`` holds a checkpoint; ``True`` insists on one.
+    """
+    last = out / "last"
+    if config.resume:
+        if dist_utils.is_main_process():  # one process repairs an interrupted swap, then all look
+            recover_directory(last)
+        dist_utils.barrier()
+        if (last / STATE_NAME).is_file():
+            model = from_pretrained(last)
+            if model.config.name != config.model or model.num_classes != train_set.num_classes:
+                raise file_error(CheckpointError, last,
+                                 f"checkpoint is {model.config.name} with {model.num_classes} classes, "
+                                 f"but the run asks for {config.model} with {train_set.num_classes}")
+            state = load_training_state(last)
+            if dist_utils.is_main_process():
+                log.info("resuming from %s at step %d", last, int(state["step"]))
+            return model, state
+        if config.resume != "auto":
+            raise file_error(CheckpointError, last, "no checkpoint to resume from (run without --resume first)")
+        if dist_utils.is_main_process():
+            log.info("no checkpoint in %s: starting a new run", last)
+    model = create_model(config.model, num_classes=train_set.num_classes, class_names=train_set.class_names,
+                         palette=train_set.palette, freeze_bn=config.freeze_bn, dropout=config.dropout,
+                         output_stride=config.output_stride, backbone_weights=config.backbone_weights)
+    if config.init_from:
+        init_from_checkpoint(model, config.init_from)
+    return model, None
+
+
+def init_from_checkpoint(model: SegmentationModel, directory: str | Path) -> None:
+    """Copy the weights of a ``save_pretrained`` directory of the same model into ``model``.
+
+    Every tensor must match, except the classifier's when the class counts differ (it keeps its
+    fresh initialization, e.g. COCO's 81 classes -> VOC's 21); anything else is a CheckpointError.
+    """
+    source = from_pretrained(directory)
+    if source.config.name != model.config.name:
+        raise file_error(CheckpointError, directory,
+                         f"holds {source.config.name}, but this run trains {model.config.name}")
+    theirs, ours = source.state_dict(), model.state_dict()
+    differ = [k for k in ours if theirs[k].shape != ours[k].shape]
+    if any(not k.startswith("head.") for k in differ):
+        raise file_error(CheckpointError, directory, f"tensors of other shapes: {', '.join(differ[:5])}")
+    model.load_state_dict({k: (ours[k] if k in differ else theirs[k]) for k in ours})
+    if dist_utils.is_main_process():
+        kept = f"; classifier reinitialized ({source.num_classes} -> {model.num_classes} classes)" if differ else ""
+        log.info("initialized from %s%s", directory, kept)
