@@ -68,20 +68,23 @@ def run_step(spec: dict) -> dict:
     n, crop = spec["batch"], spec["crop"]
     batch = (torch.randn(n, 3, crop, crop), torch.randint(0, NUM_CLASSES, (n, crop, crop)))
 
-    def step(s: int) -> float:
-        start = time.perf_counter()
+    def step(s: int) -> tuple[float, float]:
+        """(wall, CPU) seconds of step ``s``; CPU time counts every thread of this process."""
+        start, cpu = time.perf_counter(), time.process_time()
         optimizer_step(model, iter([batch]), optimizer, None, scaler, step=s, amp=spec["amp"],
                        channels_last=spec["channels_last"])
         if device.type == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
 
     before = _rss_mib()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = [step(s) for s in range(1, 2 + spec["repeat"])][1:]  # the first step warms up
-    seconds = statistics.median(times)
-    result = {"s_per_step": seconds, "img_per_s": n / seconds}
+    seconds = statistics.median(wall for wall, _ in times)
+    # Cores this process kept busy: below its thread count when other jobs took CPU time from it.
+    cores = sum(cpu for _, cpu in times) / sum(wall for wall, _ in times)
+    result = {"s_per_step": seconds, "img_per_s": n / seconds, "cores": cores, "threads": torch.get_num_threads()}
     if device.type == "cuda":
         result["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -96,6 +99,23 @@ def in_child(spec: dict) -> dict:
         lines = proc.stderr.strip().splitlines()
         return {"error": lines[-1] if lines else f"exit {proc.returncode}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure(spec: dict, attempts: int = 3) -> dict:
+    """:func:`run_step` in a fresh process; on CPU, again (up to ``attempts`` runs) while other jobs
+    took a sixth or more of its cores, keeping the fastest run. ``runs`` says how many it took."""
+    best: dict = {}
+    for attempt in range(1, attempts + 1):
+        r = in_child(spec)
+        if "error" in r:
+            return r
+        if not best or r["s_per_step"] < best["s_per_step"]:
+            best = {**r, "runs": attempt}
+        if spec["device"] == "cuda" or r["cores"] >= 0.83 * r["threads"]:
+            break
+        print(f"  {spec['model']} {spec['amp']} channels_last={spec['channels_last']}: only {r['cores']:.2f} of "
+              f"{r['threads']} cores busy (other jobs); measuring again", flush=True)
+    return best
 
 
 def make_voc_sized_folder(root: Path, count: int, seed: int = 0) -> Path:
@@ -167,9 +187,10 @@ def step_table(device: str, batch: int, crop: int, repeat: int) -> tuple[str, di
     paths = GPU_PATHS if device == "cuda" else PATHS
     if device == "cuda" and default_amp != "bf16":  # no native bf16 on this GPU: skip its paths
         paths = [p for p in paths if p[2] != "bf16"]
-    memory_cols = "peak GPU memory (MiB)" if device == "cuda" else "peak RSS (MiB) | step's RSS growth (MiB)"
-    lines = [f"| model | path | images/s | s/step | speed-up | {memory_cols} |",
-             "| --- | --- | ---: | ---: | ---: | ---: |" + (" ---: |" if device == "cpu" else "")]
+    cpu = device == "cpu"
+    extra_cols = "peak RSS (MiB) | step's RSS growth (MiB) | cores busy (runs)" if cpu else "peak GPU memory (MiB)"
+    lines = [f"| model | path | images/s | s/step | speed-up | {extra_cols} |",
+             "| --- | --- | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if cpu else "")]
     results: dict = {}
     for name in MODELS:
         reference = None
@@ -178,15 +199,16 @@ def step_table(device: str, batch: int, crop: int, repeat: int) -> tuple[str, di
             shown = f"**{label}** (default)" if default else label
             spec = {"model": name, "device": device, "batch": batch, "crop": crop, "amp": amp,
                     "channels_last": channels_last, "repeat": repeat if name != "refinenet101" else min(repeat, 2)}
-            r = in_child(spec)
+            r = measure(spec)
             results.setdefault(name, {})[label] = {**r, "default": default}
             if "error" in r:
-                lines.append(f"| {name} | {shown} | failed: {r['error'][:80]} | | | |" + (" |" if device == "cpu" else ""))
+                lines.append(f"| {name} | {shown} | failed: {r['error'][:80]} | | | |" + (" | |" if cpu else ""))
             else:
                 reference = reference or r
-                memory = f"{r['peak_mib']:,.0f}" + (f" | {r['step_mib']:,.0f}" if device == "cpu" else "")
+                extra = (f"{r['peak_mib']:,.0f} | {r['step_mib']:,.0f} | {r['cores']:.2f} of {r['threads']} "
+                         f"({r['runs']})" if cpu else f"{r['peak_mib']:,.0f}")
                 lines.append(f"| {name} | {shown} | {r['img_per_s']:.2f} | {r['s_per_step']:.2f} | "
-                             f"{reference['s_per_step'] / r['s_per_step']:.2f}× | {memory} |")
+                             f"{reference['s_per_step'] / r['s_per_step']:.2f}× | {extra} |")
             print(lines[-1], flush=True)
     return "\n".join(lines), results
 
@@ -213,6 +235,23 @@ def targets(results: dict) -> str:
     return "\n".join(lines)
 
 
+def loading_and_end_to_end(args: argparse.Namespace, crop: int) -> tuple[dict, dict[str, float], int]:
+    """Data loading alone and ``refineseg train`` end to end on a generated VOC-sized folder dataset."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = make_voc_sized_folder(Path(tmp) / "voc_sized", 40)
+        loading = loader_images_per_s(root, crop, args.workers, 2, 8 if args.quick else 30)
+        print(f"data loading alone: {loading['img_per_s']:.1f} images/s", flush=True)
+        iters = 3 if args.quick else 8
+        device_flags = ["--device", args.device, "--workers", str(args.workers)]
+        e2e: dict[str, float] = {}
+        for round_ in range(1 if args.quick else 2):  # interleaved; the faster round counts (other jobs come and go)
+            for label, flags in (("default", []), ("contiguous fp32", ["--no-channels-last", "--amp", "none"])):
+                out = Path(tmp) / f"{label.replace(' ', '_')}_{round_}"
+                e2e[label] = max(e2e.get(label, 0.0), train_its(root, out, crop, iters, device_flags + flags))
+    print(f"refineseg train it/s: {e2e}", flush=True)
+    return loading, e2e, iters
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="crop 256, one timed step; writes nothing")
@@ -227,6 +266,8 @@ def main() -> None:
         return
     import torch
 
+    from refineseg.training.config import resolve_amp
+
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device")
     crop = 256 if args.quick else 512
@@ -234,50 +275,47 @@ def main() -> None:
     repeat = 1 if args.quick else args.repeat
     load_before = os.getloadavg()
     table, results = step_table(args.device, batch, crop, repeat)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        root = make_voc_sized_folder(Path(tmp) / "voc_sized", 40)
-        loading = loader_images_per_s(root, crop, args.workers, 2, 8 if args.quick else 30)
-        print(f"data loading alone: {loading['img_per_s']:.1f} images/s", flush=True)
-        iters = 3 if args.quick else 8
-        device_flag = ["--device", args.device, "--workers", str(args.workers)]
-        e2e = {label: train_its(root, Path(tmp) / label.replace(" ", "_"), crop, iters, device_flag + flags)
-               for label, flags in (("default", []), ("contiguous fp32", ["--no-channels-last", "--amp", "none"]))}
-    print(f"refineseg train it/s: {e2e}", flush=True)
+    loading, e2e, iters = loading_and_end_to_end(args, crop)
     load_after = os.getloadavg()
 
-    step_default = results["lw_refinenet50"]
-    default_ips = next((v["img_per_s"] for v in step_default.values() if v.get("default") and "error" not in v), None)
-    loading_line = (f"Data loading alone ({args.workers} workers, batch 2, crop {crop}, 500×375 JPEGs, folder dataset, "
-                    f"scale 0.5–2, colour jitter, flip): **{loading['img_per_s']:.1f} images/s** (first batch, "
-                    f"workers starting: {loading['first_batch_s']:.2f} s)")
+    default_ips = next((v["img_per_s"] for v in results["lw_refinenet50"].values()
+                        if v.get("default") and "error" not in v), None)
+    loading_line = (f"Data loading alone ({args.workers} workers, batch 2, crop {crop}, 500×375 JPEGs, folder "
+                    f"dataset, scale 0.5–2, colour jitter, flip): **{loading['img_per_s']:.1f} images/s** (first "
+                    f"batch, workers starting: {loading['first_batch_s']:.2f} s)")
     if default_ips:
-        loading_line += (f", {loading['img_per_s'] / default_ips:.0f}× the default training step of lw_refinenet50 "
-                         f"({default_ips:.2f} images/s)")
-    e2e_line = (f"`refineseg train` end to end (lw_refinenet50, batch 2, crop {crop}, {args.workers} workers, "
-                f"loading included; median it/s of steps 2–{iters}): default {e2e['default']:.3f} it/s "
-                f"({2 * e2e['default']:.2f} images/s), `--no-channels-last --amp none` {e2e['contiguous fp32']:.3f} "
-                f"it/s: **{e2e['default'] / e2e['contiguous fp32']:.2f}×**")
+        loading_line += (f", {loading['img_per_s'] / default_ips:.0f}× what the default training step of "
+                         f"lw_refinenet50 consumes ({default_ips:.2f} images/s)")
+    e2e_line = (f"`refineseg train` end to end (lw_refinenet50, batch 2, crop {crop}, {args.workers} workers, loading "
+                f"included; median it/s of steps 2–{iters}, the faster of two interleaved runs): default "
+                f"{e2e['default']:.3f} it/s ({2 * e2e['default']:.2f} images/s), `--no-channels-last --amp none` "
+                f"{e2e['contiguous fp32']:.3f} it/s: **{e2e['default'] / e2e['contiguous fp32']:.2f}×**")
     print(table, loading_line, e2e_line, sep="\n\n")
     if args.device == "cpu":
         print(targets(results))
     if args.quick or args.no_write:
         return
-    load = f"1-minute load average {load_before[0]:.2f} before, {load_after[0]:.2f} after"
-    header = ("## Training paths (issue 12)\n\n" if args.device == "cpu" else "## Training paths on the GPU\n\n")
-    body = (f"{header}`python benchmarks/training.py{' --device cuda' if args.device == 'cuda' else ''}` — "
-            f"one optimizer step (the trainer's `optimizer_step`, SGD with the model's recipe, cross-entropy, "
-            f"21 classes, random weights and inputs), crop {crop}, batch {batch}; median of {repeat} steps "
-            f"(refinenet101: {min(repeat, 2)}) after a warm-up step, each configuration in a fresh process. "
-            f"Speed-up is against contiguous fp32 (the reference implementations' way) in the same run. ")
+    default_amp = resolve_amp("auto", torch.device(args.device))
+    body = ("## Training paths (issue 12)\n\n" if args.device == "cpu" else "## Training paths on the GPU\n\n")
+    body += (f"`python benchmarks/training.py{' --device cuda' if args.device == 'cuda' else ''}` — one optimizer "
+             f"step (the trainer's `optimizer_step`, SGD with the model's recipe, cross-entropy, 21 classes, random "
+             f"weights and inputs), crop {crop}, batch {batch}; median of {repeat} steps (refinenet101: "
+             f"{min(repeat, 2)}) after a warm-up step, each configuration in a fresh process. Speed-up is against "
+             f"contiguous fp32 (the reference implementations' way) in the same run. The default path is "
+             f"channels-last with `--amp auto`, which chose {default_amp} here. ")
     if args.device == "cpu":
         body += ("Peak RSS is the process's high-water mark (libraries, weights, optimizer state and the step); "
-                 "the growth column subtracts the RSS just before the first step, leaving what the step adds. ")
+                 "the growth column subtracts the RSS just before the first step, leaving what the step adds. "
+                 "Cores busy is the process's CPU time over wall time in the timed steps: the machine is shared, "
+                 "so a configuration that got less than 5/6 of its threads' cores is measured again (at most "
+                 "3 runs, the fastest kept; the count in parentheses). ")
     else:
         body += "Peak GPU memory is `torch.cuda.max_memory_allocated` over the steps. "
+    load = f"1-minute load average {load_before[0]:.2f} before, {load_after[0]:.2f} after"
     body += f"Machine: {machine_description()}; {load}; commit {git_revision()}.\n\n{table}\n\n"
     if args.device == "cpu":
-        body += f"Targets (default ≥ 1.5×, fastest ≥ 2.5× contiguous fp32, peak memory no higher):\n\n{targets(results)}\n\n"
+        body += (f"Targets (default ≥ 1.5×, fastest ≥ 2.5× contiguous fp32, peak memory no higher):\n\n"
+                 f"{targets(results)}\n\n")
     body += f"{loading_line}.\n\n{e2e_line}.\n"
     write_section("training" if args.device == "cpu" else "training-gpu", body)
     print("wrote BENCHMARKS.md")
