@@ -149,8 +149,10 @@ def test_amp_auto_on_cpu_follows_native_bf16(monkeypatch, native):
     assert resolve_amp("bf16", torch.device("cpu")) == "bf16"
 
 
-def test_defaults_are_channels_last_and_amp_auto():
+def test_defaults_stay_contiguous_fp32_until_end_to_end_runs_gain():
+    # Opt-in for now: one step at crop 512 gains 1.5-3x (BENCHMARKS.md), but end-to-end `refineseg train`
+    # measured 0.46x with both on (issue 12 stays open until that is understood).
     config = TrainConfig()
-    assert config.channels_last is True and config.amp == "auto"
+    assert config.channels_last is False and config.amp == "none"
     with pytest.raises(ValueError):
         TrainConfig(amp="fp8")
