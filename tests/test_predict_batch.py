@@ -294,7 +294,7 @@ def test_evaluate_outputs_are_written_atomically(synthetic_checkpoint, tmp_path,
     with pytest.raises(KeyboardInterrupt):
         run_evaluate(config)
     assert json.loads((out / "metrics.json").read_text())["num_images"] == 1
-    assert os.listdir(out) == ["metrics.json"]  # no confusion_matrix.png, whole or partial
+    assert sorted(os.listdir(out)) == ["metrics.json", "per_image.csv"]  # no confusion_matrix.png, whole or partial
 
 
 def test_a_full_disk_stops_the_batch_with_one_line_and_the_summary(checkpoint, tmp_path, monkeypatch, capsys):
