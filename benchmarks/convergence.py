@@ -3,9 +3,9 @@
 For each model, each backbone learning rate of the grid and each warm-up setting (none, or the
 model's recipe), trains from scratch on the synthetic set for ``--steps`` optimizer steps with the
 trainer's own ``optimizer_step`` and otherwise the model's default recipe (decoder multiplier,
-gradient clipping, SGD, poly decay). A run *diverges* when its loss becomes non-finite or exceeds
-``--blowup`` (10× the loss of a uniform prediction); the table shows that step, or the mean loss of
-the first and last five steps. The check: every default learning rate sits at least 4× below the
+gradient clipping, SGD, poly decay) and the trainer's default path (channels-last, ``--amp auto``).
+A run *diverges* when its loss becomes non-finite or exceeds ``--blowup`` (10× the loss of a uniform
+prediction); the table shows that step, or the mean loss of the first and last five steps. The check: every default learning rate sits at least 4× below the
 smallest learning rate that diverged for its family (with the default warm-up).
 
     python benchmarks/convergence.py            # the full grid, writes BENCHMARKS.md
@@ -43,6 +43,7 @@ def run(name: str, lr: float, warmup: bool, steps: int, batch_size: int, crop: i
     from refineseg.errors import RefineSegError
     from refineseg.models import create_model
     from refineseg.training import TrainConfig, build_optimizer, optimizer_step, poly_lr_lambda
+    from refineseg.training.config import resolve_amp
 
     torch.set_num_threads(1)
     config = TrainConfig(model=name, lr=lr, iters=steps, batch_size=batch_size, crop=crop, clip_grad_norm=clip,
@@ -52,13 +53,16 @@ def run(name: str, lr: float, warmup: bool, steps: int, batch_size: int, crop: i
     batches = iter(torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False))
     torch.manual_seed(0)
     model = create_model(name, num_classes=NUM_CLASSES).train()
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    amp = resolve_amp(config.amp, torch.device("cpu"))
     optimizer = build_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lr_lambda(config))
     losses: list[float] = []
     for step in range(1, steps + 1):
         try:
-            loss = optimizer_step(model, batches, optimizer, scheduler, step=step,
-                                  clip_grad_norm=config.clip_grad_norm)
+            loss = optimizer_step(model, batches, optimizer, scheduler, step=step, amp=amp,
+                                  clip_grad_norm=config.clip_grad_norm, channels_last=config.channels_last)
         except RefineSegError:  # non-finite loss
             return {"diverged": step}
         if loss > blowup:
@@ -94,11 +98,18 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
     args = parser.parse_args()
 
-    from refineseg.models import model_spec
+    import torch
 
+    from refineseg.models import model_spec
+    from refineseg.training import TrainConfig
+    from refineseg.training.config import resolve_amp
+
+    defaults = TrainConfig()
+    path = (f"{'channels-last' if defaults.channels_last else 'contiguous'}, `--amp {defaults.amp}` "
+            f"({resolve_amp(defaults.amp, torch.device('cpu'))} here)")
     grid = [(name, lr, warmup) for name in args.models for warmup in (False, True) for lr in args.lrs]
     settings = {"steps": args.steps, "batch_size": args.batch_size, "crop": args.crop, "blowup": args.blowup,
-                "clip_grad_norm": args.clip_grad_norm}
+                "clip_grad_norm": args.clip_grad_norm, "path": path}
     saved = json.loads(args.results.read_text()) if args.results.is_file() else {}
     done = saved.get("runs", {}) if saved.get("settings") == settings else {}
 
@@ -138,9 +149,9 @@ def main() -> None:
         write_section("convergence", (
             "## Convergence: learning-rate grid per family (from scratch, synthetic set)\n\n"
             f"`python benchmarks/convergence.py` — {args.steps} SGD steps of batch {args.batch_size} at "
-            f"{args.crop}×{args.crop}, each model's default recipe except the backbone learning rate (columns; "
-            "the decoder's is that × the recipe's multiplier). A cell is `loss of the first 5 steps → loss of "
-            f"the last 5`, or **div@N**: the loss became non-finite or exceeded {args.blowup:.1f} at step N.\n"
+            f"{args.crop}×{args.crop} on the trainer's default path ({path}), each model's default recipe except "
+            "the backbone learning rate (columns; the decoder's is that × the recipe's multiplier). A cell is "
+            f"`loss of the first 5 steps → loss of the last 5`, or **div@N**: the loss became non-finite or exceeded {args.blowup:.1f} at step N.\n"
             f"Machine: {machine_description()}; revision {git_revision()}.\n\n{table}\n\n" + "\n".join(checks)))
 
 

@@ -60,11 +60,11 @@ class TrainConfig:
                                          "reinitialized when the class count differs")
     grad_checkpointing: bool = option(False, "recompute backbone stages and RefineNet blocks in the backward pass: "
                                               "several times less activation memory, slower steps")
-    amp: str = option("none", "mixed precision: none, bf16, fp16 (CUDA), or auto (bf16 on CPUs with native bf16 "
-                              "instructions and on CUDA GPUs of compute capability 8.0+, else none)",
+    amp: str = option("auto", "mixed precision: auto (bf16 on CPUs with native bf16 instructions and on CUDA GPUs "
+                              "of compute capability 8.0+, else none), none, bf16, or fp16 (CUDA)",
                       choices=["auto", "none", "bf16", "fp16"])
-    channels_last: bool = option(False, "channels-last (NHWC) weights and inputs: faster training steps on CPU "
-                                        "and CUDA at crop 512 (BENCHMARKS.md), same results up to float rounding")
+    channels_last: bool = option(True, "channels-last (NHWC) weights and inputs: faster training steps on CPU "
+                                       "and CUDA (BENCHMARKS.md), same results up to float rounding")
     seed: int = option(0, "random seed (data order, augmentation, initialization)")
     workers: int = option(2, "data-loading worker processes per training process", min=0)
     val_interval: int = option(500, "validate every N steps (0: only at the end)", min=0)
