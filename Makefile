@@ -27,12 +27,13 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/models.py
 
-# On a GPU machine: the `cuda` tests, then the GPU inference benchmark (writes its BENCHMARKS.md
-# section); a few minutes on one GPU. Without CUDA it says so and succeeds.
+# On a GPU machine: the `cuda` tests, then the GPU inference and training benchmarks (each writes
+# its BENCHMARKS.md section); a few minutes on one GPU. Without CUDA it says so and succeeds.
 gpu-check: $(STAMP)
 	@if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
 		$(PY) -m pytest -q -m cuda tests/test_cuda.py && \
-		$(PY) benchmarks/inference.py --device cuda --quick; \
+		$(PY) benchmarks/inference.py --device cuda --quick && \
+		$(PY) benchmarks/training.py --device cuda; \
 	else \
 		echo "no CUDA device: skipping the GPU check"; \
 	fi

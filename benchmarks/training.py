@@ -283,11 +283,11 @@ def compute_note(results: dict) -> str:
                          f"{gflop / ok['contiguous fp32']['s_per_step']:.0f} GFLOP/s, channels-last bf16 at "
                          f"{gflop / ok['channels-last bf16']['s_per_step']:.0f}")
     return ("FLOP per step (forward, loss, backward; `torch.utils.flop_counter` on the meta device) against "
-            "the rate reached: " + "; ".join(parts) + ". bf16 doubles the multiply-add rate of this CPU's "
-            "vector units (`avx512_bf16` dot products), so a step that is already compute-bound in fp32, as "
-            "refinenet101's large 3×3 convolutions at stride 4 are, can gain about 2× and little more; the LW "
-            "models' fp32 steps run far below that rate (smaller layers, more memory traffic), which "
-            "channels-last and bf16's halved bytes both recover.")
+            "the rate reached: " + "; ".join(parts) + ". bf16 doubles the peak multiply-add rate of this CPU's "
+            "vector units (`avx512_bf16` dot products), so the step whose fp32 convolutions already run closest "
+            "to peak, refinenet101's (large 3×3 convolutions at stride 4), gains least; the LW models' fp32 steps "
+            "run at half its rate (smaller layers, more memory traffic), which channels-last and bf16's halved "
+            "bytes both recover.")
 
 
 def loading_and_end_to_end(args: argparse.Namespace, crop: int) -> tuple[dict, dict[str, float], int]:

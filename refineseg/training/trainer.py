@@ -165,7 +165,7 @@ def optimizer_step(
     if scheduler is not None:
         scheduler.step()
     if not math.isfinite(step_loss):
-        raise RefineSegError(f"loss became {step_loss} at step {step}; lower --lr or disable --amp")
+        raise RefineSegError(f"loss became {step_loss} at step {step}; lower --lr, or train in fp32 with --amp none")
     return step_loss
 
 
