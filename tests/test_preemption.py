@@ -181,6 +181,7 @@ def test_any_process_is_true_everywhere_when_one_process_says_so(tmp_path):
 def test_stop_at_a_validation_step_then_resume_gives_the_same_log_and_checkpoints(tmp_path, monkeypatch):
     # Stop after step 4: validation is due there (skipped, then run first on resume) and the log
     # window (every 3 steps) is half full, so the step-6 record must still average steps 4-6.
+    # The default training path (channels-last, --amp auto: bf16 on CPUs with native bf16).
     config = TrainConfig(model="lw_refinenet_mbv2", dataset="synthetic", crop=64, batch_size=2, lr=0.001,
                          decoder_lr_mult=1.0, warmup_iters=0, synthetic_train=16, synthetic_val=2, synthetic_size=64,
                          workers=0, iters=6, seed=2, val_interval=4, ckpt_interval=100, log_interval=3,
@@ -213,6 +214,9 @@ def test_stop_at_a_validation_step_then_resume_gives_the_same_log_and_checkpoint
     assert records(out) == records(tmp_path / "straight")
     assert_same_weights(out / "last", tmp_path / "straight" / "last")
     assert_same_weights(out / "best", tmp_path / "straight" / "best")
+    momentum = [load_training_state(d / "last")["optimizer"]["state"] for d in (out, tmp_path / "straight")]
+    assert momentum[0].keys() == momentum[1].keys() and momentum[0]
+    assert all(torch.equal(momentum[0][i]["momentum_buffer"], momentum[1][i]["momentum_buffer"]) for i in momentum[0])
 
 
 # --- refineseg train, signalled from outside ---------------------------------------------------
