@@ -30,6 +30,15 @@ def private_refineseg_home(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A saved :func:`make_model` (random weights, the test classes): ``<tmp>/best``. Modules that need
+    another checkpoint define their own ``checkpoint`` fixture."""
+    path = tmp_path_factory.mktemp("ckpt") / "best"
+    make_model().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
 def one_thread():
     """Tiny models run fastest single-threaded (no oversubscription on busy CI machines)."""
     threads = torch.get_num_threads()

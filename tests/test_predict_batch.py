@@ -31,13 +31,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("ckpt") / "best"
-    make_model().save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def model():
     return make_model()
 

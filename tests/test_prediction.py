@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,13 +19,6 @@ from refineseg.visualize import overlay
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("ckpt") / "best"
-    make_model().save_pretrained(path)
-    return path
 
 
 def photo(seed: int, height: int = 64, width: int = 80) -> np.ndarray:

@@ -20,7 +20,7 @@ from .classes import (
     NYUDV2_CLASSES, NYUDV2_PALETTE, PASCAL_CONTEXT_CLASSES, PASCAL_CONTEXT_PALETTE, PERSON_PART_CLASSES,
     PERSON_PART_PALETTE, SUNRGBD_CLASSES, SUNRGBD_PALETTE, zero_void_lut,
 )
-from .datasets import SegmentationDataset, Transform, _check_exists, _read_list, _require_dir
+from .datasets import SegmentationDataset, Transform, _check_exists, _read_list, _require_dir, _voc_base
 from .io import PathLike, write_image, write_label_png
 
 
@@ -233,11 +233,7 @@ class PascalContext(SegmentationDataset):
 
     def __init__(self, root: PathLike, split: str = "train", transform: Transform | None = None):
         root = os.fspath(root)
-        candidates = [os.path.join(root, "VOCdevkit", "VOC2010"), os.path.join(root, "VOC2010"), root]
-        base = next((c for c in candidates if os.path.isdir(os.path.join(c, "SegmentationClassContext"))), None)
-        if base is None:
-            raise file_error(DataError, root, "not a PASCAL-Context folder (expected "
-                             "VOCdevkit/VOC2010/SegmentationClassContext inside)")
+        base = _voc_base(root, "2010", "SegmentationClassContext", "PASCAL-Context")
         ids = _read_list(os.path.join(base, "ImageSets", "SegmentationContext", f"{split}.txt"))
         samples = [(os.path.join(base, "JPEGImages", f"{i}.jpg"),
                     os.path.join(base, "SegmentationClassContext", f"{i}.png")) for i in ids]

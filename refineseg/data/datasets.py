@@ -121,6 +121,16 @@ def _read_list(path: str) -> list[str]:
         return [line.split()[0] for line in f if line.strip() and not line.lstrip().startswith("#")]
 
 
+def _voc_base(root: str, year: str, marker: str, what: str) -> str:
+    """The ``VOC<year>`` folder holding ``marker``: ``root`` may be the folder holding ``VOCdevkit``,
+    ``VOCdevkit`` itself or ``VOC<year>``; a one-line :class:`DataError` naming ``root`` otherwise."""
+    candidates = [os.path.join(root, "VOCdevkit", f"VOC{year}"), os.path.join(root, f"VOC{year}"), root]
+    base = next((c for c in candidates if os.path.isdir(os.path.join(c, marker))), None)
+    if base is None:
+        raise file_error(DataError, root, f"not a {what} folder (expected VOCdevkit/VOC{year}/{marker} inside)")
+    return base
+
+
 def _check_exists(samples: list[tuple[str, str]], what: str = "") -> None:
     """Raise one :class:`DataCheckError` listing every missing image and mask of ``samples``."""
     problems, failed = [], 0
@@ -143,11 +153,7 @@ class VOCSegmentation(SegmentationDataset):
 
     def __init__(self, root: PathLike, split: str = "train", transform: Transform | None = None):
         root = os.fspath(root)
-        candidates = [os.path.join(root, "VOCdevkit", "VOC2012"), os.path.join(root, "VOC2012"), root]
-        base = next((c for c in candidates if os.path.isdir(os.path.join(c, "JPEGImages"))), None)
-        if base is None:
-            raise file_error(DataError, root, "not a PASCAL VOC folder (expected "
-                             "VOCdevkit/VOC2012/JPEGImages inside)")
+        base = _voc_base(root, "2012", "JPEGImages", "PASCAL VOC")
         mask_dir = "SegmentationClassAug" if split == "train_aug" else "SegmentationClass"
         # Lines are ids; some train_aug.txt copies hold "/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png".
         ids = [os.path.splitext(os.path.basename(t))[0]
