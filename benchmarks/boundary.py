@@ -42,10 +42,10 @@ ZOOM_WINDOW = 32  # side of the zoomed crop, in image pixels
 
 def train_and_evaluate(name: str, args: argparse.Namespace) -> dict:
     """Train ``name`` with the demo's settings, evaluate its last checkpoint; returns metrics.json + timings."""
-    from refineseg.config_utils import config_from_values, load_yaml
-    from refineseg.demo import TEST_TIME
-    from refineseg.evaluation import EvalConfig, run_evaluate
+    from refineseg.cli.demo import TEST_TIME
+    from refineseg.evaluation.evaluate import EvalConfig, run_evaluate
     from refineseg.training import TrainConfig, train
+    from refineseg.utils.config import config_from_values, load_yaml
 
     run_dir = args.out / name
     values = load_yaml(ROOT / "configs" / "demo.yaml")
@@ -124,8 +124,8 @@ def prediction(result: dict, image: np.ndarray, sample: str) -> np.ndarray:
 
         with Image.open(saved) as img:
             return np.asarray(img)
-    from refineseg.demo import TEST_TIME
-    from refineseg.inference import segment
+    from refineseg.cli.demo import TEST_TIME
+    from refineseg.inference.predictor import segment
     from refineseg.models import from_pretrained
 
     model = from_pretrained(result["checkpoint"])
@@ -146,7 +146,7 @@ def write_figure(results: dict[str, dict], path: Path, images: int) -> tuple[Pat
     from PIL import Image, ImageDraw
 
     from refineseg.data import SyntheticSegmentation, write_image
-    from refineseg.visualize import colorize
+    from refineseg.report.visualize import colorize
 
     first = next(iter(results.values()))["config"]
     dataset = SyntheticSegmentation("val", num_samples=images, size=first["synthetic_size"])

@@ -32,7 +32,7 @@ from common import git_revision, machine_description, write_section  # noqa: E40
 from refineseg.data import VOC_CLASSES, VOC_PALETTE, FolderDataset  # noqa: E402
 from refineseg.data.check import cache_file, check_dataset, default_workers  # noqa: E402
 from refineseg.data.stats import dataset_statistics  # noqa: E402
-from refineseg.visualize import model_table  # noqa: E402
+from refineseg.report.visualize import model_table  # noqa: E402
 
 W, H = 500, 375  # a typical PASCAL VOC image
 TARGETS = {"first check": 30.0, "repeat": 2.0}

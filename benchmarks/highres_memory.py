@@ -48,8 +48,8 @@ def child(path: str, out: str, tile: int, overlap: int) -> None:
 
     import refineseg
     from refineseg.data import read_large_image, write_label_tiff
-    from refineseg.optimize import optimize_for_inference
-    from refineseg.tiling import predict_tiled
+    from refineseg.inference.optimize import optimize_for_inference
+    from refineseg.inference.tiling import predict_tiled
 
     torch.manual_seed(0)
     model = optimize_for_inference(refineseg.create_model(MODEL, num_classes=21).eval(), dtype=torch.bfloat16)

@@ -60,8 +60,8 @@ def run_inference(spec: dict) -> dict:
     import torch
 
     import refineseg
-    from refineseg.optimize import optimize_for_inference
-    from refineseg.profiling import count_macs
+    from refineseg.inference.optimize import optimize_for_inference
+    from refineseg.models.profiling import count_macs
 
     torch.manual_seed(0)
     model = refineseg.create_model(spec["model"], num_classes=21).eval()
@@ -71,7 +71,7 @@ def run_inference(spec: dict) -> dict:
     if path == "eager fp32":
         runner = model
     elif path.startswith("onnxruntime"):
-        from refineseg.export import OnnxSegmenter, export_onnx
+        from refineseg.inference.export import OnnxSegmenter, export_onnx
 
         onnx_path = export_onnx(model, Path(tempfile.mkdtemp()) / "model.onnx", height=h, width=w)
         if path == "onnxruntime int8":
@@ -99,7 +99,7 @@ def run_int8(spec: dict) -> dict:
     import torch
 
     import refineseg
-    from refineseg.export import OnnxSegmenter, export_onnx
+    from refineseg.inference.export import OnnxSegmenter, export_onnx
 
     torch.manual_seed(0)
     model = refineseg.create_model(spec["model"], num_classes=21).eval()
@@ -127,8 +127,8 @@ def quantized(onnx_path: Path, height: int, width: int, samples: int) -> Path:
     """The int8 version of an exported model, calibrated on ``samples`` synthetic scenes of at most 512²
     (the calibration run holds every intermediate tensor of one image)."""
     from refineseg.data import SyntheticSegmentation, write_image
-    from refineseg.export import OnnxSegmenter
-    from refineseg.quantize import quantize_onnx
+    from refineseg.inference.export import OnnxSegmenter
+    from refineseg.inference.quantize import quantize_onnx
 
     calibration = onnx_path.parent / "calibration"
     calibration.mkdir()
@@ -192,7 +192,7 @@ def run_cuda(name: str, height: int, width: int, batch: int, path: str, repeat: 
     import torch
 
     import refineseg
-    from refineseg.optimize import optimize_for_inference
+    from refineseg.inference.optimize import optimize_for_inference
 
     torch.manual_seed(0)
     model = refineseg.create_model(name, num_classes=21).eval()

@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import git_revision, machine_description, median_seconds, write_section  # noqa: E402
 
 import refineseg  # noqa: E402
-from refineseg.profiling import summarize_model  # noqa: E402
-from refineseg.visualize import model_table  # noqa: E402
+from refineseg.models.profiling import summarize_model  # noqa: E402
+from refineseg.report.visualize import model_table  # noqa: E402
 
 
 def main() -> None:

@@ -7,16 +7,22 @@ Quick start::
     logits = model(batch)  # (N, 3, H, W) normalized -> (N, 21, H, W)
 """
 
-from .blocks import ChainedResidualPooling, MultiResolutionFusion, RefineNetBlock, ResidualConvUnit
-from .errors import CheckpointError, DataError, MissingDependencyError, RefineSegError
-from .models import (
-    ModelConfig, SegmentationModel, create_model, from_pretrained, from_reference, list_models, save_pretrained,
+from refineseg.errors import CheckpointError, DataError, MissingDependencyError, RefineSegError
+from refineseg.inference.optimize import fold_batch_norm, optimize_for_inference
+from refineseg.inference.tiling import predict_tiled
+from refineseg.models import (
+    ModelConfig,
+    SegmentationModel,
+    create_model,
+    from_pretrained,
+    from_reference,
+    list_models,
+    save_pretrained,
     to_reference,
 )
-from .optimize import fold_batch_norm, optimize_for_inference
-from .tiling import predict_tiled
-from .version import __version__
-from .weights import load_backbone_weights
+from refineseg.models.blocks import ChainedResidualPooling, MultiResolutionFusion, RefineNetBlock, ResidualConvUnit
+from refineseg.models.weights import load_backbone_weights
+from refineseg.version import __version__
 
 __all__ = [
     "ResidualConvUnit", "MultiResolutionFusion", "ChainedResidualPooling", "RefineNetBlock",

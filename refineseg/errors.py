@@ -38,7 +38,7 @@ class CheckpointError(RefineSegError):
 
 
 class WriteError(RefineSegError):
-    """An output could not be written: no space left, quota, permissions (see :mod:`refineseg.files`)."""
+    """An output could not be written: no space left, quota, permissions (see :mod:`refineseg.utils.files`)."""
 
 
 class ConfigError(RefineSegError):

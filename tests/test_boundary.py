@@ -2,7 +2,7 @@
 
 The references here follow the published recipes directly (cv2.copyMakeBorder + cv2.erode for the
 Boundary IoU bands, explicit neighbour comparisons + cv2.dilate for the trimap) and share no code
-with refineseg.boundary.
+with refineseg.evaluation.boundary.
 """
 
 from __future__ import annotations
@@ -10,16 +10,21 @@ from __future__ import annotations
 import json
 import math
 
+import conftest
 import cv2
 import numpy as np
 import pytest
 import torch
 
-import conftest
-from refineseg.boundary import (
-    BoundaryIoU, TrimapAccuracy, boundary_distance, boundary_width, label_boundary, mask_to_boundary,
+from refineseg.evaluation.boundary import (
+    BoundaryIoU,
+    TrimapAccuracy,
+    boundary_distance,
+    boundary_width,
+    label_boundary,
+    mask_to_boundary,
 )
-from refineseg.metrics import ConfusionMatrix, summarize
+from refineseg.evaluation.metrics import ConfusionMatrix, summarize
 
 IGNORE = 255
 

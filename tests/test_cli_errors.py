@@ -130,7 +130,7 @@ def test_missing_config_file(tmp_path):
     (["evaluate", "--checkpoint", "ckpt", "--crop-s", "300"], "--crop-s"),  # unknown
 ])
 def test_abbreviated_or_unknown_flag_is_an_error(argv, flag, capsys):
-    from refineseg.cli import build_parser
+    from refineseg.cli.app import build_parser
 
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args(argv)
@@ -143,23 +143,23 @@ def test_abbreviated_or_unknown_flag_is_an_error(argv, flag, capsys):
 
 def test_importing_the_cli_loads_no_optional_extra():
     extras = ["onnxruntime", "onnx", "onnxscript", "matplotlib", "albumentations", "cv2", "tifffile"]
-    code = f"import sys, refineseg.cli; print([m for m in {extras!r} if m in sys.modules])"
+    code = f"import sys, refineseg.cli.app; print([m for m in {extras!r} if m in sys.modules])"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]"
 
 
 def _fail_with(monkeypatch, error: Exception) -> None:
     """Make ``refineseg models`` raise ``error``."""
-    import refineseg.cli
+    import refineseg.cli.app
 
     def handler(args) -> None:
         raise error
 
-    monkeypatch.setattr(refineseg.cli, "_cmd_models", handler)
+    monkeypatch.setattr(refineseg.cli.app, "_cmd_models", handler)
 
 
 def test_import_error_in_our_code_is_not_hidden(monkeypatch):
-    from refineseg.cli import main
+    from refineseg.cli.app import main
 
     _fail_with(monkeypatch, ImportError("cannot import name 'nope' from 'refineseg.models'"))
     with pytest.raises(ImportError, match="nope"):
@@ -167,7 +167,7 @@ def test_import_error_in_our_code_is_not_hidden(monkeypatch):
 
 
 def test_missing_optional_extra_is_one_line(monkeypatch, capsys):
-    from refineseg.cli import main
+    from refineseg.cli.app import main
     from refineseg.errors import MissingDependencyError
 
     _fail_with(monkeypatch, MissingDependencyError("plots need matplotlib: pip install 'refineseg[train]'"))
@@ -182,7 +182,7 @@ def _block(monkeypatch, *modules: str) -> None:
 
 
 def _plot(tmp_path: Path) -> None:
-    from refineseg.visualize import plot_curves
+    from refineseg.report.visualize import plot_curves
 
     plot_curves([{"iter": 1, "loss": 0.5}], tmp_path)
 
@@ -200,7 +200,7 @@ def _write_tiff(tmp_path: Path) -> None:
 
 
 def _onnx(tmp_path: Path) -> None:
-    from refineseg.export import OnnxSegmenter
+    from refineseg.inference.export import OnnxSegmenter
 
     OnnxSegmenter(tmp_path / "model.onnx")
 
@@ -217,7 +217,7 @@ def test_missing_extra_raises_missing_dependency_error(module, use, monkeypatch,
 
 def test_evaluate_without_matplotlib_skips_the_confusion_plot(dataset, tmp_path, monkeypatch, capsys):
     import refineseg
-    from refineseg.cli import main
+    from refineseg.cli.app import main
 
     refineseg.create_model("lw_refinenet_mbv2", num_classes=6).save_pretrained(tmp_path / "ckpt")
     _block(monkeypatch, "matplotlib")
@@ -232,7 +232,7 @@ def test_evaluate_without_matplotlib_skips_the_confusion_plot(dataset, tmp_path,
 def _predict_onnx(checkpoint: Path, tmp_path: Path, capsys) -> str:
     """Run ``refineseg predict --backend onnxruntime`` in-process; expect exit 2, return the one stderr line."""
     pytest.importorskip("onnxruntime")
-    from refineseg.cli import main
+    from refineseg.cli.app import main
 
     image = tmp_path / "photo.png"
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(image)

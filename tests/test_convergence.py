@@ -12,7 +12,7 @@ import math
 import pytest
 
 import refineseg
-from refineseg.cli import main as cli_main
+from refineseg.cli.app import main as cli_main
 from refineseg.training import TrainConfig
 
 

@@ -16,22 +16,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from conftest import briefly_trained_model, synthetic_batch
 from safetensors.torch import load_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-import conftest
-from conftest import briefly_trained_model, synthetic_batch
 import refineseg
 from refineseg.data import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE
-from refineseg.inference import segment
-from refineseg.optimize import optimize_for_inference
-from refineseg.tiling import predict_tiled
+from refineseg.inference.optimize import optimize_for_inference
+from refineseg.inference.predictor import segment
+from refineseg.inference.tiling import predict_tiled
 from refineseg.training import TrainConfig, optimizer_step, train, trainer
 from refineseg.training.run_state import load_training_state
 
@@ -277,7 +277,7 @@ def test_onnxruntime_cuda_provider(tmp_path, trained_model, held_out):
         pytest.skip("onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu)")
     pytest.importorskip("onnx")
     pytest.importorskip("onnxscript")
-    from refineseg.export import OnnxSegmenter, export_onnx
+    from refineseg.inference.export import OnnxSegmenter, export_onnx
 
     path = export_onnx(trained_model, tmp_path / "model.onnx", height=64, width=64)
     session = OnnxSegmenter(path, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])

@@ -15,13 +15,29 @@ import pytest
 import torch
 from PIL import Image
 
-from refineseg.palette import color_palette
 from refineseg.data import (
-    ADE20K, ADE20K_CLASSES, CITYSCAPES_CLASSES, VOC_CLASSES, VOC_PALETTE, Cityscapes, FolderDataset,
-    IMAGENET_MEAN, SegmentationDataset, VOCSegmentation, build_dataset, denormalize, eval_transform,
-    normalize, read_image, read_large_image, read_mask, train_transform, write_label_png,
+    ADE20K,
+    ADE20K_CLASSES,
+    CITYSCAPES_CLASSES,
+    IMAGENET_MEAN,
+    VOC_CLASSES,
+    VOC_PALETTE,
+    Cityscapes,
+    FolderDataset,
+    SegmentationDataset,
+    VOCSegmentation,
+    build_dataset,
+    denormalize,
+    eval_transform,
+    normalize,
+    read_image,
+    read_large_image,
+    read_mask,
+    train_transform,
+    write_label_png,
 )
 from refineseg.errors import DataError
+from refineseg.utils.palette import color_palette
 
 RNG = np.random.default_rng(0)
 

@@ -15,9 +15,23 @@ import pytest
 from PIL import Image
 
 from refineseg.data import (
-    COCO_TO_VOC, NYUDV2_CLASSES, NYUDV2_PALETTE, PASCAL_CONTEXT_CLASSES, PERSON_PART_CLASSES, PERSON_PART_PALETTE,
-    SUNRGBD, SUNRGBD_CLASSES, VOC_CLASSES, COCOVoc, NYUDv2, PascalContext, PascalContext59, PascalPersonPart,
-    build_dataset, prepare_nyudv2, write_label_png,
+    COCO_TO_VOC,
+    NYUDV2_CLASSES,
+    NYUDV2_PALETTE,
+    PASCAL_CONTEXT_CLASSES,
+    PERSON_PART_CLASSES,
+    PERSON_PART_PALETTE,
+    SUNRGBD,
+    SUNRGBD_CLASSES,
+    VOC_CLASSES,
+    COCOVoc,
+    NYUDv2,
+    PascalContext,
+    PascalContext59,
+    PascalPersonPart,
+    build_dataset,
+    prepare_nyudv2,
+    write_label_png,
 )
 from refineseg.data.coco import decode_rle, fill_polygon, rle_counts_from_string
 from refineseg.errors import DataCheckError, DataError

@@ -6,17 +6,17 @@ import json
 import os
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pytest
 import yaml
 from PIL import Image
 
-import conftest
-from refineseg.cli import main
+from refineseg.cli.app import main
 from refineseg.data import FolderDataset, SyntheticSegmentation
 from refineseg.data.check import cache_file, check_before_run, check_dataset
-from refineseg.errors import DataCheckError, DataError
 from refineseg.data.stats import dataset_statistics
+from refineseg.errors import DataCheckError, DataError
 
 CLASSES = ["background", "road", "car", "tree", "sky", "person"]
 PALETTE = [(0, 0, 0), (128, 64, 128), (0, 0, 142), (107, 142, 35), (70, 130, 180), (220, 20, 60)]

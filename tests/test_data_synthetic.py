@@ -7,7 +7,11 @@ import yaml
 from numpy.lib.stride_tricks import sliding_window_view
 
 from refineseg.data import (
-    SYNTHETIC_CLASSES, FolderDataset, SyntheticSegmentation, make_synthetic_sample, write_synthetic,
+    SYNTHETIC_CLASSES,
+    FolderDataset,
+    SyntheticSegmentation,
+    make_synthetic_sample,
+    write_synthetic,
 )
 from refineseg.data.synthetic import DISK, DOT, SQUARE, STRIPES, WIRE
 

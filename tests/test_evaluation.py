@@ -9,20 +9,26 @@ import subprocess
 import sys
 from pathlib import Path
 
+import conftest
 import cv2
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-import conftest
 import refineseg
 from refineseg.data import (
-    SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, FolderDataset, SyntheticSegmentation, eval_transform, read_mask,
-    write_label_png, write_synthetic,
+    SYNTHETIC_CLASSES,
+    SYNTHETIC_PALETTE,
+    FolderDataset,
+    SyntheticSegmentation,
+    eval_transform,
+    read_mask,
+    write_label_png,
+    write_synthetic,
 )
 from refineseg.errors import CheckpointError
-from refineseg.evaluation import EvalConfig, evaluate_model, run_evaluate
+from refineseg.evaluation.evaluate import EvalConfig, evaluate_model, run_evaluate
 
 K = len(SYNTHETIC_CLASSES)
 

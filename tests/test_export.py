@@ -1,5 +1,5 @@
 """ONNX export: onnxruntime matches PyTorch at the traced size and at other (odd, batched) sizes,
-metadata round trip, OnnxSegmenter through refineseg.inference, run_export end to end."""
+metadata round trip, OnnxSegmenter through refineseg.inference.predictor, run_export end to end."""
 
 from __future__ import annotations
 
@@ -16,13 +16,13 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 pytest.importorskip("onnxruntime")
 
+import conftest  # noqa: E402
 import onnx  # noqa: E402
 
-import conftest  # noqa: E402
 import refineseg  # noqa: E402
 from refineseg.errors import CheckpointError, RefineSegError  # noqa: E402
-from refineseg.export import ExportConfig, OnnxSegmenter, export_onnx, run_export, validate_onnx  # noqa: E402
-from refineseg.inference import predict_probabilities, segment  # noqa: E402
+from refineseg.inference.export import ExportConfig, OnnxSegmenter, export_onnx, run_export, validate_onnx  # noqa: E402
+from refineseg.inference.predictor import predict_probabilities, segment  # noqa: E402
 
 TRACED = (64, 64)
 # (N, H, W): the traced size, odd sizes, a batch of 2, the smallest accepted side.

@@ -21,17 +21,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_model, saved_weights
 from PIL import Image
+from test_predict_batch import photo, temporaries
 
 import refineseg
+from refineseg.cli.app import main as cli_main
 from refineseg.data import write_image
-from conftest import make_model, saved_weights
-from test_predict_batch import photo, temporaries
-from refineseg import files
-from refineseg.cli import main as cli_main
 from refineseg.errors import WriteError
 from refineseg.training import run_state
 from refineseg.training.run_dir import LOCK_NAME, RunLock
+from refineseg.utils import files
 
 TINY = ["--model", "lw_refinenet_mbv2", "--dataset", "synthetic", "--crop", "64", "--synthetic-train", "8",
         "--synthetic-val", "2", "--synthetic-size", "64", "--workers", "0", "--batch-size", "2",
@@ -166,8 +166,8 @@ def test_yaml_values_are_type_checked(tmp_path, capsys, line, words):
 
 
 def test_yaml_booleans_and_numbers_as_yaml_writes_them(tmp_path):
-    from refineseg.config_utils import config_from_values
     from refineseg.training import TrainConfig
+    from refineseg.utils.config import config_from_values
 
     config = config_from_values(TrainConfig, {"freeze_bn": False, "lr": "1e-3", "iters": 5}, "test")
     assert config.freeze_bn is False and config.lr == 0.001 and config.iters == 5

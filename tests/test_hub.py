@@ -1,4 +1,4 @@
-"""Backbone weights by name (refineseg.hub) against a loopback HTTP server: cache, download, errors, CLI."""
+"""Backbone weights by name (refineseg.models.hub) against a loopback HTTP server: cache, download, errors, CLI."""
 
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ import torch
 from conftest import free_port, manifest, random_state
 
 import refineseg
-from refineseg import hub
-from refineseg.cli import main
-from refineseg.models import MODELS
+from refineseg.cli.app import main
+from refineseg.models import MODELS, hub
 
 
 class _Handler(BaseHTTPRequestHandler):

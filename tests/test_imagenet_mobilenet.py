@@ -18,9 +18,8 @@ from PIL import Image
 from torch import nn
 
 import refineseg
-from refineseg import hub
-from refineseg.models import IMAGENET_MEAN, IMAGENET_STD
-from refineseg.weights import load_exact, load_weights_file
+from refineseg.models import IMAGENET_MEAN, IMAGENET_STD, hub
+from refineseg.models.weights import load_exact, load_weights_file
 
 skimage_data = pytest.importorskip("skimage.data")
 

@@ -6,15 +6,20 @@ from __future__ import annotations
 import json
 import math
 
+import conftest
 import numpy as np
 import pytest
 import torch
 import yaml
 
-import conftest
 from refineseg.errors import DataError, RefineSegError
-from refineseg.losses import (
-    LOSSES, LovaszSoftmaxLoss, OhemCrossEntropyLoss, build_loss, class_weights_from_counts, load_class_weights,
+from refineseg.training.losses import (
+    LOSSES,
+    LovaszSoftmaxLoss,
+    OhemCrossEntropyLoss,
+    build_loss,
+    class_weights_from_counts,
+    load_class_weights,
     parse_loss_spec,
 )
 
@@ -373,7 +378,7 @@ def test_load_class_weights_missing_file(tmp_path):
 @pytest.mark.parametrize("loss, weights", [("ce+0.5*dice", "auto"), ("ohem", "none"), ("lovasz", "file")])
 def test_train_cli_with_loss_and_class_weights(tmp_path, caplog, one_thread, loss, weights):
     """`refineseg train --loss ... --class-weights ...` trains and logs finite losses and the weights used."""
-    from refineseg.cli import main as cli_main
+    from refineseg.cli.app import main as cli_main
     from refineseg.data import SYNTHETIC_CLASSES
 
     if weights == "file":

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import math
 
+import conftest
 import numpy as np
 import pytest
 import torch
 
-import conftest
-from refineseg.metrics import ConfusionMatrix, format_table, summarize
+from refineseg.evaluation.metrics import ConfusionMatrix, format_table, summarize
 
 IGNORE = 255
 

@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
+from conftest import manifest, random_state
 from safetensors.torch import save_file
 
 import refineseg
-from conftest import manifest, random_state
 from refineseg.models import reference_key_map
 
 # Parameter counts at 21 classes, from the reference manifests / ARCHITECTURES.md.

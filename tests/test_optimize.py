@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import briefly_trained_model, synthetic_batch
 from torch import nn
 
 import refineseg
-from conftest import briefly_trained_model, synthetic_batch
-from refineseg.inference import predict_probabilities
-from refineseg.optimize import InferenceModel, fold_batch_norm, optimize_for_inference
+from refineseg.inference.optimize import InferenceModel, fold_batch_norm, optimize_for_inference
+from refineseg.inference.predictor import predict_probabilities
 
 NUM_CLASSES = 5
 
@@ -151,9 +151,9 @@ def test_compiled_model_matches_eager_at_two_sizes():
 
 
 def test_evaluate_and_predict_use_the_fast_path_by_default():
-    from refineseg.evaluation import EvalConfig
-    from refineseg.optimize import InferenceModel
-    from refineseg.prediction import PredictConfig
+    from refineseg.evaluation.evaluate import EvalConfig
+    from refineseg.inference.optimize import InferenceModel
+    from refineseg.inference.predict import PredictConfig
 
     model = refineseg.create_model("lw_refinenet_mbv2", num_classes=3)
     for config in (EvalConfig(checkpoint="c", dataset="synthetic"), PredictConfig(checkpoint="c", inputs=["x"])):

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 import refineseg
-from refineseg.config_utils import load_yaml
 from refineseg.training import TrainConfig
+from refineseg.utils.config import load_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,17 +15,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_model
 from PIL import Image
 
-from conftest import make_model
-from refineseg import files
-from refineseg.cli import main as cli_main
+from refineseg.cli.app import main as cli_main
 from refineseg.data import SYNTHETIC_CLASSES, read_image, write_image, write_label_png
 from refineseg.data import io as data_io
-from refineseg.evaluation import EvalConfig, run_evaluate
-from refineseg.inference import segment
-from refineseg.files import remove_dead_temporaries
-from refineseg.prediction import EXIT_SOME_FAILED
+from refineseg.evaluation.evaluate import EvalConfig, run_evaluate
+from refineseg.inference.predict import EXIT_SOME_FAILED
+from refineseg.inference.predictor import segment
+from refineseg.utils import files
+from refineseg.utils.files import remove_dead_temporaries
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -220,7 +220,7 @@ class PartialWriter:
 def test_interrupted_overlay_leaves_no_partial_file(checkpoint, tmp_path, monkeypatch, capsys):
     for k in range(3):
         write_image(tmp_path / "in" / f"p{k}.png", photo(k))
-    monkeypatch.setattr("refineseg.prediction.overlay", lambda *a, **k: PartialWriter(KeyboardInterrupt()))
+    monkeypatch.setattr("refineseg.inference.predict.overlay", lambda *a, **k: PartialWriter(KeyboardInterrupt()))
     out = tmp_path / "out"
     assert predict(checkpoint, out, str(tmp_path / "in")) == 130  # the CLI's status for Ctrl-C
     assert os.listdir(out) == ["p0.png"]  # the label map is complete; no overlay, no temporary

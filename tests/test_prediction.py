@@ -8,15 +8,14 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import CLASS_NAMES, PALETTE, make_model
 from PIL import Image
 
-from conftest import CLASS_NAMES, PALETTE, make_model
 from refineseg.data import read_image, write_image
 from refineseg.errors import DataError
-from refineseg.inference import segment
-from refineseg.prediction import PredictConfig, expand_inputs, run_predict
-from refineseg.visualize import overlay
-
+from refineseg.inference.predict import PredictConfig, expand_inputs, run_predict
+from refineseg.inference.predictor import segment
+from refineseg.report.visualize import overlay
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

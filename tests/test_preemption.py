@@ -16,19 +16,19 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import conftest
 import pytest
 import torch
-
-import conftest
 from conftest import saved_weights as weights
-from refineseg import distributed as dist_utils
+
 from refineseg.training import TrainConfig, train, trainer
 from refineseg.training.run_state import PREEMPTED_EXIT_CODE, STOP_SIGNALS, StopSignals, load_training_state
+from refineseg.utils import distributed as dist_utils
 
 # `refineseg train` as a script file (torchrun launches scripts): the real CLI, its exit status included.
 WRAPPER = """
 import sys
-from refineseg.cli import main
+from refineseg.cli.app import main
 sys.exit(main(["train", *sys.argv[1:]]))
 """
 

@@ -18,15 +18,22 @@ import pytest
 import torch
 import yaml
 
-from refineseg.cli import build_parser
-from refineseg.config_utils import build_config
+from refineseg.cli.app import build_parser
 from refineseg.data import (
-    ADE20K_CLASSES, CITYSCAPES_CLASSES, DATASETS, NYUDV2_CLASSES, PASCAL_CONTEXT_CLASSES, PERSON_PART_CLASSES,
-    SUNRGBD_CLASSES, SYNTHETIC_CLASSES, VOC_CLASSES,
+    ADE20K_CLASSES,
+    CITYSCAPES_CLASSES,
+    DATASETS,
+    NYUDV2_CLASSES,
+    PASCAL_CONTEXT_CLASSES,
+    PERSON_PART_CLASSES,
+    SUNRGBD_CLASSES,
+    SYNTHETIC_CLASSES,
+    VOC_CLASSES,
 )
-from refineseg.evaluation import EvalConfig
+from refineseg.evaluation.evaluate import EvalConfig
 from refineseg.models import create_model, model_spec
 from refineseg.training.config import TrainConfig
+from refineseg.utils.config import build_config
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglob("*.yaml"))

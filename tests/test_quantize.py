@@ -14,13 +14,13 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 pytest.importorskip("onnxruntime")
 
+import conftest  # noqa: E402
 import onnx  # noqa: E402
 
-import conftest  # noqa: E402
 from refineseg.data import SyntheticSegmentation, eval_transform, write_image  # noqa: E402
 from refineseg.errors import DataError  # noqa: E402
-from refineseg.export import ExportConfig, OnnxSegmenter, run_export  # noqa: E402
-from refineseg.quantize import calibration_files, calibration_input, quantize_onnx  # noqa: E402
+from refineseg.inference.export import ExportConfig, OnnxSegmenter, run_export  # noqa: E402
+from refineseg.inference.quantize import calibration_files, calibration_input, quantize_onnx  # noqa: E402
 
 SIZE = 64  # synthetic image side, export and calibration size
 CALIBRATION = 16
@@ -109,7 +109,7 @@ def test_int8_argmax_agrees_with_fp32_on_held_out_images(int8):
 
 
 def test_int8_val_miou_within_one_point_of_fp32(int8, tmp_path):
-    from refineseg.evaluation import EvalConfig, run_evaluate
+    from refineseg.evaluation.evaluate import EvalConfig, run_evaluate
 
     model, path, _, root = int8
     x, masks = held_out()
@@ -129,8 +129,8 @@ def test_int8_val_miou_within_one_point_of_fp32(int8, tmp_path):
 def test_predict_runs_the_int8_file_tiled_and_batched(int8, tmp_path):
     from PIL import Image
 
-    from refineseg.prediction import PredictConfig, run_predict
-    from refineseg.tiling import predict_tiled
+    from refineseg.inference.predict import PredictConfig, run_predict
+    from refineseg.inference.tiling import predict_tiled
 
     _, path, _, _ = int8
     image = SyntheticSegmentation("test", num_samples=1, size=(90, 130)).load_sample(0)[0]

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import manifest, random_state
 
 import refineseg
-from conftest import manifest, random_state
 
 NAMES = ["refinenet50", "lw_refinenet50", "lw_refinenet_mbv2"]
 NUM_CLASSES = 21

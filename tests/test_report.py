@@ -17,21 +17,21 @@ import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pytest
 from PIL import Image
 
-import conftest
-from refineseg import files
-from refineseg.cli import main
+from refineseg.cli.app import main
 from refineseg.data import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, SyntheticSegmentation, eval_transform, write_label_png
 from refineseg.errors import WriteError
-from refineseg.palette import IGNORE_COLOR
 from refineseg.report import write_eval_report, write_training_report
-from refineseg.report.html import confusion_matrix
 from refineseg.report.figures import WRONG_COLOR, Series, error_uri, line_chart, nice_ticks
+from refineseg.report.html import confusion_matrix
 from refineseg.training.progress import MetricsLog
 from refineseg.training.trainer import validate_and_save_best
+from refineseg.utils import files
+from refineseg.utils.palette import IGNORE_COLOR
 
 K = len(SYNTHETIC_CLASSES)
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_report import validation_summary, write_eval_fixture, write_training_fixture
 
 from refineseg.data import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE
 from refineseg.report import write_compare_report, write_eval_report, write_training_report
-from test_report import validation_summary, write_eval_fixture, write_training_fixture
 
 K = len(SYNTHETIC_CLASSES)
 BROWSER = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)

@@ -13,10 +13,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import random_state
 from torch import nn
 
 import refineseg
-from conftest import random_state
 
 NUM_CLASSES = 21
 LAYERS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import refineseg
-from refineseg.inference import segment
-from refineseg.tiling import _windows, predict_tiled, tile_logits, tile_spans
+from refineseg.inference.predictor import segment
+from refineseg.inference.tiling import _windows, predict_tiled, tile_logits, tile_spans
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tiles: one thread is fastest on a busy machine
 
@@ -58,7 +58,7 @@ def test_tiles_match_a_naive_full_resolution_blend(model, image):
     h, w = image.shape[:2]
     rows, cols = tile_spans(h, tile, overlap), tile_spans(w, tile, overlap)
     canvas = torch.zeros(5, h, w, dtype=torch.float64)
-    x = refineseg.inference.preprocess(image, model.config.mean, model.config.std)
+    x = refineseg.inference.predictor.preprocess(image, model.config.mean, model.config.std)
     with torch.no_grad():
         for (y0, y1), wy in zip(rows, _windows(rows)):
             for (x0, x1), wx in zip(cols, _windows(cols)):
@@ -92,7 +92,7 @@ def test_rejects_bad_tiling_options(model, image):
 def test_predict_cli_tiled_mode_reads_and_writes_tiff(tmp_path, model):
     import tifffile
 
-    from refineseg.prediction import PredictConfig, run_predict
+    from refineseg.inference.predict import PredictConfig, run_predict
 
     model.save_pretrained(tmp_path / "ckpt")
     image = np.random.default_rng(2).integers(0, 255, (120, 200, 3), dtype=np.uint8)
@@ -187,7 +187,7 @@ def test_batched_thin_edge_tiles_are_padded_like_single_ones(model):
 
 
 def test_rejects_bad_tile_batch(model, image):
-    from refineseg.prediction import PredictConfig
+    from refineseg.inference.predict import PredictConfig
 
     with pytest.raises(ValueError, match="tile_batch"):
         predict_tiled(model, image, tile=64, overlap=8, tile_batch=0)
@@ -198,19 +198,19 @@ def test_rejects_bad_tile_batch(model, image):
 def test_predict_cli_passes_tile_batch(tmp_path, model, image):
     from PIL import Image
 
-    from refineseg.prediction import PredictConfig, run_predict
+    from refineseg.inference.predict import PredictConfig, run_predict
 
     model.save_pretrained(tmp_path / "ckpt")
     Image.fromarray(image).save(tmp_path / "photo.png")
     calls = []
-    original = refineseg.prediction.predict_tiled
+    original = refineseg.inference.predict.predict_tiled
 
     def spy(*args, **kwargs):
         calls.append(kwargs["tile_batch"])
         return original(*args, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(refineseg.prediction, "predict_tiled", spy)
+        mp.setattr(refineseg.inference.predict, "predict_tiled", spy)
         written = run_predict(PredictConfig(checkpoint=str(tmp_path / "ckpt"), inputs=[str(tmp_path / "photo.png")],
                                             out=str(tmp_path / "out"), tile=64, overlap=20, tile_batch=4,
                                             overlay=False, optimize=False))

@@ -15,24 +15,33 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import saved_weights as weights
+from conftest import synthetic_batch
 
 import refineseg
-from conftest import saved_weights as weights, synthetic_batch
 from refineseg import from_pretrained
-from refineseg.cli import main as cli_main
-from refineseg.config_utils import add_dataclass_arguments, build_config
+from refineseg.cli.app import main as cli_main
 from refineseg.data import SyntheticSegmentation, eval_transform
-from refineseg.losses import build_loss
 from refineseg.errors import RefineSegError
 from refineseg.models import build_model
 from refineseg.training import (
-    TrainConfig, build_optimizer, optimizer_step, poly_lr_lambda, save_last, validate_and_save_best,
+    TrainConfig,
+    build_optimizer,
+    optimizer_step,
+    poly_lr_lambda,
+    save_last,
+    trainer,
+    validate_and_save_best,
 )
-from refineseg.training import trainer
+from refineseg.training.losses import build_loss
 from refineseg.training.progress import MetricsLog
 from refineseg.training.run_state import (
-    atomic_directory, capture_rng_state, load_training_state, recover_directory,
+    atomic_directory,
+    capture_rng_state,
+    load_training_state,
+    recover_directory,
 )
+from refineseg.utils.config import add_dataclass_arguments, build_config
 
 # A tiny, fast run: LW-RefineNet on MobileNetV2, 64-pixel synthetic images.
 TINY = ["--model", "lw_refinenet_mbv2", "--dataset", "synthetic", "--crop", "64", "--lr", "0.002",

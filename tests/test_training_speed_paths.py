@@ -11,9 +11,9 @@ import dataclasses
 import pytest
 import torch
 import yaml
+from conftest import saved_weights, synthetic_batch
 
 import refineseg
-from conftest import saved_weights, synthetic_batch
 from refineseg.data import SYNTHETIC_CLASSES
 from refineseg.training import TrainConfig, optimizer_step, train
 from refineseg.training import config as config_module

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from refineseg.palette import IGNORE_COLOR, color_palette
-from refineseg.visualize import (
+from refineseg.report.visualize import (
     colorize,
     model_table,
     overlay,
     plot_confusion_matrix,
     plot_curves,
 )
+from refineseg.utils.palette import IGNORE_COLOR, color_palette
 
 VOC_FIRST = [
     (0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (128, 0, 128), (0, 128, 128),
@@ -169,7 +169,7 @@ def test_model_table_markdown():
 
 
 def test_import_does_not_load_matplotlib():
-    code = "import sys, refineseg.visualize, refineseg.metrics; print('matplotlib' in sys.modules)"
+    code = "import sys, refineseg.report.visualize, refineseg.evaluation.metrics; print('matplotlib' in sys.modules)"
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)

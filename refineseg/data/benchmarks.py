@@ -1,4 +1,4 @@
-"""Readers for RefineNet's other benchmarks: NYUDv2-40, PASCAL-Person-Part, PASCAL-Context, SUN RGB-D.
+"""Readers for RefineNet's other benchmarks: NYUDv2-40, PASCAL-Person-Part, PASCAL-Context, SUN RGB-D, CamVid.
 
 Each reads the folder layout of the dataset's common distribution (see ``docs/datasets.md``) and
 yields what every :class:`~.datasets.SegmentationDataset` yields: an (H, W, 3) uint8 image and an
@@ -15,13 +15,23 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError, MissingDependencyError, file_error
-from .classes import (
-    NYUDV2_CLASSES, NYUDV2_PALETTE, PASCAL_CONTEXT_CLASSES, PASCAL_CONTEXT_PALETTE, PERSON_PART_CLASSES,
-    PERSON_PART_PALETTE, SUNRGBD_CLASSES, SUNRGBD_PALETTE, zero_void_lut,
+from refineseg.data.classes import (
+    CAMVID_CLASSES,
+    CAMVID_PALETTE,
+    NYUDV2_CLASSES,
+    NYUDV2_PALETTE,
+    PASCAL_CONTEXT_CLASSES,
+    PASCAL_CONTEXT_PALETTE,
+    PERSON_PART_CLASSES,
+    PERSON_PART_PALETTE,
+    SUNRGBD_CLASSES,
+    SUNRGBD_PALETTE,
+    camvid_lut,
+    zero_void_lut,
 )
-from .datasets import SegmentationDataset, Transform, _check_exists, _read_list, _require_dir, _voc_base
-from .io import PathLike, write_image, write_label_png
+from refineseg.data.datasets import SegmentationDataset, Transform, _check_exists, _read_list, _require_dir, _voc_base
+from refineseg.data.io import PathLike, write_image, write_label_png
+from refineseg.errors import DataError, MissingDependencyError, file_error
 
 
 def _split_name(split: str, aliases: dict[str, str], dataset: str) -> str:
@@ -288,3 +298,46 @@ class SUNRGBD(SegmentationDataset):
         _check_exists(samples)
         super().__init__(samples, SUNRGBD_CLASSES, SUNRGBD_PALETTE, transform, label_lut=zero_void_lut())
         self.root, self.split = root, split
+
+
+# --------------------------------------------------------------------------------------- CamVid
+class CamVid(SegmentationDataset):
+    """CamVid as distributed with the SegNet tutorial: 11 classes, 480x360 frames, 11 = void (ignored).
+
+    ``root`` holds ``train/``, ``trainannot/``, ``val/``, ``valannot/``, ``test/``, ``testannot/``
+    (frames and single-channel label PNGs of the same names), or the pair lists ``train.txt``,
+    ``val.txt``, ``test.txt`` (``/SegNet/CamVid/train/x.png /SegNet/CamVid/trainannot/x.png``:
+    the part up to ``CamVid/`` is dropped, the rest is relative to ``root``). Splits: train (367),
+    val (101), test (233), ``trainval`` = train + val.
+    """
+
+    def __init__(self, root: PathLike, split: str = "train", transform: Transform | None = None):
+        root = os.fspath(root)
+        names = {"train": ["train"], "val": ["val"], "test": ["test"], "trainval": ["train", "val"]}
+        if split not in names:
+            raise DataError(f"unknown CamVid split {split!r}; use one of {', '.join(names)}")
+        samples = [pair for name in names[split] for pair in _camvid_split(root, name)]
+        _check_exists(samples)
+        super().__init__(samples, CAMVID_CLASSES, CAMVID_PALETTE, transform, label_lut=camvid_lut())
+        self.root, self.split = root, split
+
+
+def _camvid_split(root: str, name: str) -> list[tuple[str, str]]:
+    """(image, label) paths of one CamVid split: from ``<name>/`` + ``<name>annot/``, else ``<name>.txt``."""
+    image_dir, label_dir = os.path.join(root, name), os.path.join(root, f"{name}annot")
+    if os.path.isdir(image_dir) and os.path.isdir(label_dir):
+        files = sorted(f for f in os.listdir(image_dir) if f.lower().endswith((".png", ".jpg", ".jpeg")))
+        if not files:
+            raise file_error(DataError, image_dir, "no CamVid frames (.png) found")
+        return [(os.path.join(image_dir, f), os.path.join(label_dir, os.path.splitext(f)[0] + ".png"))
+                for f in files]
+    list_file = os.path.join(root, f"{name}.txt")
+    if not os.path.isfile(list_file):
+        raise file_error(DataError, root, f"not a CamVid folder: expected {name}/ and {name}annot/, or {name}.txt")
+    return [(_join(root, _after_camvid(i)), _join(root, _after_camvid(m))) for i, m in _read_pairs(list_file)]
+
+
+def _after_camvid(path: str) -> str:
+    """A SegNet list path relative to the CamVid root: ``/SegNet/CamVid/train/a.png`` -> ``train/a.png``."""
+    parts = path.replace("\\", "/").split("/")
+    return "/".join(parts[parts.index("CamVid") + 1:]) if "CamVid" in parts else path

@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..errors import DataError, file_error
-from .benchmarks import SUNRGBD, NYUDv2, PascalContext, PascalContext59, PascalPersonPart
-from .coco import COCOVoc
-from .datasets import ADE20K, Cityscapes, SegmentationDataset, Transform, VOCSegmentation
-from .folder import FolderDataset
-from .io import PathLike
-from .synthetic import SyntheticSegmentation
+from refineseg.data.benchmarks import SUNRGBD, CamVid, NYUDv2, PascalContext, PascalContext59, PascalPersonPart
+from refineseg.data.coco import COCOVoc
+from refineseg.data.datasets import ADE20K, Cityscapes, SegmentationDataset, Transform, VOCSegmentation
+from refineseg.data.folder import FolderDataset
+from refineseg.data.io import PathLike
+from refineseg.data.synthetic import SyntheticSegmentation
+from refineseg.errors import DataError, file_error
 
 #: Dataset names accepted by :func:`build_dataset` (and ``--dataset``), the one list of them.
 DATASETS = {
@@ -25,6 +25,7 @@ DATASETS = {
     "pascal_context59": PascalContext59,
     "sunrgbd": SUNRGBD,
     "coco_voc": COCOVoc,
+    "camvid": CamVid,
     "folder": FolderDataset,
 }
 

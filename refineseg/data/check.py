@@ -33,11 +33,11 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from .. import distributed
-from ..errors import DataCheckError, DataError, one_line
-from .check_cache import cache_file, fingerprint, load_cache, save_cache, stamp
-from .datasets import SegmentationDataset
-from .io import read_image
+from refineseg.data.check_cache import cache_file, fingerprint, load_cache, save_cache, stamp
+from refineseg.data.datasets import SegmentationDataset
+from refineseg.data.io import read_image
+from refineseg.errors import DataCheckError, DataError, one_line
+from refineseg.utils import distributed
 
 log = logging.getLogger("refineseg.data")
 
@@ -119,6 +119,11 @@ def _jpeg_complete(path: str) -> bool:
         return f.read().rstrip(b"\x00\r\n\t ").endswith(b"\xff\xd9")
 
 
+def absent_line(dataset: SegmentationDataset, path: str) -> str:
+    """The problem line of a sample file that does not exist: the reader's own (``missing``), else generic."""
+    return getattr(dataset, "missing", {}).get(path) or f"{path}: file not found"
+
+
 def _image_size(path: str, full: bool) -> tuple[int, int]:
     """(width, height) of an image, after ``verify()`` or, with ``full``, a full decode; DataError if bad."""
     if not full:
@@ -149,21 +154,31 @@ class _Scanner:
         self.level = level
         self.on_disk = on_disk(dataset)
 
+    def read_files(self, image_path: str, mask_path: str) -> tuple[list[str], tuple[int, int] | None,
+                                                                     np.ndarray | None]:
+        """(problem lines, image size, mask) of one sample's files; an absent file is named, not opened."""
+        found = {p: os.path.exists(p) for p in (image_path, mask_path)}  # one entry when both are one file
+        problems, size, mask = [absent_line(self.dataset, p) for p, ok in found.items() if not ok], None, None
+        if found[image_path]:
+            try:
+                size = _image_size(image_path, self.level >= DECODE)
+            except DataError as e:
+                problems.append(one_line(e))
+        if found[mask_path]:
+            try:
+                mask = np.asarray(self.dataset.read_mask(mask_path))
+            except DataError as e:
+                problems.append(one_line(e))
+            except Exception as e:  # a custom reader's own failure is still a problem of this file
+                problems.append(f"{mask_path}: cannot read mask ({type(e).__name__}: {one_line(e)})")
+        return problems, size, mask
+
     def inspect(self, index: int, totals: Totals) -> list[str]:
         """The problem lines of sample ``index`` (empty when it passes); adds its labels to ``totals``."""
         ds, problems, size, mask = self.dataset, [], None, None
         if self.on_disk:
             image_path, mask_path = ds.samples[index]
-            try:
-                size = _image_size(image_path, self.level >= DECODE)
-            except DataError as e:
-                problems.append(one_line(e))
-            try:
-                mask = np.asarray(ds.read_mask(mask_path))
-            except DataError as e:
-                problems.append(one_line(e))
-            except Exception as e:  # a custom reader's own failure is still a problem of this file
-                problems.append(f"{mask_path}: cannot read mask ({type(e).__name__}: {one_line(e)})")
+            problems, size, mask = self.read_files(image_path, mask_path)
         else:
             image_path = mask_path = ds.sample_name(index)
             try:
@@ -275,9 +290,8 @@ def scan_dataset(dataset: SegmentationDataset, *, full_decode: bool = False, use
             continue
         image_path, mask_path = dataset.samples[index]
         image_stamp, mask_stamp = stamp(image_path), stamp(mask_path)
-        if image_stamp is None or mask_stamp is None:
-            problems += [(index, f"{p}: file not found") for p, s in ((image_path, image_stamp),
-                                                                       (mask_path, mask_stamp)) if s is None]
+        if image_stamp is None or mask_stamp is None:  # absent: named by the scan, with the other file checked
+            todo.append(index)
             continue
         stamps[index] = [mask_path, *image_stamp, *mask_stamp]
         entry = entries.get(image_path)
@@ -292,7 +306,7 @@ def scan_dataset(dataset: SegmentationDataset, *, full_decode: bool = False, use
         fresh = {image: entry for image, entry in entries.items() if image in kept}
         for index, _ in problems:
             fresh.pop(dataset.samples[index][0], None)
-        fresh.update({dataset.samples[i][0]: stamps[i] + [level] for i in passed})
+        fresh.update({dataset.samples[i][0]: stamps[i] + [level] for i in passed if i in stamps})
         save_cache(path, context, fresh)
     problems.sort()
     result = CheckResult(total=len(dataset), checked=len(todo), cached=cached, seconds=time.perf_counter() - start)
@@ -314,6 +328,22 @@ def check_dataset(dataset: SegmentationDataset, *, workers: int | None = None, c
     return scan.result
 
 
+def check_missing(datasets: Sequence[SegmentationDataset]) -> None:
+    """Raise one :class:`DataCheckError` naming every file of ``datasets`` that the readers found
+    missing (``missing``) and that is still absent; no file is opened. Run even with --skip-data-check:
+    such a sample could only fail later, in the middle of a run."""
+    problems, failed, total, names = [], 0, 0, []
+    for ds in {id(ds): ds for ds in datasets}.values():
+        absent = {p: line for p, line in getattr(ds, "missing", {}).items() if not os.path.exists(p)}
+        if absent:
+            pairs = [[p for p in dict.fromkeys(pair) if p in absent] for pair in ds.samples]
+            problems += [absent[p] for pair in pairs for p in pair]
+            failed, total, names = failed + sum(bool(pair) for pair in pairs), total + len(ds), names + [describe(ds)]
+    if problems:
+        hint = "add the missing files or take their samples out of the split (--skip-data-check does not skip this)"
+        raise DataCheckError(list(dict.fromkeys(problems)), failed, total, ", ".join(names), hint)
+
+
 def check_before_run(datasets: Sequence[SegmentationDataset], *, skip: bool = False,
                      workers: int | None = None) -> list[CheckResult]:
     """What ``train`` and ``evaluate`` run first: check the splits in use, raise one error for all of them.
@@ -321,8 +351,10 @@ def check_before_run(datasets: Sequence[SegmentationDataset], *, skip: bool = Fa
     Under torch.distributed only rank 0 checks (its workers use the machine's cores); the other
     ranks wait in an all-reduce that tells them whether it failed, and then raise a DataError too,
     so every rank stops before the first step. The same samples listed twice are checked once.
+    ``skip`` (``--skip-data-check``) opens no file but still stops on files the readers found missing.
     """
     if skip:
+        check_missing(datasets)
         return []
     unique = []
     for ds in datasets:

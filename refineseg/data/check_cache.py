@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import WriteError
-from ..files import write_text
-from ..hub import weights_home
-from ..version import __version__
-from .datasets import SegmentationDataset
+from refineseg.data.datasets import SegmentationDataset
+from refineseg.errors import WriteError
+from refineseg.models.hub import weights_home
+from refineseg.utils.files import write_text
+from refineseg.version import __version__
 
 log = logging.getLogger("refineseg.data")
 

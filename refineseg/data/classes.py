@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..palette import Color, color_palette
-
+from refineseg.utils.palette import Color, color_palette
 
 VOC_CLASSES = [
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -132,3 +131,21 @@ COCO_VOC_NAMES = {
     17: "cat", 62: "chair", 21: "cow", 67: "dining table", 18: "dog", 19: "horse",
     4: "motorcycle", 1: "person", 64: "potted plant", 20: "sheep", 63: "couch", 7: "train", 72: "tv",
 }
+
+#: CamVid, the SegNet tutorial's 11-class version (Brostow et al., 2008); mask value 11 = void.
+CAMVID_CLASSES = [
+    "sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car",
+    "pedestrian", "bicyclist",
+]
+#: The colours CamVid's and SegNet's label images use for these classes.
+CAMVID_PALETTE = [
+    (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
+    (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192),
+]
+
+
+def camvid_lut(ignore_index: int = 255) -> np.ndarray:
+    """CamVid mask value -> class index: 0..10 stay, 11 (void) and anything above -> ``ignore_index``."""
+    lut = np.full(256, ignore_index, np.uint8)
+    lut[: len(CAMVID_CLASSES)] = np.arange(len(CAMVID_CLASSES), dtype=np.uint8)
+    return lut

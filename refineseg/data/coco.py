@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError, file_error
-from .classes import COCO_TO_VOC, COCO_VOC_NAMES, VOC_CLASSES, VOC_PALETTE
-from .datasets import SegmentationDataset, Transform, _require_dir
-from .io import PathLike
+from refineseg.data.classes import COCO_TO_VOC, COCO_VOC_NAMES, VOC_CLASSES, VOC_PALETTE
+from refineseg.data.datasets import SegmentationDataset, Transform, _require_dir
+from refineseg.data.io import PathLike
+from refineseg.errors import DataError, file_error
 
 
 def rle_counts_from_string(text: str) -> list[int]:

@@ -14,13 +14,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import DataCheckError, DataError, file_error
-
-from .classes import (
-    ADE20K_CLASSES, ADE20K_PALETTE, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, VOC_CLASSES,
-    VOC_PALETTE, ade20k_lut, cityscapes_lut,
+from refineseg.data.classes import (
+    ADE20K_CLASSES,
+    ADE20K_PALETTE,
+    CITYSCAPES_CLASSES,
+    CITYSCAPES_PALETTE,
+    VOC_CLASSES,
+    VOC_PALETTE,
+    ade20k_lut,
+    cityscapes_lut,
 )
-from .io import PathLike, read_image, read_mask
+from refineseg.data.io import PathLike, read_image, read_mask
+from refineseg.errors import DataError, file_error
 
 Transform = Callable[[np.ndarray, np.ndarray], tuple[Any, Any]]
 
@@ -33,6 +38,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
     ``transform(image, mask)`` if one is set. If the transform has ``set_sample_seed(index)``
     (see :class:`~refineseg.data.transforms.PairTransform`) it is called first so the random
     augmentation of sample ``index`` does not depend on worker count or access order.
+
+    Files of ``samples`` that do not exist do not stop the constructor: ``missing`` maps each such
+    path to its problem line, the data check (:mod:`.check`) reports them together with every other
+    bad file, and reading such a sample raises a one-line :class:`DataError` naming the file.
     """
 
     def __init__(self, samples: Sequence[tuple[str, str]], class_names: Sequence[str],
@@ -48,6 +57,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.transform = transform
         self.ignore_index = ignore_index
         self.label_lut = label_lut
+        self.missing: dict[str, str] = missing_files(self.samples)
 
     @property
     def num_classes(self) -> int:
@@ -68,6 +78,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def load_sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Read and check sample ``index``: (H, W, 3) uint8 image, (H, W) uint8 class indices."""
         image_path, mask_path = self.samples[index]
+        for path in (image_path, mask_path):
+            if path in self.missing and not os.path.exists(path):
+                raise DataError(self.missing[path])
         image = read_image(image_path)
         mask = self.read_mask(mask_path)
         self.check_sample(image, mask, image_path, mask_path)
@@ -131,17 +144,23 @@ def _voc_base(root: str, year: str, marker: str, what: str) -> str:
     return base
 
 
-def _check_exists(samples: list[tuple[str, str]], what: str = "") -> None:
-    """Raise one :class:`DataCheckError` listing every missing image and mask of ``samples``."""
-    problems, failed = [], 0
+def missing_files(samples: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """Every image and mask path of ``samples`` that does not exist, mapped to its one-line problem."""
+    missing: dict[str, str] = {}
     for image_path, mask_path in samples:
-        missing = [f"{image_path}: image listed in the split is missing"] if not os.path.isfile(image_path) else []
-        if not os.path.isfile(mask_path):
-            missing.append(f"{mask_path}: mask for image {image_path} is missing")
-        problems += missing
-        failed += bool(missing)
-    if problems:
-        raise DataCheckError(problems, failed, len(samples), what)
+        if not os.path.exists(image_path):
+            missing.setdefault(image_path, f"{image_path}: image listed in the split is missing")
+        if not os.path.exists(mask_path):
+            missing.setdefault(mask_path, f"{mask_path}: mask for image {image_path} is missing")
+    return missing
+
+
+def _check_exists(samples: Sequence[tuple[str, str]], what: str = "") -> None:
+    """Nothing to do: :class:`SegmentationDataset` records missing files (``missing``) and the data
+    check reports them with every other bad file, so a reader no longer stops at construction.
+
+    Kept for the readers that still call it; their calls can go.
+    """
 
 
 class VOCSegmentation(SegmentationDataset):
@@ -160,7 +179,6 @@ class VOCSegmentation(SegmentationDataset):
                for t in _read_list(os.path.join(base, "ImageSets", "Segmentation", f"{split}.txt"))]
         samples = [(os.path.join(base, "JPEGImages", f"{i}.jpg"), os.path.join(base, mask_dir, f"{i}.png"))
                    for i in ids]
-        _check_exists(samples)
         super().__init__(samples, VOC_CLASSES, VOC_PALETTE, transform)
         self.root, self.split = base, split
 
@@ -177,7 +195,7 @@ class Cityscapes(SegmentationDataset):
         image_root = os.path.join(root, "leftImg8bit", split)
         _require_dir(image_root, f"Cityscapes images for split {split!r}")
         suffix = "_leftImg8bit.png"
-        samples = []
+        samples, absent = [], {}  # absent annotations: reported by the data check, with every other bad file
         for city in sorted(os.listdir(image_root)):
             city_dir = os.path.join(image_root, city)
             if not os.path.isdir(city_dir):
@@ -190,12 +208,13 @@ class Cityscapes(SegmentationDataset):
                 if not os.path.isfile(mask):
                     mask = stem + "_gtFine_labelIds.png"
                 if not os.path.isfile(mask):
-                    raise file_error(DataError, os.path.join(city_dir, name),
-                                     f"no annotation found (expected {mask})")
+                    absent[mask] = (f"{mask}: no annotation found for image {os.path.join(city_dir, name)} "
+                                    f"(expected it or {os.path.basename(stem)}_gtFine_labelTrainIds.png)")
                 samples.append((os.path.join(city_dir, name), mask))
         if not samples:
             raise file_error(DataError, image_root, f"no images found (*{suffix})")
         super().__init__(samples, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, transform)
+        self.missing.update(absent)
         self.root, self.split = root, split
         self._lut = cityscapes_lut(self.ignore_index)
 
@@ -226,6 +245,5 @@ class ADE20K(SegmentationDataset):
             raise file_error(DataError, image_dir, "no images found (*.jpg)")
         samples = [(os.path.join(image_dir, n), os.path.join(ann_dir, os.path.splitext(n)[0] + ".png"))
                    for n in names]
-        _check_exists(samples)
         super().__init__(samples, ADE20K_CLASSES, ADE20K_PALETTE, transform, label_lut=ade20k_lut())
         self.root, self.split = base, split

@@ -24,12 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataCheckError, DataError, file_error
-
-from ..palette import color_palette
-from .classes import Color
-from .datasets import SegmentationDataset, Transform, _read_list
-from .io import IMAGE_SUFFIXES, PathLike, _mask_from_pil, _open_loaded, colors_to_labels
+from refineseg.data.classes import Color
+from refineseg.data.datasets import SegmentationDataset, Transform, _read_list
+from refineseg.data.io import IMAGE_SUFFIXES, PathLike, _mask_from_pil, _open_loaded, colors_to_labels
+from refineseg.errors import DataError, file_error
+from refineseg.utils.palette import color_palette
 
 CLASS_FILES = ("classes.yaml", "classes.yml", "classes.json")
 IGNORE = 255
@@ -223,6 +222,24 @@ def _list_images(folder: str) -> dict[str, str]:
     return found
 
 
+def _match_stems(stems: Sequence[str], images: Mapping[str, str], image_dir: str, mask_dir: str,
+                 listed_in: str) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """(image, mask) pairs of ``stems`` and the problem lines of their absent files, path -> line.
+
+    A stem without an image keeps its place as ``<image_dir>/<stem>.*``, so the data check names it
+    next to every other bad file instead of the dataset stopping at the first.
+    """
+    samples, absent = [], {}
+    for stem in stems:
+        image, mask = images.get(stem, os.path.join(image_dir, stem + ".*")), os.path.join(mask_dir, stem + ".png")
+        if stem not in images:
+            absent[image] = f"{listed_in}: lists {stem!r} but there is no image {image}"
+        elif not os.path.isfile(mask):
+            absent[mask] = f"{mask}: no mask found for image {image}"
+        samples.append((image, mask))
+    return samples, absent
+
+
 class FolderDataset(SegmentationDataset):
     """Images and masks matched by file stem, classes from ``classes.yaml`` (see module docstring).
 
@@ -251,24 +268,12 @@ class FolderDataset(SegmentationDataset):
             stems = list(images)
         if not stems:
             raise file_error(DataError, split_file or image_dir, "no images found")
-        samples, problems = [], []  # every missing image and mask reported at once
-        for stem in stems:
-            mask = os.path.join(mask_dir, stem + ".png")
-            if stem not in images:
-                problems.append(f"{split_file or image_dir}: lists {stem!r} but there is no image {image_dir}/{stem}.*")
-            elif not os.path.isfile(mask):
-                problems.append(f"{images[stem]}: no mask found (expected {mask})")
-            else:
-                samples.append((images[stem], mask))
-        if len(problems) == 1:
-            raise DataError(problems[0])
-        if problems:
-            raise DataCheckError(problems, len(problems), len(stems), f"folder dataset {root}")
-
+        samples, absent = _match_stems(stems, images, image_dir, mask_dir, split_file or image_dir)
         fallback = color_palette(len(spec.names))
         palette = [c if c is not None else fallback[i] for i, c in enumerate(spec.colors)]
         super().__init__(samples, spec.names, palette, transform,
                          label_lut=label_lut(spec.label_map, spec.binary))
+        self.missing.update(absent)  # reported by the data check with every other bad file, not here
         self.root, self.split = root, split
         self.binary, self.label_map = spec.binary, dict(spec.label_map)
         self.color_to_label: dict[Color, int] | None = None

@@ -3,7 +3,7 @@
 Every reader forces a full decode (``Image.load()``), so a truncated PNG or JPEG raises a
 :class:`~refineseg.errors.DataError` here instead of being silently padded with grey later.
 Multi-frame files (animated GIF/PNG/WebP, multi-page TIFF) give their first frame, with a note
-logged once per file. Writers go through :func:`refineseg.files.atomic_write`: a temporary name
+logged once per file. Writers go through :func:`refineseg.utils.files.atomic_write`: a temporary name
 renamed into place, so an interrupted write never leaves a truncated file.
 """
 
@@ -17,9 +17,9 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from ..errors import DataError, MissingDependencyError, file_error
-from ..files import atomic_write
-from ..palette import IGNORE_COLOR
+from refineseg.errors import DataError, MissingDependencyError, file_error
+from refineseg.utils.files import atomic_write
+from refineseg.utils.palette import IGNORE_COLOR
 
 log = logging.getLogger("refineseg.data")
 

@@ -23,9 +23,9 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..palette import color_palette
-from .datasets import SegmentationDataset, Transform
-from .io import PathLike, write_image, write_label_png
+from refineseg.data.datasets import SegmentationDataset, Transform
+from refineseg.data.io import PathLike, write_image, write_label_png
+from refineseg.utils.palette import color_palette
 
 SYNTHETIC_CLASSES = ["background", "disk", "square", "stripes", "wire", "dot"]
 BACKGROUND, DISK, SQUARE, STRIPES, WIRE, DOT = range(len(SYNTHETIC_CLASSES))

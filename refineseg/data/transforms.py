@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import MissingDependencyError
-from ..models.config import IMAGENET_MEAN, IMAGENET_STD
+from refineseg.errors import MissingDependencyError
+from refineseg.models.config import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _albumentations() -> tuple[Any, Any]:

@@ -6,8 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..palette import color_palette
-from ..version import __version__
+from refineseg.utils.palette import color_palette
+from refineseg.version import __version__
 
 VERSION_KEY = "refineseg_version"  # in config.json: the version that wrote it
 

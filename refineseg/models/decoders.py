@@ -1,4 +1,4 @@
-"""Decoders and heads of the RefineNet family, assembled from :mod:`refineseg.blocks`.
+"""Decoders and heads of the RefineNet family, assembled from :mod:`refineseg.models.blocks`.
 
 * :class:`RefineNetDecoder`: the cascade of RefineNet blocks from the coarsest backbone
   level to the finest (released RefineNet, Light-Weight RefineNet, LW on MobileNetV2).
@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..blocks import RefineNetBlock, conv, resize
+from refineseg.models.blocks import RefineNetBlock, conv, resize
 
 
 class LevelDropout(nn.Module):

@@ -24,9 +24,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..backbones.mobilenetv2 import InvertedResidual
-from ..backbones.resnet import ResNet
-from ..blocks import RefineNetBlock
+from refineseg.models.backbones.mobilenetv2 import InvertedResidual
+from refineseg.models.backbones.resnet import ResNet
+from refineseg.models.blocks import RefineNetBlock
 
 __all__ = ["checkpointed_modules", "enable_grad_checkpointing", "is_grad_checkpointing"]
 
@@ -77,7 +77,7 @@ def checkpointed_modules(model: nn.Module) -> dict[str, nn.Module]:
     """The modules :func:`enable_grad_checkpointing` wraps, by qualified name.
 
     ResNet stages ``layer1`` .. ``layer4``, every MobileNetV2 inverted-residual block, and every
-    :class:`~refineseg.blocks.RefineNetBlock` (decoder). Nested matches are skipped, so no
+    :class:`~refineseg.models.blocks.RefineNetBlock` (decoder). Nested matches are skipped, so no
     checkpoint runs inside another.
     """
     selected: dict[str, nn.Module] = {}

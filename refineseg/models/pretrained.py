@@ -16,12 +16,12 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError, file_error
-from ..weights import StateDict, WeightsSource, load_exact, load_weights_file, read_weights
-from .config import ModelConfig
-from .reference import ReferenceLayout
-from .registry import build_model, model_spec
-from .segmentation import CONFIG_NAME, WEIGHTS_NAME, SegmentationModel
+from refineseg.errors import CheckpointError, file_error
+from refineseg.models.config import ModelConfig
+from refineseg.models.reference import ReferenceLayout
+from refineseg.models.registry import build_model, model_spec
+from refineseg.models.segmentation import CONFIG_NAME, WEIGHTS_NAME, SegmentationModel
+from refineseg.models.weights import StateDict, WeightsSource, load_exact, load_weights_file, read_weights
 
 
 def save_pretrained(model: SegmentationModel, directory: str | os.PathLike) -> None:

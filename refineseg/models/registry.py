@@ -25,14 +25,20 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from ..backbones import build_backbone
-from ..hub import is_tag, resolve_backbone_weights
-from ..weights import load_backbone_weights
-from .config import ModelConfig
-from .decoders import (ClassifierHead, CoarsestLevelDecoder, FullResolutionHead, PointwiseClassifierHead,
-                       RefineNetDecoder, SingleStageDecoder)
-from .reference import MOBILENET_LAYOUT, RESNET_LAYOUT, SEED_LAYOUT, ReferenceLayout
-from .segmentation import SegmentationModel
+from refineseg.models.backbones import build_backbone
+from refineseg.models.config import ModelConfig
+from refineseg.models.decoders import (
+    ClassifierHead,
+    CoarsestLevelDecoder,
+    FullResolutionHead,
+    PointwiseClassifierHead,
+    RefineNetDecoder,
+    SingleStageDecoder,
+)
+from refineseg.models.hub import is_tag, resolve_backbone_weights
+from refineseg.models.reference import MOBILENET_LAYOUT, RESNET_LAYOUT, SEED_LAYOUT, ReferenceLayout
+from refineseg.models.segmentation import SegmentationModel
+from refineseg.models.weights import load_backbone_weights
 
 
 @dataclass(frozen=True)
@@ -172,7 +178,7 @@ def create_model(
         backbone_weights: optional torchvision ImageNet checkpoint for the backbone, loaded with
             strict key checking: a path (``.pth`` or ``.safetensors``), or a tag, ``"imagenet"``
             (torchvision's V1 files, every backbone) or ``"imagenet_v2"`` (ResNet-50/101/152),
-            found in a cache or downloaded and hash-checked by :mod:`refineseg.hub`.
+            found in a cache or downloaded and hash-checked by :mod:`refineseg.models.hub`.
         **options: further :class:`ModelConfig` fields: ``output_stride`` (32/16/8, ResNet
             only), ``freeze_bn``, ``dropout`` (every model; ``None`` = the model's default),
             ``class_names``, ``palette``, ``mean``, ``std``.

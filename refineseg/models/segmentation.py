@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import freeze_batch_norm
-from ..files import write_text
-from ..weights import save_weights_file
-from .config import ModelConfig
+from refineseg.models.backbones import freeze_batch_norm
+from refineseg.models.config import ModelConfig
+from refineseg.models.weights import save_weights_file
+from refineseg.utils.files import write_text
 
 #: The smallest input side every model accepts (five stride-2 stages need at least one pixel).
 MIN_SIDE = 32

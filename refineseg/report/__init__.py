@@ -23,13 +23,18 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import DataError, RefineSegError, WriteError, file_error, one_line
-from ..files import write_text
-from .compare import compare_page, differing_images
-from .outputs import (
-    is_eval_folder, is_training_folder, load_eval, missing_predictions, read_training, try_open_dataset,
+from refineseg.errors import DataError, RefineSegError, WriteError, file_error, one_line
+from refineseg.report.compare import compare_page, differing_images
+from refineseg.report.outputs import (
+    is_eval_folder,
+    is_training_folder,
+    load_eval,
+    missing_predictions,
+    read_training,
+    try_open_dataset,
 )
-from .pages import eval_page, pick_worst_best, training_page
+from refineseg.report.pages import eval_page, pick_worst_best, training_page
+from refineseg.utils.files import write_text
 
 __all__ = ["write_eval_report", "write_training_report", "write_compare_report", "write_report",
            "pick_worst_best", "differing_images", "REPORT_NAME", "MAX_SIDE"]
@@ -73,7 +78,7 @@ def write_training_report(out: str | os.PathLike, summary: dict[str, Any] | None
                           palette: Sequence[Sequence[int]] | None = None) -> Path | None:
     """Refresh ``out/report.html`` of a training run; called by the trainer after each validation (rank 0).
 
-    ``summary`` (from :func:`refineseg.evaluation.evaluate_model`, with its (C, C) ``confusion``
+    ``summary`` (from :func:`refineseg.evaluation.evaluate.evaluate_model`, with its (C, C) ``confusion``
     matrix) is saved as ``out/last_validation.json`` first, so ``refineseg report OUT`` can rebuild
     the page. A page that cannot be built is logged and skipped (None): the report never stops a
     training run. A failed write (a full disk) still raises :class:`~refineseg.errors.WriteError`.

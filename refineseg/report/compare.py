@@ -4,13 +4,23 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..errors import DataError, file_error
-from .html import (
-    SUMMARY_KEYS, esc, fraction, page, pct_td, section, signed_pp, swatch, table, td, timestamp,
+from refineseg.errors import DataError, file_error
+from refineseg.report.figures import label_uri, photo_uri
+from refineseg.report.html import (
+    SUMMARY_KEYS,
+    esc,
+    fraction,
+    page,
+    pct_td,
+    section,
+    signed_pp,
+    swatch,
+    table,
+    td,
+    timestamp,
 )
-from .figures import label_uri, photo_uri
-from .outputs import EvalOutputs, load_sample
-from .pages import _class_legend, _img, _scores
+from refineseg.report.outputs import EvalOutputs, load_sample
+from refineseg.report.pages import _class_legend, _img, _scores
 
 
 def differing_images(a_rows: Sequence[dict[str, Any]], b_rows: Sequence[dict[str, Any]],

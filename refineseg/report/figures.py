@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from ..palette import IGNORE_COLOR
+from refineseg.utils.palette import IGNORE_COLOR
 
 Color = Sequence[int]
 #: Error maps: wrong pixels in this red over a faded grey copy of the photo.

@@ -13,8 +13,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .assets import CSS, JS
-from .figures import Color, heatmap_uri
+from refineseg.report.assets import CSS, JS
+from refineseg.report.figures import Color, heatmap_uri
 
 DASH = "\u2013"  # shown for undefined scores
 #: Summary metrics in display order: (key in metrics.json, label).

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..data.io import read_mask
-from ..errors import DataError, RefineSegError, file_error
-from ..palette import color_palette
-from .figures import Color
-from .html import fraction
+from refineseg.data.io import read_mask
+from refineseg.errors import DataError, RefineSegError, file_error
+from refineseg.report.figures import Color
+from refineseg.report.html import fraction
+from refineseg.utils.palette import color_palette
 
 PER_IMAGE_COLUMNS = ("index", "name", "pixel_accuracy", "miou", "boundary_iou")
 
@@ -120,7 +120,7 @@ def load_eval(folder: str | os.PathLike) -> EvalOutputs:
 
 def open_dataset(metrics: dict[str, Any]) -> Any:
     """The evaluated dataset, rebuilt from ``metrics["config"]`` without a transform (raw images and masks)."""
-    from ..data import build_dataset  # the data package imports heavier modules; only needed for panels
+    from refineseg.data import build_dataset  # the data package imports heavier modules; only needed for panels
 
     config = metrics.get("config") or {}
     name = config.get("dataset") or metrics.get("dataset")

@@ -8,12 +8,25 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..palette import IGNORE_COLOR
-from .html import (
-    cards, confusion_matrix, esc, fraction, legend, page, pct, pct_td, per_class_table, section, summary_cards, table, td, timestamp,
+from refineseg.report.figures import WRONG_COLOR, Color, Series, error_uri, fit_size, label_uri, line_chart, photo_uri
+from refineseg.report.html import (
+    cards,
+    confusion_matrix,
+    esc,
+    fraction,
+    legend,
+    page,
+    pct,
+    pct_td,
+    per_class_table,
+    section,
+    summary_cards,
+    table,
+    td,
+    timestamp,
 )
-from .figures import WRONG_COLOR, Color, Series, error_uri, fit_size, label_uri, line_chart, photo_uri
-from .outputs import EvalOutputs, class_colors, class_names, load_sample
+from refineseg.report.outputs import EvalOutputs, class_colors, class_names, load_sample
+from refineseg.utils.palette import IGNORE_COLOR
 
 LINE_COLORS = ["#2f5fb3", "#d9711c", "#2e9e48", "#a23cb8"]
 

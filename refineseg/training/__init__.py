@@ -1,8 +1,13 @@
 """Training: configuration, the training loop, crash-safe checkpoints, DDP helpers."""
 
-from .config import TrainConfig
-from .trainer import (
-    build_optimizer, optimizer_step, poly_lr_lambda, save_last, train, validate_and_save_best,
+from refineseg.training.config import TrainConfig
+from refineseg.training.trainer import (
+    build_optimizer,
+    optimizer_step,
+    poly_lr_lambda,
+    save_last,
+    train,
+    validate_and_save_best,
 )
 
 __all__ = ["TrainConfig", "train", "build_optimizer", "poly_lr_lambda", "optimizer_step",

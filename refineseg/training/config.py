@@ -9,10 +9,10 @@ from typing import Literal
 
 import torch
 
-from ..config_utils import bool_or_str, check_bounds, option
-from ..data import DATASETS
-from ..losses import parse_loss_spec
-from ..models import model_spec
+from refineseg.data import DATASETS
+from refineseg.models import model_spec
+from refineseg.training.losses import parse_loss_spec
+from refineseg.utils.config import bool_or_str, check_bounds, option
 
 
 @dataclass
@@ -42,7 +42,7 @@ class TrainConfig:
     clip_grad_norm: float | None = option(None, "clip the gradients' global norm to this "
                                                 "(0: off; default: the model's recipe)", min=0.0)
     loss: str = option("ce", "loss: ce, ohem, dice, lovasz, focal, or a weighted sum such as ce+0.5*dice "
-                             "(see refineseg.losses)")
+                             "(see refineseg.training.losses)")
     ohem_thresh: float = option(0.7, "ohem: keep pixels whose true-class probability is below this", min=0.0, max=1.0)
     ohem_min_kept: int = option(100000, "ohem: keep at least this many of the hardest pixels per image", min=1)
     class_weights: str = option("none", "per-class loss weights: none; auto (median-frequency balancing of the "

@@ -10,9 +10,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .. import distributed as dist_utils
-from ..files import write_text
-from .config import TrainConfig
+from refineseg.training.config import TrainConfig
+from refineseg.utils import distributed as dist_utils
+from refineseg.utils.files import write_text
 
 log = logging.getLogger("refineseg.train")
 

@@ -20,7 +20,7 @@ import socket
 import time
 from pathlib import Path
 
-from ..errors import RefineSegError, file_error
+from refineseg.errors import RefineSegError, file_error
 
 log = logging.getLogger("refineseg.train")
 

@@ -26,8 +26,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..errors import CheckpointError, file_error
-from ..files import is_write_failure, write_bytes, write_error
+from refineseg.errors import CheckpointError, file_error
+from refineseg.utils.files import is_write_failure, write_bytes, write_error
 
 STATE_NAME = "training_state.pt"
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): stopped early on a signal, checkpoint saved, resume me
@@ -81,7 +81,7 @@ def atomic_directory(target: Path, write: Callable[[Path], None]) -> None:
 
 
 def save_state(state: dict[str, Any], path: Path) -> None:
-    """``torch.save`` through memory and :func:`~refineseg.files.write_bytes`: a full disk gives an
+    """``torch.save`` through memory and :func:`~refineseg.utils.files.write_bytes`: a full disk gives an
     OSError (not torch's ``unexpected pos``) and never a truncated file."""
     buffer = io.BytesIO()
     torch.save(state, buffer)

@@ -9,16 +9,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import distributed as dist_utils
-from ..data import build_dataset, eval_transform, train_transform
-from ..data.check import check_before_run
-from ..data.stats import dataset_statistics
-from ..errors import CheckpointError, RefineSegError, file_error
-from ..losses import class_weights_from_counts, load_class_weights
-from ..models import SegmentationModel, create_model, from_pretrained
-from .config import TrainConfig
-from .run_dir import RunLock, claim_run_dir
-from .run_state import STATE_NAME, load_training_state, recover_directory
+from refineseg.data import build_dataset, eval_transform, train_transform
+from refineseg.data.check import check_before_run
+from refineseg.data.stats import dataset_statistics
+from refineseg.errors import CheckpointError, RefineSegError, file_error
+from refineseg.models import SegmentationModel, create_model, from_pretrained
+from refineseg.training.config import TrainConfig
+from refineseg.training.losses import class_weights_from_counts, load_class_weights
+from refineseg.training.run_dir import RunLock, claim_run_dir
+from refineseg.training.run_state import STATE_NAME, load_training_state, recover_directory
+from refineseg.utils import distributed as dist_utils
 
 log = logging.getLogger("refineseg.train")
 

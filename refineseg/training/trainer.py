@@ -35,24 +35,30 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from .. import distributed as dist_utils
-from ..config_utils import save_yaml
-from ..errors import RefineSegError
-from ..evaluation import evaluate_model
-from ..files import write_text
-from ..inference import select_device
-from ..losses import CrossEntropyLoss, build_loss
-from ..models import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel
-from ..models.grad_checkpointing import enable_grad_checkpointing
-from ..report import write_training_report
-from ..visualize import plot_curves
-from .config import TrainConfig, resolve_amp
-from .progress import MetricsLog, StepLog
-from .run_state import (
-    PREEMPTED_EXIT_CODE, STATE_NAME, StopSignals, atomic_directory, capture_rng_state, ignore_stop_signals,
-    restore_rng_state, save_state,
+from refineseg.errors import RefineSegError
+from refineseg.evaluation.evaluate import evaluate_model
+from refineseg.inference.predictor import select_device
+from refineseg.models import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel
+from refineseg.models.grad_checkpointing import enable_grad_checkpointing
+from refineseg.report import write_training_report
+from refineseg.report.visualize import plot_curves
+from refineseg.training.config import TrainConfig, resolve_amp
+from refineseg.training.losses import CrossEntropyLoss, build_loss
+from refineseg.training.progress import MetricsLog, StepLog
+from refineseg.training.run_state import (
+    PREEMPTED_EXIT_CODE,
+    STATE_NAME,
+    StopSignals,
+    atomic_directory,
+    capture_rng_state,
+    ignore_stop_signals,
+    restore_rng_state,
+    save_state,
 )
-from .setup import build_datasets, build_or_resume, claim_out, class_weights
+from refineseg.training.setup import build_datasets, build_or_resume, claim_out, class_weights
+from refineseg.utils import distributed as dist_utils
+from refineseg.utils.config import save_yaml
+from refineseg.utils.files import write_text
 
 log = logging.getLogger("refineseg.train")
 
@@ -132,7 +138,7 @@ def optimizer_step(
     those of one batch of ``accum_steps × B`` images; a DDP ``net`` all-reduces them only on the
     last micro-batch (``no_sync`` before). With ``clip_grad_norm > 0`` the (unscaled) gradients'
     global norm is clipped to it. ``criterion(logits, masks)`` is the loss (default: cross-entropy,
-    see :mod:`refineseg.losses`). ``channels_last`` hands ``net`` the images in NHWC memory (for a
+    see :mod:`refineseg.training.losses`). ``channels_last`` hands ``net`` the images in NHWC memory (for a
     ``net`` converted by ``to(memory_format=torch.channels_last)``). Then the (optional) scaler
     steps the optimizer and the scheduler advances. Returns the step's loss; raises
     RefineSegError naming the step when the loss is not finite.

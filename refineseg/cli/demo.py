@@ -13,11 +13,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from .config_utils import config_from_values, load_yaml
-from .data import SyntheticSegmentation, write_image
-from .evaluation import EvalConfig, run_evaluate
-from .prediction import PredictConfig, run_predict
-from .training import TrainConfig, train
+from refineseg.data import SyntheticSegmentation, write_image
+from refineseg.evaluation.evaluate import EvalConfig, run_evaluate
+from refineseg.inference.predict import PredictConfig, run_predict
+from refineseg.training import TrainConfig, train
+from refineseg.utils.config import config_from_values, load_yaml
 
 TEST_TIME = {"mode": "multiscale", "scales": [2.0], "flip": True}
 

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
-from .errors import WriteError, file_error
+from refineseg.errors import WriteError, file_error
 
 #: errno -> the cause named in the one-line error.
 WRITE_CAUSES = {

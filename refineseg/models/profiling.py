@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 if TYPE_CHECKING:
-    from .models import SegmentationModel
+    from refineseg.models import SegmentationModel
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -27,7 +27,7 @@ def count_macs(model: "SegmentationModel", height: int = 512, width: int = 512, 
     Counts convolutions, matmuls and the like (FlopCounterMode's FLOPs / 2); pooling,
     activations and interpolation are not counted, as is customary for GMAC figures.
     """
-    from .models import build_model
+    from refineseg.models import build_model
 
     if not all(p.is_meta for p in model.parameters()):  # measure a shape-only twin, not the real weights
         with torch.device("meta"):
@@ -41,7 +41,7 @@ def count_macs(model: "SegmentationModel", height: int = 512, width: int = 512, 
 
 def summarize_model(name: str, num_classes: int = 21, height: int = 512, width: int = 512) -> dict:
     """Name, parameter count, GMACs and output shape of a registered variant at (1, 3, H, W)."""
-    from .models import create_model
+    from refineseg.models import create_model
 
     with torch.device("meta"):
         model = create_model(name, num_classes=num_classes).eval()

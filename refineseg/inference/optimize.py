@@ -2,8 +2,8 @@
 
 :func:`optimize_for_inference` turns a trained model into an eval-only module with the same
 contract (normalized float32 (N, 3, H, W) in, float32 logits (N, C, H, W) out), so it can be
-passed to :func:`refineseg.inference.predict_probabilities` or
-:func:`refineseg.inference.segment` unchanged::
+passed to :func:`refineseg.inference.predictor.predict_probabilities` or
+:func:`refineseg.inference.predictor.segment` unchanged::
 
     fast = optimize_for_inference(model, dtype=torch.bfloat16)
     probs = predict_probabilities(fast, x, mode="slide", crop=512)

@@ -3,7 +3,7 @@
 Everything (pixel accuracy, per-class recall, IoU, Dice, F-score) is computed from one C x C
 matrix, so evaluation only has to accumulate integer counts batch by batch, and
 distributed evaluation only has to sum those counts across ranks. The boundary metrics
-(:mod:`refineseg.boundary`) stream the same way; :func:`summarize` merges both into the JSON form.
+(:mod:`refineseg.evaluation.boundary`) stream the same way; :func:`summarize` merges both into the JSON form.
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .errors import MissingDependencyError
-from .files import atomic_write
-from .palette import IGNORE_COLOR
+from refineseg.errors import MissingDependencyError
+from refineseg.utils.files import atomic_write
+from refineseg.utils.palette import IGNORE_COLOR
 
 
 def colorize(labels: np.ndarray, palette: Sequence[tuple[int, int, int]], ignore_index: int | None = 255) -> np.ndarray:
@@ -269,3 +269,31 @@ def model_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     for r in cells:
         out.append(line([t.rjust(w) if num else t.ljust(w) for t, w, num in zip(r, widths, numeric)]))
     return "\n".join(out)
+
+
+def plot_class_frequencies(report: dict[str, Any], palette: Sequence[Sequence[int]], path: str | os.PathLike,
+                           title: str = "", log_scale: bool = True) -> Path:
+    """Bar chart of each class's share of the labelled pixels (%), bars in the class colours."""
+    classes = report["classes"]
+    shares = [100.0 * c["share"] for c in classes]
+    fig = _agg_figure((min(40.0, max(6.4, 0.3 * len(classes) + 2.0)), 4.8))
+    ax = fig.add_subplot()
+    colors = [tuple(v / 255.0 for v in palette[i][:3]) for i in range(len(classes))]
+    bars = ax.bar(range(len(classes)), shares, color=colors, edgecolor="black", linewidth=0.5)
+    ax.set_xticks(range(len(classes)), labels=[c["name"] for c in classes], rotation=90,
+                  fontsize=8 if len(classes) <= 40 else 5)
+    ax.set_xlim(-0.6, len(classes) - 0.4)
+    if len(classes) <= 40:
+        ax.bar_label(bars, labels=[f"{s:.3g}" for s in shares], fontsize=7, padding=1)
+    positive = [s for s in shares if s > 0]
+    if log_scale and positive:
+        from matplotlib.ticker import FuncFormatter
+
+        ax.set_yscale("log")  # bars start a decade below the rarest class, ticks as plain percentages
+        ax.set_ylim(10.0 ** np.floor(np.log10(min(positive)) - 1), max(positive) * 2.0)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xlabel("class")
+    ax.set_ylabel("pixels (%) of the labelled pixels")
+    ax.set_title(title or "class frequencies")
+    ax.grid(True, axis="y", alpha=0.3)
+    return save_figure(fig, path)

@@ -31,15 +31,22 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .models import from_pretrained
-from .data import IMAGE_SUFFIXES, TIFF_SUFFIXES, read_image, read_large_image, write_label_png, write_label_tiff
-from .data.io import write_pil
-from .errors import DataError, RefineSegError, WriteError, file_error, one_line
-from .files import is_write_failure, remove_dead_temporaries, write_text
-from .config_utils import option, required
-from .inference import InferenceOptions, segment, select_device
-from .tiling import predict_tiled
-from .visualize import overlay
+from refineseg.data import (
+    IMAGE_SUFFIXES,
+    TIFF_SUFFIXES,
+    read_image,
+    read_large_image,
+    write_label_png,
+    write_label_tiff,
+)
+from refineseg.data.io import write_pil
+from refineseg.errors import DataError, RefineSegError, WriteError, file_error, one_line
+from refineseg.inference.predictor import InferenceOptions, segment, select_device
+from refineseg.inference.tiling import predict_tiled
+from refineseg.models import from_pretrained
+from refineseg.report.visualize import overlay
+from refineseg.utils.config import option, required
+from refineseg.utils.files import is_write_failure, remove_dead_temporaries, write_text
 
 EXIT_SOME_FAILED = 3  # exit status of `refineseg predict` when some inputs failed (2: one-line error, 75: preempted)
 ERRORS_FILE = "errors.txt"  # OUT/errors.txt: "<input>: <cause>" per failed input
@@ -132,7 +139,7 @@ def _output_name(stem: str, taken: set[str]) -> str:
 def load_predictor(config: PredictConfig):
     """A callable ``(N, 3, H, W) -> logits`` with ``.config``: a (fast-path) model or an ONNX session."""
     if config.backend == "onnxruntime":
-        from .export import OnnxSegmenter
+        from refineseg.inference.export import OnnxSegmenter
 
         return OnnxSegmenter(config.checkpoint)
     return config.prepare(from_pretrained(config.checkpoint, map_location=select_device(config.device)))

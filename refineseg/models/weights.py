@@ -24,9 +24,9 @@ from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from .backbones import MobileNetV2
-from .errors import CheckpointError, file_error
-from .files import write_bytes
+from refineseg.errors import CheckpointError, file_error
+from refineseg.models.backbones import MobileNetV2
+from refineseg.utils.files import write_bytes
 
 StateDict = dict[str, torch.Tensor]
 WeightsSource = str | os.PathLike | Mapping[str, torch.Tensor]

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .inference import preprocess
-from .models import MIN_SIDE
+from refineseg.inference.predictor import preprocess
+from refineseg.models import MIN_SIDE
 
 
 def tile_spans(length: int, tile: int, overlap: int) -> list[tuple[int, int]]:

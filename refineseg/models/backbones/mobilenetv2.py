@@ -7,7 +7,7 @@ its ImageNet checkpoint loads once ``classifier.*`` and the final 1280-channel c
 Light-Weight RefineNet's layout gives the first inverted residual (expansion 1) a 1×1
 expand conv as well. With ``expand_first_block=True`` that block is built like every other
 one; a torchvision checkpoint then loads with the expand step set to the identity
-(see :func:`refineseg.weights.load_backbone_weights`).
+(see :func:`refineseg.models.weights.load_backbone_weights`).
 """
 
 from __future__ import annotations

@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config_utils import option
-from .data.transforms import normalize
-from .errors import RefineSegError
-from .models import MIN_SIDE
+from refineseg.data.transforms import normalize
+from refineseg.errors import RefineSegError
+from refineseg.models import MIN_SIDE
+from refineseg.utils.config import option
 
 MODES = ["whole", "slide", "multiscale"]
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -157,7 +157,7 @@ def select_device(device: str | None) -> torch.device:
 class InferenceOptions:
     """How ``evaluate`` and ``predict`` run a model: mode, windows, scales, device, fast path.
 
-    By default the model runs through :func:`~refineseg.optimize.optimize_for_inference`
+    By default the model runs through :func:`~refineseg.inference.optimize.optimize_for_inference`
     (BatchNorm folded into the convolutions, channels-last memory, fp32: same results within
     1e-4, faster); ``--precision bf16`` (CPU or CUDA) or ``fp16`` (CUDA) and ``--compile`` go further.
     """
@@ -182,7 +182,7 @@ class InferenceOptions:
         dtype = PRECISIONS[self.precision]
         if not (self.optimize or self.compile or dtype is not None):
             return model.eval()
-        from .optimize import optimize_for_inference
+        from refineseg.inference.optimize import optimize_for_inference
 
         return optimize_for_inference(model, fold_bn=self.optimize, channels_last=self.optimize,
                                       compile=self.compile, dtype=dtype)

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .errors import CheckpointError
+from refineseg.errors import CheckpointError
 
 DEFAULT_BASE_URL = "https://download.pytorch.org/models/"
 DEFAULT_TAG = "imagenet"

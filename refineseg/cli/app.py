@@ -14,21 +14,21 @@ import logging
 import sys
 from typing import Callable, Sequence
 
-from .config_utils import add_dataclass_arguments, build_config
-from .data import write_synthetic
-from .data.stats import CheckDataConfig, run_check_data
-from .demo import run_demo
-from .errors import DataCheckError, RefineSegError, one_line
-from .evaluation import EvalConfig, run_evaluate
-from .export import ExportConfig, run_export
-from .files import is_write_failure, write_error
-from .hub import fetch_weights, list_weights, parse_name, weights_name
-from .models import list_models, model_spec
-from .prediction import PredictConfig, run_predict
-from .profiling import summarize_model
-from .report import MAX_SIDE, write_compare_report, write_report
-from .training import TrainConfig, train
-from .visualize import model_table
+from refineseg.cli.check_data import CheckDataConfig, run_check_data
+from refineseg.cli.demo import run_demo
+from refineseg.data import write_synthetic
+from refineseg.errors import DataCheckError, RefineSegError, one_line
+from refineseg.evaluation.evaluate import EvalConfig, run_evaluate
+from refineseg.inference.export import ExportConfig, run_export
+from refineseg.inference.predict import PredictConfig, run_predict
+from refineseg.models import list_models, model_spec
+from refineseg.models.hub import fetch_weights, list_weights, parse_name, weights_name
+from refineseg.models.profiling import summarize_model
+from refineseg.report import MAX_SIDE, write_compare_report, write_report
+from refineseg.report.visualize import model_table
+from refineseg.training import TrainConfig, train
+from refineseg.utils.config import add_dataclass_arguments, build_config
+from refineseg.utils.files import is_write_failure, write_error
 
 Handler = Callable[[argparse.Namespace], int | None]
 

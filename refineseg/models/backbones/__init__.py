@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from .mobilenetv2 import MobileNetV2
-from .resnet import ResNet
+from refineseg.models.backbones.mobilenetv2 import MobileNetV2
+from refineseg.models.backbones.resnet import ResNet
 
 __all__ = ["MobileNetV2", "ResNet", "build_backbone", "freeze_batch_norm"]
 

@@ -20,19 +20,24 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import distributed
-from .models import from_pretrained
-from .config_utils import option, required
-from .boundary import BoundaryIoU, TrimapAccuracy, nanmean, ratios
-from .data import DATASETS, build_dataset, eval_transform, write_label_png
-from .data.check import check_before_run
-from .errors import CheckpointError, MissingDependencyError, file_error
-from .files import write_text
-from .inference import InferenceOptions, check_inference_options, predict_probabilities, select_device
-from .metrics import ConfusionMatrix, format_table, summarize
-from .palette import color_palette
-from .report import write_eval_report
-from .visualize import plot_confusion_matrix
+from refineseg.data import DATASETS, build_dataset, eval_transform, write_label_png
+from refineseg.data.check import check_before_run
+from refineseg.errors import CheckpointError, MissingDependencyError, file_error
+from refineseg.evaluation.boundary import BoundaryIoU, TrimapAccuracy, nanmean, ratios
+from refineseg.evaluation.metrics import ConfusionMatrix, format_table, summarize
+from refineseg.inference.predictor import (
+    InferenceOptions,
+    check_inference_options,
+    predict_probabilities,
+    select_device,
+)
+from refineseg.models import from_pretrained
+from refineseg.report import write_eval_report
+from refineseg.report.visualize import plot_confusion_matrix
+from refineseg.utils import distributed
+from refineseg.utils.config import option, required
+from refineseg.utils.files import write_text
+from refineseg.utils.palette import color_palette
 
 
 @dataclass(kw_only=True)
@@ -105,7 +110,7 @@ def evaluate_model(
     are summed over ranks, so every rank returns the same result. Pass the bare model, not a DDP
     wrapper. The model's train/eval mode is restored afterwards.
 
-    ``boundary_ratio`` adds Boundary IoU and trimap accuracy (:mod:`refineseg.boundary`); None
+    ``boundary_ratio`` adds Boundary IoU and trimap accuracy (:mod:`refineseg.evaluation.boundary`); None
     skips them. ``per_image`` adds ``summary["per_image"]``: one dict per image (the keys of
     :data:`PER_IMAGE_COLUMNS`, None when undefined), gathered from all ranks, sorted by index.
     ``predictions_dir`` receives ``<sample name>.png``, the argmax label map of each image the rank
@@ -217,7 +222,7 @@ def run_evaluate(config: EvalConfig) -> dict[str, Any]:
     and the dataset have different numbers of classes.
     """
     if config.backend == "onnxruntime":  # an .onnx file (config from its metadata); logits come back on the CPU
-        from .export import OnnxSegmenter
+        from refineseg.inference.export import OnnxSegmenter
 
         runner = model = OnnxSegmenter(config.checkpoint)
         device = model.device

@@ -38,8 +38,8 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from . import distributed as dist_utils
-from .errors import DataError, RefineSegError, file_error
+from refineseg.errors import DataError, RefineSegError, file_error
+from refineseg.utils import distributed as dist_utils
 
 __all__ = [
     "LOSSES", "CrossEntropyLoss", "OhemCrossEntropyLoss", "FocalLoss", "DiceLoss", "LovaszSoftmaxLoss",

@@ -1,6 +1,6 @@
 """int8 post-training quantization of an exported ONNX model, calibrated on a folder of images.
 
-:func:`quantize_onnx` turns the fp32 ``.onnx`` file of :func:`refineseg.export.export_onnx` into
+:func:`quantize_onnx` turns the fp32 ``.onnx`` file of :func:`refineseg.inference.export.export_onnx` into
 an int8 one with onnxruntime's static quantizer: QDQ format (QuantizeLinear/DequantizeLinear
 pairs that onnxruntime's CPU provider fuses into integer kernels such as QLinearConv), weights
 int8 per output channel, activations uint8 with ranges measured on calibration images. The
@@ -10,7 +10,7 @@ optimizations, which fold BatchNorm into the convolutions before ranges are meas
 Calibration images come from a folder: each is resized (aspect kept, bilinear) to cover the
 export size, centre-cropped to it and normalized with the mean/std stored in the model's
 metadata, i.e. exactly what inference feeds the model. The result keeps the fp32 file's
-metadata (classes, palette, normalization), so :class:`~refineseg.export.OnnxSegmenter` and
+metadata (classes, palette, normalization), so :class:`~refineseg.inference.export.OnnxSegmenter` and
 ``predict/evaluate --backend onnxruntime`` run it unchanged.
 """
 
@@ -28,9 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import IMAGE_SUFFIXES, read_image
-from .errors import DataError, MissingDependencyError, file_error
-from .inference import preprocess
+from refineseg.data import IMAGE_SUFFIXES, read_image
+from refineseg.errors import DataError, MissingDependencyError, file_error
+from refineseg.inference.predictor import preprocess
 
 # --calibration-method -> onnxruntime CalibrationMethod member
 CALIBRATION_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}

@@ -5,9 +5,9 @@
   config (classes, palette, normalization) is stored as metadata under ``refineseg_config``.
 * :func:`validate_onnx`: onnxruntime vs PyTorch on random inputs of a few sizes.
 * :class:`OnnxSegmenter`: loads an exported file and is called like the model, ``logits = m(x)``,
-  so :mod:`refineseg.inference` works with it unchanged.
+  so :mod:`refineseg.inference.predictor` works with it unchanged.
 * :func:`run_export`: what ``refineseg export`` runs; ``--int8 --calibration DIR`` quantizes the
-  export with :func:`refineseg.quantize.quantize_onnx` (same interface, int8 inside).
+  export with :func:`refineseg.inference.quantize.quantize_onnx` (same interface, int8 inside).
 
 Needs the optional dependencies ``onnx``, ``onnxscript`` and ``onnxruntime``
 (``pip install 'refineseg[export]'``); :class:`OnnxSegmenter` needs only ``onnxruntime``.
@@ -30,13 +30,19 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
-from .config_utils import option, required
-from .data import read_image
-from .errors import CheckpointError, MissingDependencyError, RefineSegError, file_error
-from .models import MIN_SIDE, ModelConfig, from_pretrained
-from .quantize import (CALIBRATION_METHODS, QUANTIZATION_KEY, argmax_agreement, calibration_files,
-                       calibration_input, quantize_onnx)
-from .version import __version__
+from refineseg.data import read_image
+from refineseg.errors import CheckpointError, MissingDependencyError, RefineSegError, file_error
+from refineseg.inference.quantize import (
+    CALIBRATION_METHODS,
+    QUANTIZATION_KEY,
+    argmax_agreement,
+    calibration_files,
+    calibration_input,
+    quantize_onnx,
+)
+from refineseg.models import MIN_SIDE, ModelConfig, from_pretrained
+from refineseg.utils.config import option, required
+from refineseg.version import __version__
 
 FORMATS = ["onnx"]
 INPUT_NAME = "image"
@@ -252,7 +258,7 @@ class OnnxSegmenter:
             self.config = ModelConfig.from_dict(json.loads(metadata[METADATA_KEY]))
         except (ValueError, TypeError) as e:
             raise file_error(CheckpointError, self.path, f"invalid {METADATA_KEY!r} metadata ({e})")
-        # How an int8 file was quantized (refineseg.quantize); None for fp32 files.
+        # How an int8 file was quantized (refineseg.inference.quantize); None for fp32 files.
         self.quantization = json.loads(metadata[QUANTIZATION_KEY]) if QUANTIZATION_KEY in metadata else None
 
     @property
@@ -295,7 +301,7 @@ def run_export(config: ExportConfig) -> Path:
     """Load ``config.checkpoint``, export it to ``config.out`` and optionally validate it.
 
     With ``config.int8`` the fp32 export goes to a temporary folder, is validated there, and
-    :func:`refineseg.quantize.quantize_onnx` writes the int8 model to ``config.out``.
+    :func:`refineseg.inference.quantize.quantize_onnx` writes the int8 model to ``config.out``.
     """
     _import("onnx", "onnxscript", "onnxruntime")
     if config.int8:

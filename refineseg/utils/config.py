@@ -22,8 +22,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-from .errors import ConfigError, RefineSegError, file_error
-from .files import write_text
+from refineseg.errors import ConfigError, RefineSegError, file_error
+from refineseg.utils.files import write_text
 
 T = TypeVar("T")
 
