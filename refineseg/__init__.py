@@ -9,6 +9,7 @@ Quick start::
 
 from refineseg.errors import CheckpointError, DataError, MissingDependencyError, RefineSegError
 from refineseg.inference.optimize import fold_batch_norm, optimize_for_inference
+from refineseg.inference.predictor import predict_probabilities, segment
 from refineseg.inference.tiling import predict_tiled
 from refineseg.models import (
     ModelConfig,
@@ -28,6 +29,6 @@ __all__ = [
     "ResidualConvUnit", "MultiResolutionFusion", "ChainedResidualPooling", "RefineNetBlock",
     "ModelConfig", "SegmentationModel", "create_model", "list_models",
     "from_pretrained", "from_reference", "load_backbone_weights", "save_pretrained", "to_reference",
-    "optimize_for_inference", "fold_batch_norm", "predict_tiled",
+    "segment", "predict_probabilities", "optimize_for_inference", "fold_batch_norm", "predict_tiled",
     "RefineSegError", "DataError", "CheckpointError", "MissingDependencyError", "__version__",
 ]
