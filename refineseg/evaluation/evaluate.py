@@ -25,17 +25,14 @@ from refineseg.data.check import check_before_run
 from refineseg.errors import CheckpointError, MissingDependencyError, file_error
 from refineseg.evaluation.boundary import BoundaryIoU, TrimapAccuracy, nanmean, ratios
 from refineseg.evaluation.metrics import ConfusionMatrix, format_table, summarize
-from refineseg.inference.predictor import (
-    InferenceOptions,
-    check_inference_options,
-    predict_probabilities,
-    select_device,
-)
+from refineseg.inference.options import InferenceOptions
+from refineseg.inference.predictor import check_inference_options, predict_probabilities
 from refineseg.models import from_pretrained
 from refineseg.report import write_eval_report
 from refineseg.report.visualize import plot_confusion_matrix
 from refineseg.utils import distributed
 from refineseg.utils.config import option, required
+from refineseg.utils.device import model_device, select_device
 from refineseg.utils.files import write_text
 from refineseg.utils.palette import color_palette
 
@@ -120,7 +117,7 @@ def evaluate_model(
     rows = ground truth.
     """
     check_inference_options(mode, crop, stride, scales)
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = torch.device(device) if device is not None else model_device(model)
     rank, world = distributed.rank(), distributed.world_size()
     indices = list(range(rank, len(dataset), world))
     loader = torch.utils.data.DataLoader(

@@ -42,6 +42,7 @@ from refineseg.inference.quantize import (
 )
 from refineseg.models import MIN_SIDE, ModelConfig, from_pretrained
 from refineseg.utils.config import option, required
+from refineseg.utils.device import model_device
 from refineseg.version import __version__
 
 FORMATS = ["onnx"]
@@ -185,7 +186,7 @@ def validate_onnx(
     """
     (ort,) = _import("onnxruntime")
     session = _session(ort, Path(path), ["CPUExecutionProvider"])
-    device = next(model.parameters()).device
+    device = model_device(model)
     generator = torch.Generator().manual_seed(seed)
     results = {}
     was_training = model.training

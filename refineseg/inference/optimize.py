@@ -16,6 +16,8 @@ import copy
 import torch
 from torch import nn
 
+from refineseg.utils.device import model_device
+
 __all__ = ["InferenceModel", "fold_batch_norm", "optimize_for_inference"]
 
 # (conv, batch norm) attribute pairs where the BN directly follows the conv in ``forward``:
@@ -148,7 +150,7 @@ def optimize_for_inference(
         dtype = None
     if dtype not in (None, torch.bfloat16, torch.float16):
         raise ValueError(f"dtype must be None, torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
-    target = torch.device(device) if device is not None else next(model.parameters()).device
+    target = torch.device(device) if device is not None else model_device(model)
     if dtype == torch.float16 and target.type != "cuda":
         raise ValueError("float16 inference needs CUDA; use torch.bfloat16 on CPU")
 

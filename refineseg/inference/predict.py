@@ -41,11 +41,13 @@ from refineseg.data import (
 )
 from refineseg.data.io import write_pil
 from refineseg.errors import DataError, RefineSegError, WriteError, file_error, one_line
-from refineseg.inference.predictor import InferenceOptions, segment, select_device
+from refineseg.inference.options import InferenceOptions
+from refineseg.inference.predictor import segment
 from refineseg.inference.tiling import predict_tiled
 from refineseg.models import from_pretrained
 from refineseg.report.visualize import overlay
 from refineseg.utils.config import option, required
+from refineseg.utils.device import select_device
 from refineseg.utils.files import is_write_failure, remove_dead_temporaries, write_text
 
 EXIT_SOME_FAILED = 3  # exit status of `refineseg predict` when some inputs failed (2: one-line error, 75: preempted)

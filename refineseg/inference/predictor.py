@@ -9,7 +9,6 @@ and the logits cropped back, so any image of at least 1 x 1 pixels can be segmen
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -18,9 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from refineseg.data.transforms import normalize
-from refineseg.errors import RefineSegError
 from refineseg.models import MIN_SIDE
-from refineseg.utils.config import option
+from refineseg.utils.device import model_device
 
 MODES = ["whole", "slide", "multiscale"]
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -123,7 +121,7 @@ def segment(model: nn.Module, image: np.ndarray, mean: Sequence[float] | None = 
     config = getattr(model, "config", None)
     mean = mean or config.mean
     std = std or config.std
-    device = getattr(model, "device", None) or next(model.parameters()).device
+    device = model_device(model)
     x = preprocess(image, mean, std).to(device)
     return predict_probabilities(model, x, **options).argmax(1)[0].to(torch.uint8).cpu().numpy()
 
@@ -138,55 +136,3 @@ def check_inference_options(mode: str, crop: int, stride: int | None, scales: Se
         raise ValueError(f"stride must be in [1, crop={crop}], got {stride}")
     if not scales or any(s <= 0 for s in scales):
         raise ValueError(f"scales must be positive numbers, got {list(scales)}")
-
-
-def select_device(device: str | None) -> torch.device:
-    """``device`` as a torch.device; None means cuda when available, else cpu."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise RefineSegError(f"invalid device {device!r} ({e})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RefineSegError(f"device {device!r} requested but CUDA is not available")
-    return dev
-
-
-@dataclass(kw_only=True)
-class InferenceOptions:
-    """How ``evaluate`` and ``predict`` run a model: mode, windows, scales, device, fast path.
-
-    By default the model runs through :func:`~refineseg.inference.optimize.optimize_for_inference`
-    (BatchNorm folded into the convolutions, channels-last memory, fp32: same results within
-    1e-4, faster); ``--precision bf16`` (CPU or CUDA) or ``fp16`` (CUDA) and ``--compile`` go further.
-    """
-
-    mode: str = option("whole", "inference mode", choices=MODES)
-    crop: int = option(512, "window size for slide/multiscale inference")
-    stride: int | None = option(None, "sliding-window step (default: 2/3 of crop)")
-    scales: list[float] = option([1.0], "image scales for multiscale inference")
-    flip: bool = option(False, "also average horizontally flipped passes (multiscale only)")
-    device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: cuda when available)")
-    optimize: bool = option(True, "fold BatchNorm and use channels-last memory (fp32, same results within 1e-4)")
-    precision: str = option("fp32", "autocast precision: bf16 (CPU/CUDA) or fp16 (CUDA)", choices=list(PRECISIONS))
-    compile: bool = option(False, "torch.compile the model (slow first call, faster after)")
-
-    def __post_init__(self) -> None:
-        check_inference_options(self.mode, self.crop, self.stride, self.scales)
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-
-    def prepare(self, model: nn.Module) -> nn.Module:
-        """The model as these options run it (the plain model when every fast path is off)."""
-        dtype = PRECISIONS[self.precision]
-        if not (self.optimize or self.compile or dtype is not None):
-            return model.eval()
-        from refineseg.inference.optimize import optimize_for_inference
-
-        return optimize_for_inference(model, fold_bn=self.optimize, channels_last=self.optimize,
-                                      compile=self.compile, dtype=dtype)
-
-    def inference_kwargs(self) -> dict:
-        """Keyword arguments of :func:`predict_probabilities` / :func:`segment`."""
-        return {"mode": self.mode, "crop": self.crop, "stride": self.stride, "scales": self.scales, "flip": self.flip}

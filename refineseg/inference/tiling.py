@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from refineseg.inference.predictor import preprocess
 from refineseg.models import MIN_SIDE
+from refineseg.utils.device import model_device
 
 
 def tile_spans(length: int, tile: int, overlap: int) -> list[tuple[int, int]]:
@@ -161,7 +162,7 @@ def predict_tiled(
     config = getattr(model, "config", None)
     mean = mean or config.mean
     std = std or config.std
-    device = getattr(model, "device", None) or next(model.parameters()).device
+    device = model_device(model)
 
     height, width = image.shape[:2]
     labels = np.empty((height, width), np.uint8) if out is None else out

@@ -37,7 +37,6 @@ from tqdm import tqdm
 
 from refineseg.errors import RefineSegError
 from refineseg.evaluation.evaluate import evaluate_model
-from refineseg.inference.predictor import select_device
 from refineseg.models import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel
 from refineseg.models.grad_checkpointing import enable_grad_checkpointing
 from refineseg.report import write_training_report
@@ -58,6 +57,7 @@ from refineseg.training.run_state import (
 from refineseg.training.setup import build_datasets, build_or_resume, claim_out, class_weights
 from refineseg.utils import distributed as dist_utils
 from refineseg.utils.config import save_yaml
+from refineseg.utils.device import model_device, select_device
 from refineseg.utils.files import write_text
 
 log = logging.getLogger("refineseg.train")
@@ -143,7 +143,7 @@ def optimizer_step(
     steps the optimizer and the scheduler advances. Returns the step's loss; raises
     RefineSegError naming the step when the loss is not finite.
     """
-    device = next(net.parameters()).device
+    device = model_device(net)
     autocast_dtype = AUTOCAST_DTYPES.get(amp)
     scaler = scaler if scaler is not None else torch.amp.GradScaler(device.type, enabled=False)
     optimizer.zero_grad(set_to_none=True)
