@@ -150,12 +150,12 @@ def test_importing_the_cli_loads_no_optional_extra():
 
 def _fail_with(monkeypatch, error: Exception) -> None:
     """Make ``refineseg models`` raise ``error``."""
-    import refineseg.cli.app
+    import refineseg.cli.models
 
     def handler(args) -> None:
         raise error
 
-    monkeypatch.setattr(refineseg.cli.app, "_cmd_models", handler)
+    monkeypatch.setattr(refineseg.cli.models, "run_models", handler)
 
 
 def test_import_error_in_our_code_is_not_hidden(monkeypatch):

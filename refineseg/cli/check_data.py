@@ -7,17 +7,19 @@ when any sample is bad, naming every bad file at once.
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from refineseg.cli.common import dataclass_command
 from refineseg.data.build import DATASETS, build_dataset
 from refineseg.data.check import describe
 from refineseg.data.stats import dataset_statistics
 from refineseg.errors import DataCheckError, MissingDependencyError
 from refineseg.report.visualize import model_table, plot_class_frequencies
-from refineseg.utils.config import option, required
+from refineseg.utils.config import build_config, option, required
 from refineseg.utils.files import write_text
 
 
@@ -87,3 +89,13 @@ def run_check_data(config: CheckDataConfig) -> dict[str, Any]:
         raise DataCheckError(report["problems"], report["failed_samples"], report["num_samples"],
                              ", ".join(describe(ds) for ds in datasets))
     return report
+
+
+def _run(args: argparse.Namespace) -> None:
+    run_check_data(build_config(CheckDataConfig, args, args.config))
+
+
+def register(sub) -> None:
+    dataclass_command(sub, "check-data", "check every image and mask of a dataset (full decode) and count "
+                      "labels: table, data_report.json, class_frequencies.png", CheckDataConfig,
+                      _run)

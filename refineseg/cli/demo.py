@@ -10,6 +10,7 @@ images' native resolution.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from pathlib import Path
 
@@ -56,3 +57,15 @@ def run_demo(config_file: str | Path, out: str | None = None, num_samples: int =
     print(f"curves:      {run_dir / 'plots'}/{{loss,lr,miou}}.png, TensorBoard logs in {run_dir / 'tensorboard'}")
     print(f"overlays:    {run_dir / 'predictions'}/*_overlay.png")
     return {"summary": summary, **{k: str(v) for k, v in result.items()}, "config": dataclasses.asdict(config)}
+
+
+def _run(args: argparse.Namespace) -> None:
+    run_demo(args.config, args.out)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="train, evaluate and predict on the synthetic dataset (what `make demo` runs)",
+                       allow_abbrev=False)
+    p.add_argument("--config", default="configs/demo.yaml", help="training config (default configs/demo.yaml)")
+    p.add_argument("--out", default=None, help="run directory (default: the config's `out`)")
+    p.set_defaults(handler=_run)
