@@ -234,6 +234,12 @@ def test_cityscapes_label_mapping_and_trainid_preference(tmp_path):
     assert np.array_equal(Cityscapes(tmp_path / "t", "val")[0][1], np.full((3, 4), 9))
     with raises_naming(tmp_path / "leftImg8bit" / "train"):
         Cityscapes(tmp_path, "train")
+    gt = tmp_path / "gtFine" / "val" / "aachen"
+    os.remove(gt / "aachen_000000_000019_gtFine_labelIds.png")
+    absent = Cityscapes(tmp_path, "val")  # listed: the data check names it with every other bad file
+    assert list(absent.missing) == [str(gt / "aachen_000000_000019_gtFine_labelIds.png")]
+    with raises_naming(gt / "aachen_000000_000019_gtFine_labelIds.png", "no annotation found"):
+        absent[0]
 
 
 def test_ade20k_shift_and_roots(tmp_path):
@@ -319,8 +325,8 @@ def test_folder_errors(tmp_path):
     with raises_naming(tmp_path / "images", "no images found"):
         FolderDataset(tmp_path)
     save_rgb(str(tmp_path / "images" / "lonely.png"), rand_rgb(4, 4))
-    with raises_naming(tmp_path / "images" / "lonely.png", "no mask"):
-        FolderDataset(tmp_path)
+    with raises_naming(tmp_path / "images" / "lonely.png", "no mask"):  # listed; named when read or checked
+        FolderDataset(tmp_path)[0]
     (tmp_path / "classes.yaml").unlink()
     with raises_naming(tmp_path / "classes.yaml", "classes file"):
         FolderDataset(tmp_path)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import conftest
@@ -45,7 +47,8 @@ def make_folder(root: Path, splits: dict[str, int], seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     for sub in ("images", "masks", "splits"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    (root / "classes.yaml").write_text(yaml.safe_dump([{"name": n, "color": list(c)} for n, c in zip(CLASSES, PALETTE)]))
+    classes = [{"name": n, "color": list(c)} for n, c in zip(CLASSES, PALETTE)]
+    (root / "classes.yaml").write_text(yaml.safe_dump(classes))
     for split, count in splits.items():
         names = []
         for i in range(count):
@@ -293,19 +296,24 @@ def test_missing_files_of_a_split_are_all_reported_at_once(tmp_path, capsys):
     voc = tmp_path / "VOCdevkit" / "VOC2012"
     (voc / "ImageSets" / "Segmentation").mkdir(parents=True)
     (voc / "ImageSets" / "Segmentation" / "train.txt").write_text("a\nb\nc\n")
+    (voc / "ImageSets" / "Segmentation" / "val.txt").write_text("a\n")
     write_image(voc / "JPEGImages" / "a.jpg", np.zeros((8, 8, 3), np.uint8))
     write_image(voc / "JPEGImages" / "c.jpg", np.zeros((8, 8, 3), np.uint8))
     (voc / "SegmentationClass").mkdir()
     (voc / "SegmentationClass" / "a.png").write_bytes((voc / "JPEGImages" / "a.jpg").read_bytes())
-    with pytest.raises(DataCheckError) as info:
-        VOCSegmentation(tmp_path, "train")
     missing = [str(voc / "JPEGImages" / "b.jpg"), str(voc / "SegmentationClass" / "b.png"),
                str(voc / "SegmentationClass" / "c.png")]
-    assert info.value.failed == 2 and info.value.total == 3
-    assert [p.split(": ")[0] for p in info.value.problems] == missing
-    assert main(["train", "--dataset", "voc", "--data-root", str(tmp_path), "--out", str(tmp_path / "run")]) == 2
-    err = capsys.readouterr().err
-    assert all(path in err for path in missing)
+    dataset = VOCSegmentation(tmp_path, "train")  # the reader records them; the check names them with the rest
+    assert len(dataset) == 3 and sorted(dataset.missing) == sorted(missing)
+    with pytest.raises(DataCheckError) as info:
+        check_dataset(dataset, workers=0)
+    assert [p.split(": ")[0] for p in info.value.problems if " is missing" in p] == missing
+    assert info.value.failed >= 2 and info.value.total == 3
+    for run, skip in (("run", []), ("skipped", ["--skip-data-check"])):  # skipping still stops on absent files
+        assert main(["train", "--dataset", "voc", "--data-root", str(tmp_path), "--out", str(tmp_path / run),
+                     *skip]) == 2
+        err = capsys.readouterr().err
+        assert all(f"{path}: " in err for path in missing), err
 
 
 def test_folder_dataset_lists_every_missing_image_and_mask(tmp_path):
@@ -313,8 +321,100 @@ def test_folder_dataset_lists_every_missing_image_and_mask(tmp_path):
     (root / "masks" / "train_001.png").unlink()
     (root / "masks" / "train_003.png").unlink()
     (root / "images" / "train_002.png").unlink()
+    dataset = FolderDataset(root, "train")
+    assert len(dataset) == 4 and dataset.sample_name(2) == "train_002"
     with pytest.raises(DataCheckError) as info:
-        FolderDataset(root, "train")
-    assert [p.split(": ")[0] for p in info.value.problems] == [
-        str(root / "images" / "train_001.png"), str(root / "splits" / "train.txt"), str(root / "images" / "train_003.png")]
+        check_dataset(dataset, workers=0)
+    expected = [str(root / "masks" / "train_001.png"), str(root / "splits" / "train.txt"),
+                str(root / "masks" / "train_003.png")]
+    assert [p.split(": ")[0] for p in info.value.problems] == expected
     assert "no mask found" in info.value.problems[0] and "'train_002'" in info.value.problems[1]
+    with pytest.raises(DataCheckError) as skipped:  # --skip-data-check: no file opened, the same three named
+        check_before_run([dataset, dataset], skip=True)
+    assert skipped.value.problems == info.value.problems and (skipped.value.failed, skipped.value.total) == (3, 4)
+    for index, line in ((1, info.value.problems[0]), (2, info.value.problems[1])):
+        with pytest.raises(DataError) as read:  # read without any check: one line naming the file
+            dataset[index]
+        assert str(read.value) == line
+    (root / "masks" / "train_001.png").write_bytes((root / "masks" / "train_000.png").read_bytes())
+    assert dataset.load_sample(1)[1].shape == (H, W)  # put back after the listing: read as any other
+
+
+# ------------------------------------------------------------- a non-image, a missing mask, a wrong size
+
+
+def make_deep_folder(tmp_path: Path, train: int = 33, val: int = 2) -> tuple[Path, dict[str, Path]]:
+    """A folder dataset deep in subfolders (``<split>/images``, ``<split>/masks``, no split files) whose
+    train split holds, among good samples, a non-image, a missing mask and a mask of the wrong size."""
+    root = tmp_path / "projects" / "roads" / "2024" / "survey" / "dataset"
+    rng = np.random.default_rng(3)
+    root.mkdir(parents=True)
+    classes = [{"name": n, "color": list(c)} for n, c in zip(CLASSES, PALETTE)]
+    (root / "classes.yaml").write_text(yaml.safe_dump(classes))
+    for split, count in (("train", train), ("val", val)):  # a val split too, for `train`
+        for sub in ("images", "masks"):
+            (root / split / sub).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)).save(
+                root / split / "images" / f"frame_{i:04d}.png")
+            write_mask(root / split / "masks" / f"frame_{i:04d}.png", rng.integers(0, len(CLASSES), (H, W)))
+    images, masks = root / "train" / "images", root / "train" / "masks"
+    bad = {"not an image file": images / "frame_0011.png", "no mask found": masks / "frame_0019.png",
+           "mask is 40x34 but image": masks / "frame_0027.png"}
+    bad["not an image file"].write_text("site notes, saved under the wrong name\n")
+    bad["no mask found"].unlink()
+    write_mask(bad["mask is 40x34 but image"], np.zeros((H + 4, W), np.uint8))
+    return root, bad
+
+
+def assert_all_three(lines: list[str], bad: dict[str, Path]) -> None:
+    """``lines`` are exactly one line per bad file, in split order, each naming its file and cause."""
+    assert [line.split(": ")[0] for line in lines] == [str(p) for p in bad.values()], lines
+    for line, cause in zip(lines, bad):
+        assert cause in line, (cause, line)
+
+
+def test_non_image_missing_mask_and_wrong_size_named_in_one_run(tmp_path):
+    root, bad = make_deep_folder(tmp_path)
+    dataset = FolderDataset(root, "train")  # the missing mask does not stop the reader
+    assert len(dataset) == 33 and list(dataset.missing) == [str(bad["no mask found"])]
+    for workers in (0, 2):
+        with pytest.raises(DataCheckError) as info:
+            check_dataset(dataset, workers=workers, cache=False)
+        assert (info.value.failed, info.value.total) == (3, 33)
+        assert_all_three(info.value.problems, bad)
+        assert_all_three([line.strip() for line in str(info.value).splitlines()[1:]], bad)
+    report = dataset_statistics(dataset, workers=0, remember=False)  # what check-data runs
+    assert_all_three(report["problems"], bad)
+    assert report["failed_samples"] == 3 and report["num_samples"] == 33
+    with pytest.raises(DataCheckError) as info:  # what train and evaluate run before step 1
+        check_before_run([dataset, FolderDataset(root, "val")], workers=0)
+    assert_all_three(info.value.problems, bad)
+    assert "--skip-data-check" in str(info.value)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """``python -m refineseg ARGS`` in a fresh process (the data-check cache stays in the test's folder)."""
+    return subprocess.run([sys.executable, "-m", "refineseg", *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def problem_lines(stderr: str) -> list[str]:
+    """The problem lines of a DataCheckError as the CLI prints it (indented under the ``error:`` line)."""
+    return [line.strip() for line in stderr.splitlines() if line.startswith("  /")]
+
+
+def test_check_data_and_train_commands_name_all_three_before_step_1(tmp_path):
+    root, bad = make_deep_folder(tmp_path)
+    out = tmp_path / "report"
+    proc = run_cli("check-data", "--dataset", "folder", "--data-root", str(root), "--out", str(out))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "error: 3 problem(s) in 3 of 33 samples" in proc.stderr, proc.stderr[-3000:]
+    assert_all_three(problem_lines(proc.stderr), bad)
+    assert_all_three(json.loads((out / "data_report.json").read_text())["problems"], bad)
+    run = tmp_path / "run"
+    proc = run_cli("train", "--dataset", "folder", "--data-root", str(root), "--out", str(run), *TRAIN_ARGS)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "error: 3 problem(s) in 3 of 35 samples" in proc.stderr, proc.stderr[-3000:]
+    assert_all_three(problem_lines(proc.stderr), bad)
+    assert not (run / "last").exists()

@@ -77,9 +77,66 @@ def test_cycle_detection_finds_a_cycle(tmp_path):
         graphlib.TopologicalSorter(graph).prepare()
 
 
-def test_weights_needs_only_backbones_errors_and_files():
-    assert import_graph()["refineseg.models.weights"] <= {"refineseg.models.backbones", "refineseg.errors", "refineseg.utils.files"}
-    assert import_graph()["refineseg.utils.files"] <= {"refineseg.errors"}
+#: Which stage may import which: the layer order of docs/design.md. A module of the package on the
+#: left may import modules of the packages on the right (and of its own package); nothing else.
+#: ``refineseg`` (the top-level ``__init__``: the public API) may import any stage but the CLI.
+LOWER = ("refineseg.errors", "refineseg.version")
+ALLOWED_IMPORTS = {
+    "refineseg.errors": set(),
+    "refineseg.version": set(),
+    "refineseg.utils": {*LOWER},
+    "refineseg.models": {*LOWER, "refineseg.utils"},
+    "refineseg.data": {*LOWER, "refineseg.utils", "refineseg.models"},
+    "refineseg.report": {*LOWER, "refineseg.utils", "refineseg.models", "refineseg.data"},
+    "refineseg.inference": {*LOWER, "refineseg.utils", "refineseg.models", "refineseg.data", "refineseg.report"},
+    "refineseg.evaluation": {*LOWER, "refineseg.utils", "refineseg.models", "refineseg.data", "refineseg.report",
+                             "refineseg.inference"},
+    "refineseg.training": {*LOWER, "refineseg.utils", "refineseg.models", "refineseg.data", "refineseg.report",
+                           "refineseg.inference", "refineseg.evaluation"},
+    "refineseg.serve": {*LOWER, "refineseg.utils", "refineseg.models", "refineseg.data", "refineseg.report",
+                        "refineseg.inference", "refineseg.evaluation"},
+    "refineseg.cli": {*LOWER, "refineseg.utils", "refineseg.models", "refineseg.data", "refineseg.report",
+                      "refineseg.inference", "refineseg.evaluation", "refineseg.training", "refineseg.serve"},
+}
+ALLOWED_IMPORTS["refineseg"] = set(ALLOWED_IMPORTS) - {"refineseg.cli"}
+ALLOWED_IMPORTS["refineseg.__main__"] = {"refineseg.cli"}
+
+
+def stage_of(module: str) -> str:
+    """The stage a dotted module belongs to: ``refineseg.models.hub`` -> ``refineseg.models``."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 1 else module
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    """``"a imports b"`` for every import that the table does not allow (own stage always allowed)."""
+    bad = []
+    for module, imported in sorted(graph.items()):
+        stage = stage_of(module)
+        allowed = ALLOWED_IMPORTS[stage] | {stage}
+        bad += [f"{module} imports {other}" for other in sorted(imported) if stage_of(other) not in allowed]
+    return bad
+
+
+def test_every_stage_is_in_the_import_table():
+    stages = {stage_of(m) for m in import_graph()}
+    assert stages == set(ALLOWED_IMPORTS), stages ^ set(ALLOWED_IMPORTS)
+
+
+def test_imports_follow_the_declared_layers():
+    assert layer_violations(import_graph()) == []
+
+
+def test_layer_check_reports_an_upward_import():
+    """The checker itself: a model module importing the training stage is a violation, a lower one is not."""
+    graph = {"refineseg.models.x": {"refineseg.training.trainer", "refineseg.utils.files"}}
+    assert layer_violations(graph) == ["refineseg.models.x imports refineseg.training.trainer"]
+
+
+def test_top_level_holds_few_modules():
+    """At most 6 modules beside ``__init__``/``__main__``: everything else lives in its stage's package."""
+    top = [p.stem for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__")]
+    assert len(top) <= 6, top
 
 
 def test_every_model_name_is_a_literal_row_of_the_registry():

@@ -1,5 +1,2 @@
-"""The ``refineseg`` command: one module per subcommand; the library never imports this package."""
-
-from refineseg.cli.app import build_parser, main
-
-__all__ = ["main", "build_parser"]
+"""The ``refineseg`` command (:mod:`refineseg.cli.app`): one module per sub-command, each with a
+``register(subparsers)``; the library never imports this package."""

@@ -29,7 +29,7 @@ from refineseg.data.classes import (
     camvid_lut,
     zero_void_lut,
 )
-from refineseg.data.datasets import SegmentationDataset, Transform, _check_exists, _read_list, _require_dir, _voc_base
+from refineseg.data.datasets import SegmentationDataset, Transform, _read_list, _require_dir, _voc_base
 from refineseg.data.io import PathLike, write_image, write_label_png
 from refineseg.errors import DataError, MissingDependencyError, file_error
 
@@ -95,7 +95,6 @@ class NYUDv2(SegmentationDataset):
                 hint = " (found nyu_depth_v2_labeled.mat: convert it with refineseg.data.prepare_nyudv2)"
             raise file_error(DataError, root, "not an NYUDv2 folder: expected train.nyu/val.nyu "
                              "(Light-Weight RefineNet layout) or labels40/ with train.txt/test.txt" + hint)
-        _check_exists(samples)
         super().__init__(samples, NYUDV2_CLASSES, NYUDV2_PALETTE, transform, label_lut=lut)
         self.root, self.split = root, split
 
@@ -225,7 +224,6 @@ class PascalPersonPart(SegmentationDataset):
         else:  # "/JPEGImages/<id>.jpg /SegmentationPart/<id>.png"
             ids = [os.path.splitext(os.path.basename(i))[0] for i, _ in _read_pairs(pair_list)]
         samples = [(os.path.join(image_dir, f"{i}.jpg"), os.path.join(mask_dir, f"{i}.png")) for i in ids]
-        _check_exists(samples)
         super().__init__(samples, PERSON_PART_CLASSES, PERSON_PART_PALETTE, transform)
         self.root, self.split = base, split
 
@@ -247,7 +245,6 @@ class PascalContext(SegmentationDataset):
         ids = _read_list(os.path.join(base, "ImageSets", "SegmentationContext", f"{split}.txt"))
         samples = [(os.path.join(base, "JPEGImages", f"{i}.jpg"),
                     os.path.join(base, "SegmentationClassContext", f"{i}.png")) for i in ids]
-        _check_exists(samples)
         if self.with_background:
             super().__init__(samples, PASCAL_CONTEXT_CLASSES, PASCAL_CONTEXT_PALETTE, transform)
         else:
@@ -295,7 +292,6 @@ class SUNRGBD(SegmentationDataset):
                 raise file_error(DataError, image_dir, "no images found (img-NNNNNN.jpg)")
             samples = [(os.path.join(image_dir, n), os.path.join(label_dir, f"img-{k + offset:06d}.png"))
                        for k, n in numbered]
-        _check_exists(samples)
         super().__init__(samples, SUNRGBD_CLASSES, SUNRGBD_PALETTE, transform, label_lut=zero_void_lut())
         self.root, self.split = root, split
 
@@ -317,7 +313,6 @@ class CamVid(SegmentationDataset):
         if split not in names:
             raise DataError(f"unknown CamVid split {split!r}; use one of {', '.join(names)}")
         samples = [pair for name in names[split] for pair in _camvid_split(root, name)]
-        _check_exists(samples)
         super().__init__(samples, CAMVID_CLASSES, CAMVID_PALETTE, transform, label_lut=camvid_lut())
         self.root, self.split = root, split
 

@@ -155,14 +155,6 @@ def missing_files(samples: Sequence[tuple[str, str]]) -> dict[str, str]:
     return missing
 
 
-def _check_exists(samples: Sequence[tuple[str, str]], what: str = "") -> None:
-    """Nothing to do: :class:`SegmentationDataset` records missing files (``missing``) and the data
-    check reports them with every other bad file, so a reader no longer stops at construction.
-
-    Kept for the readers that still call it; their calls can go.
-    """
-
-
 class VOCSegmentation(SegmentationDataset):
     """PASCAL VOC 2012 segmentation (21 classes, 255 = object boundary / ignore).
 
