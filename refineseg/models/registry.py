@@ -93,9 +93,9 @@ _LIGHT_WEIGHT_MOBILENET = dict(level_groups=[[5, 4], [3, 2], [1], [0]], widths=[
 _SEED = dict(width=256, crp_stages=4, crp_relu_stage=True)
 
 
-# Default recipes (benchmarks/convergence.py, BENCHMARKS.md): with gradient clipping at 5, the
-# smallest diverging backbone LR was 1e-2 for refinenet18, 3e-2 for lw_refinenet18 and
-# lw_refinenet_mbv2; each default sits 10-15x below it. The released recipes' 5e-4 / 5e-3 (backbone /
+# Default recipes (benchmarks/convergence.py): with gradient clipping at 5, each default sits well
+# below the smallest backbone LR that diverged for its family (at least the 4x margin of Recipe; the
+# grid and its numbers are in BENCHMARKS.md). The released recipes' 5e-4 / 5e-3 (backbone /
 # decoder) also converge, more slowly.
 _REFINENET_RECIPE = Recipe(lr=1e-3)
 _LIGHT_WEIGHT_RECIPE = Recipe(lr=2e-3)

@@ -134,8 +134,8 @@ def resolve_amp(amp: str, device: torch.device) -> str:
     """``--amp auto`` -> ``"bf16"`` or ``"none"`` for ``device``; other values unchanged.
 
     bf16 where the hardware has it natively: CUDA compute capability 8.0+ (Ampere on), or a CPU
-    per :func:`cpu_has_native_bf16`. There bf16 autocast makes a training step 1.3–2.1× faster
-    (2.5–3× with channels-last) at equal convergence (BENCHMARKS.md, training and convergence
+    per :func:`cpu_has_native_bf16`. There bf16 autocast makes a training step faster, more so
+    with channels-last, at equal convergence (measured in BENCHMARKS.md, training and convergence
     sections); elsewhere it is emulated and can be slower than fp32.
     fp16 is never chosen automatically: it needs loss scaling and can overflow.
     """
