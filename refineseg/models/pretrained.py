@@ -1,7 +1,7 @@
 """Loading and saving whole models: our ``save_pretrained`` directories and the published layouts.
 
 * :func:`save_pretrained` / :func:`from_pretrained`: ``model.safetensors`` + ``config.json``
-  (safetensors only: nothing is unpickled).
+  (safetensors only: nothing is unpickled); :func:`from_pretrained` also takes a model-zoo name.
 * :func:`from_reference` / :func:`to_reference`: weights in the layout of a published
   implementation (see :mod:`refineseg.models.reference`), e.g. the authors' released RefineNet
   and Light-Weight RefineNet, or the founding document's single-stage model.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +21,7 @@ from refineseg.models.reference import ReferenceLayout
 from refineseg.models.registry import build_model, model_spec
 from refineseg.models.segmentation import CONFIG_NAME, WEIGHTS_NAME, SegmentationModel
 from refineseg.models.weights import StateDict, WeightsSource, load_exact, load_weights_file, read_weights
+from refineseg.models.zoo import resolve_checkpoint
 
 
 def save_pretrained(model: SegmentationModel, directory: str | os.PathLike) -> None:
@@ -30,8 +30,12 @@ def save_pretrained(model: SegmentationModel, directory: str | os.PathLike) -> N
 
 
 def from_pretrained(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> SegmentationModel:
-    """Rebuild a model saved by :meth:`SegmentationModel.save_pretrained`, in eval mode."""
-    directory = Path(directory)
+    """Rebuild a model saved by :meth:`SegmentationModel.save_pretrained`, in eval mode.
+
+    ``directory`` may also be a model-zoo name (``refineseg zoo``, :mod:`refineseg.models.zoo`): the
+    weights packaged with refineseg, loaded offline after a SHA-256 check. A folder of that name wins.
+    """
+    directory = resolve_checkpoint(directory)
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     for required in (directory, config_path, weights_path):
         if not required.exists():
