@@ -222,6 +222,26 @@ def test_ignore_pixels_are_removed_from_both_bands():
     assert result["mBoundaryIoU"] == 1.0
 
 
+def test_present_class_with_bands_on_ignored_pixels_counts_as_zero():
+    # The one class rule (metrics.class_scores): class 1 is predicted on 100 valid pixels, so it is
+    # present (IoU 0 in the confusion matrix) and counts in mBoundaryIoU with 0, though its band (the
+    # square's 1-px ring, d = 1) lies wholly on ignored pixels. Class 2 is absent: NaN, left out.
+    gt = np.zeros((32, 32), np.uint8)
+    gt[10:22, 10:22] = IGNORE
+    gt[11:21, 11:21] = 0
+    pred = np.zeros_like(gt)
+    pred[10:22, 10:22] = 1
+    metric, cm = BoundaryIoU(3), ConfusionMatrix(3)
+    inter, union = metric.update(t(pred), t(gt))
+    cm.update(t(pred), t(gt))
+    assert int(union[1]) == 0 and int(union[2]) == 0
+    result, scores = metric.compute(), cm.compute()
+    assert result["BoundaryIoU"][1] == 0.0 and math.isnan(result["BoundaryIoU"][2])
+    assert scores["IoU"][1] == 0.0 and math.isnan(scores["IoU"][2])
+    assert result["mBoundaryIoU"] == pytest.approx(result["BoundaryIoU"][0] / 2)
+    assert 0 < result["BoundaryIoU"][0] < 1
+
+
 def test_random_maps_with_ignore_match_reference_and_stream():
     rng = np.random.default_rng(2)
     metric = BoundaryIoU(5, ratio=0.05)
@@ -310,7 +330,8 @@ def _reduce_on_rank(rank: int, out_dir: str) -> None:
     trimap.update(t(pred), t(target))
     boundary.all_reduce()
     trimap.all_reduce()
-    torch.save({"inter": boundary.intersection, "union": boundary.union, "correct": trimap.correct,
+    torch.save({"inter": boundary.intersection, "union": boundary.union, "present": boundary.present,
+                "correct": trimap.correct,
                 "total": trimap.total}, f"{out_dir}/rank{rank}.pt")
 
 
@@ -319,14 +340,18 @@ def test_all_reduce_across_two_gloo_processes(tmp_path):
     conftest.run_gloo_group(_reduce_on_rank, 2, str(tmp_path))
     inter, union = np.zeros(4, np.int64), np.zeros(4, np.int64)
     correct, total = np.zeros(40, np.int64), np.zeros(40, np.int64)
+    present = np.zeros(4, np.int64)  # non-ignored GT + predicted pixels per class
     for rank in range(2):
         pred, target = _rank_data(rank)
+        valid = target != IGNORE
+        present += np.bincount(np.concatenate([target[valid], pred[valid]]), minlength=4)
         i, u = ref_band_counts(pred, target, 4)
         c, n = ref_trimap_counts(pred, target)
         inter, union, correct, total = inter + i, union + u, correct + c, total + n
     for rank in range(2):
         got = torch.load(tmp_path / f"rank{rank}.pt")
         assert np.array_equal(got["inter"].numpy(), inter) and np.array_equal(got["union"].numpy(), union)
+        assert np.array_equal(got["present"].numpy(), present)
         # Cumulated distance histograms give the per-width band counts.
         assert np.array_equal(got["total"].cumsum(0)[1:].numpy(), total)
         assert np.array_equal(got["correct"].cumsum(0)[1:].numpy(), correct)

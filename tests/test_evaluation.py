@@ -27,8 +27,8 @@ from refineseg.data import (
     write_label_png,
     write_synthetic,
 )
-from refineseg.errors import CheckpointError
-from refineseg.evaluation.evaluate import EvalConfig, evaluate_model, run_evaluate
+from refineseg.errors import CheckpointError, ConfigError
+from refineseg.evaluation.evaluate import EvalConfig, evaluate_model, read_class_map, run_evaluate
 
 K = len(SYNTHETIC_CLASSES)
 
@@ -235,8 +235,10 @@ def test_saved_predictions_reproduce_metrics_json_and_per_image_csv(data_root, c
             pred_band = cv2_band(pred == c, d) & valid
             image_inter[c], image_union[c] = (gt_band & pred_band).sum(), (gt_band | pred_band).sum()
         tp, present = np.diag(image_mat), image_mat.sum(0) + image_mat.sum(1) - np.diag(image_mat)
+        # Both means over the classes present in the image (a present class with empty bands: 0).
+        band_iou = np.divide(image_inter, image_union, out=np.zeros(K), where=image_union > 0)
         rows.append((i, name, tp.sum() / valid.sum(), np.mean(tp[present > 0] / present[present > 0]),
-                     np.mean(image_inter[image_union > 0] / image_union[image_union > 0])))
+                     np.mean(band_iou[present > 0])))
         mat += image_mat
         inter += image_inter
         union += image_union
@@ -262,3 +264,114 @@ def test_saved_predictions_reproduce_metrics_json_and_per_image_csv(data_root, c
     for got, want in zip(table[1:], rows):
         assert int(got[0]) == want[0] and got[1] == want[1]
         assert [float(v) for v in got[2:]] == pytest.approx(list(want[2:]), abs=1e-6)
+
+
+# --- checkpoint class names vs the dataset's (issue 20.6) ---------------------------------------------
+
+REORDER = [3, 0, 5, 1, 4, 2]  # checkpoint class i is synthetic class REORDER[i]
+
+
+def save_relabelled(path: Path, names: list[str], order: list[int]) -> Path:
+    """make_model()'s weights with its output classes in ``order`` (class i = synthetic class order[i]),
+    named ``names`` (and coloured like those synthetic classes)."""
+    base = make_model()
+    model = refineseg.create_model("lw_refinenet_mbv2", num_classes=K, class_names=names,
+                                   palette=[SYNTHETIC_PALETTE[j] for j in order])
+    state = base.state_dict()
+    state["head.conv.weight"] = state["head.conv.weight"][order]
+    state["head.conv.bias"] = state["head.conv.bias"][order]
+    model.load_state_dict(state)
+    model.save_pretrained(path)
+    return path
+
+
+def evaluate_folder(data_root: Path, checkpoint: Path, out: Path, **options) -> dict:
+    return run_evaluate(EvalConfig(checkpoint=str(checkpoint), dataset="folder", data_root=str(data_root),
+                                   out=str(out), device="cpu", precision="fp32", confusion_png=False,
+                                   save_predictions=True, **options))
+
+
+RENAMED = ["background", "disk", "box", "stripes", "wire", "dot"]  # "square" -> "box"
+
+
+@pytest.mark.parametrize("names, order, first", [
+    (RENAMED, list(range(K)), "class 2 is 'box' in the checkpoint but 'square' in the dataset;"),
+    ([SYNTHETIC_CLASSES[j] for j in REORDER], REORDER,
+     "class 0 is 'stripes' in the checkpoint but 'background' in the dataset (the same names in another order)"),
+])
+def test_checkpoint_with_other_class_names_is_refused(data_root, tmp_path, names, order, first):
+    ckpt = save_relabelled(tmp_path / "ckpt", names, order)
+    with pytest.raises(CheckpointError) as err:
+        evaluate_folder(data_root, ckpt, tmp_path / "eval")
+    message = str(err.value)
+    assert message.startswith(f"{ckpt}: {first}") and "\n" not in message
+    assert "--class-map" in message and "--ignore-class-names" in message
+    assert not (tmp_path / "eval").exists()
+
+
+def test_checkpoint_saved_without_class_names_is_evaluated(data_root, checkpoint, tmp_path):
+    want = evaluate_folder(data_root, checkpoint, tmp_path / "base")
+    ckpt = save_relabelled(tmp_path / "ckpt", [f"class_{i}" for i in range(K)], list(range(K)))  # the placeholders
+    got = evaluate_folder(data_root, ckpt, tmp_path / "eval")
+    assert got["confusion_matrix"] == want["confusion_matrix"] and got["class_names"] == SYNTHETIC_CLASSES
+
+
+def test_ignore_class_names_evaluates_in_the_checkpoints_order(data_root, checkpoint, tmp_path):
+    want = evaluate_folder(data_root, checkpoint, tmp_path / "base")
+    ckpt = save_relabelled(tmp_path / "ckpt", RENAMED, list(range(K)))
+    got = evaluate_folder(data_root, ckpt, tmp_path / "eval", ignore_class_names=True)
+    assert got["confusion_matrix"] == want["confusion_matrix"] and got["mIoU"] == want["mIoU"]
+    assert got["class_names"] == SYNTHETIC_CLASSES
+
+
+@pytest.mark.parametrize("text", [
+    "stripes: stripes\n",  # a mapping; unlisted names go to the dataset class of the same name
+    "".join(f"- {SYNTHETIC_CLASSES[j]}\n" for j in REORDER),  # a list, in the checkpoint's order
+])
+def test_class_map_puts_the_predictions_in_the_datasets_order(data_root, checkpoint, tmp_path, text):
+    want = evaluate_folder(data_root, checkpoint, tmp_path / "base")
+    ckpt = save_relabelled(tmp_path / "ckpt", [SYNTHETIC_CLASSES[j] for j in REORDER], REORDER)
+    (tmp_path / "map.yaml").write_text(text)
+    got = evaluate_folder(data_root, ckpt, tmp_path / "eval", class_map=str(tmp_path / "map.yaml"))
+    for key in ("confusion_matrix", "mIoU", "mAcc", "mFscore", "mBoundaryIoU", "per_class", "palette"):
+        assert got[key] == want[key], key
+    assert (np.array(want["confusion_matrix"]).sum(0) > 0).sum() >= 3  # the order matters: several predicted
+    for png in (tmp_path / "base" / "predictions").iterdir():  # the saved label maps too
+        assert np.array_equal(read_mask(png), read_mask(tmp_path / "eval" / "predictions" / png.name))
+
+
+def test_class_map_renames(data_root, checkpoint, tmp_path):
+    want = evaluate_folder(data_root, checkpoint, tmp_path / "base")
+    ckpt = save_relabelled(tmp_path / "ckpt", RENAMED, list(range(K)))
+    (tmp_path / "map.yaml").write_text("box: square\n")
+    got = evaluate_folder(data_root, ckpt, tmp_path / "eval", class_map=str(tmp_path / "map.yaml"))
+    assert got["confusion_matrix"] == want["confusion_matrix"] and got["class_names"] == SYNTHETIC_CLASSES
+
+
+@pytest.mark.parametrize("text, match", [
+    ("car: square\n", "'car' is not a class of the checkpoint"),
+    ("box: lorry\n", "checkpoint class 'box' maps to 'lorry', not a class of the dataset"),
+    ("box: disk\n", "checkpoint classes 'disk' and 'box' both map to 'disk'"),
+    ("- square\n", "a list of 6 dataset class names, got list of 1"),
+    ("box: square\nbox: disk\n", "line 2, column 1: duplicate key 'box'"),
+])
+def test_bad_class_map_is_a_one_line_config_error(tmp_path, text, match):
+    (tmp_path / "map.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=match) as err:
+        read_class_map(tmp_path / "map.yaml", RENAMED, SYNTHETIC_CLASSES)
+    assert str(err.value).startswith(str(tmp_path / "map.yaml")) and "\n" not in str(err.value)
+
+
+def test_cli_class_names_mismatch_is_one_line_error(data_root, tmp_path):
+    ckpt = save_relabelled(tmp_path / "ckpt", RENAMED, list(range(K)))
+    args = [sys.executable, "-m", "refineseg", "evaluate", "--checkpoint", str(ckpt), "--dataset", "folder",
+            "--data-root", str(data_root), "--out", str(tmp_path / "eval"), "--device", "cpu", "--no-confusion-png"]
+    result = subprocess.run(args, capture_output=True, text=True)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr
+    assert lines[0].startswith(f"error: {ckpt}: class 2 is 'box' in the checkpoint but 'square' in the dataset")
+    (tmp_path / "map.yaml").write_text("box: square\n")
+    result = subprocess.run(args + ["--class-map", str(tmp_path / "map.yaml")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["class_names"] == SYNTHETIC_CLASSES
+

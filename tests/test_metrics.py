@@ -35,7 +35,7 @@ def reference_metrics(pred: np.ndarray, target: np.ndarray, num_classes: int) ->
         inter = np.logical_and(in_gt, in_pr).sum()
         union = np.logical_or(in_gt, in_pr).sum()
         iou.append(inter / union if union else math.nan)
-        acc.append(inter / in_gt.sum() if in_gt.sum() else math.nan)
+        acc.append(inter / in_gt.sum() if in_gt.sum() else (0.0 if union else math.nan))
         dice.append(2 * inter / (in_gt.sum() + in_pr.sum()) if union else math.nan)
 
     def nanmean(xs):
@@ -73,9 +73,9 @@ def test_matrix_orientation_rows_are_ground_truth():
     assert torch.equal(cm.matrix, expected)
 
 
-def test_absent_classes_are_nan_and_excluded_but_zero_iou_counts():
+def test_absent_classes_are_nan_and_excluded_but_zero_scores_count():
     # Class 0: perfect. Class 1: in GT, never predicted (IoU 0, counts). Class 2: predicted only
-    # (IoU 0, counts; Acc NaN). Class 3: absent everywhere (NaN, excluded).
+    # (IoU 0 and Acc 0, counted). Class 3: absent everywhere (NaN, excluded).
     target = torch.tensor([0, 0, 1, 1, 0])
     pred = torch.tensor([0, 0, 0, 0, 2])
     cm = ConfusionMatrix(4)
@@ -83,10 +83,10 @@ def test_absent_classes_are_nan_and_excluded_but_zero_iou_counts():
     m = cm.compute()
     assert m["IoU"][:3] == pytest.approx([2 / 5, 0.0, 0.0])
     assert math.isnan(m["IoU"][3]) and math.isnan(m["Dice"][3])
-    assert m["Acc"][:2] == pytest.approx([2 / 3, 0.0])
-    assert math.isnan(m["Acc"][2]) and math.isnan(m["Acc"][3])
+    assert m["Acc"][:3] == pytest.approx([2 / 3, 0.0, 0.0])
+    assert math.isnan(m["Acc"][3])
     assert m["mIoU"] == pytest.approx((2 / 5) / 3)
-    assert m["mAcc"] == pytest.approx((2 / 3) / 2)
+    assert m["mAcc"] == pytest.approx((2 / 3) / 3)
     assert m["mDice"] == pytest.approx((2 * 2 / (3 + 4)) / 3)
     assert m["aAcc"] == pytest.approx(2 / 5)
     assert_metrics_close(m, reference_metrics(pred.numpy(), target.numpy(), 4))
@@ -203,18 +203,17 @@ def test_fwiou_and_mfscore_match_numpy_from_the_matrix():
     with np.errstate(divide="ignore", invalid="ignore"):
         iou = tp / (gt + pr - tp)
         freq = gt / gt.sum()
-        precision, recall = tp / pr, tp / gt
-        fscore = 2 * precision * recall / (precision + recall)  # mmseg: NaN wherever TP = 0
+    want = numpy_scores(mat)
     assert got["fwIoU"] == pytest.approx(np.nansum(freq * iou), rel=1e-12)
     assert got["fwIoU"] == pytest.approx((55 / 98) * (50 / 65) + (35 / 98) * (30 / 40), rel=1e-12)
-    np.testing.assert_allclose(got["Fscore"], fscore, rtol=1e-12, equal_nan=True)
-    assert math.isnan(got["Fscore"][2]) and math.isnan(got["Fscore"][3])
-    assert got["mFscore"] == pytest.approx(np.nanmean(fscore), rel=1e-12)
+    np.testing.assert_allclose(got["Fscore"], want["Fscore"], rtol=1e-12, equal_nan=True)
+    assert got["Fscore"][2:4] == [0.0, 0.0] and math.isnan(got["Fscore"][4])  # TP = 0 but present: 0
+    assert got["mFscore"] == pytest.approx(want["mFscore"], rel=1e-12)
     np.testing.assert_allclose(got["PixelShare"], freq, rtol=1e-12)
 
     summary = summarize(got, [f"c{i}" for i in range(5)])
     assert summary["fwIoU"] == pytest.approx(got["fwIoU"]) and summary["mFscore"] == pytest.approx(got["mFscore"])
-    assert [c["fscore"] for c in summary["per_class"]][2:] == [None, None, None]
+    assert [c["fscore"] for c in summary["per_class"]][2:] == [0.0, 0.0, None]
     assert sum(c["pixel_share"] for c in summary["per_class"]) == pytest.approx(1.0)
 
 
@@ -227,3 +226,92 @@ def test_update_returns_the_batch_counts():
     single.update(pred[1], target[1])
     assert torch.equal(counts, single.matrix)
     assert torch.equal(cm.update(torch.tensor([1]), torch.tensor([IGNORE])), torch.zeros(4, 4, dtype=torch.int64))
+
+
+def numpy_scores(mat: np.ndarray) -> dict:
+    """The class rule written out independently: per-class scores and means from a raw (C, C) matrix.
+
+    A class with no ground-truth and no predicted pixel is undefined (NaN) and left out of the means;
+    every other class counts, its score 0 where the ratio is 0/0.
+    """
+    mat = np.asarray(mat, dtype=np.float64)
+    c = len(mat)
+    scores = {key: [math.nan] * c for key in ("IoU", "Acc", "Dice", "Precision", "Fscore")}
+    for k in range(c):
+        tp, in_gt, in_pred = mat[k, k], mat[k, :].sum(), mat[:, k].sum()
+        if in_gt + in_pred == 0:
+            continue
+        recall = tp / in_gt if in_gt else 0.0
+        precision = tp / in_pred if in_pred else 0.0
+        scores["IoU"][k] = tp / (in_gt + in_pred - tp)
+        scores["Acc"][k] = recall
+        scores["Dice"][k] = 2 * tp / (in_gt + in_pred)
+        scores["Precision"][k] = precision
+        scores["Fscore"][k] = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    out = dict(scores)
+    for key, mean in (("IoU", "mIoU"), ("Acc", "mAcc"), ("Dice", "mDice"), ("Precision", "mPrecision"),
+                      ("Fscore", "mFscore")):
+        defined = [x for x in scores[key] if not math.isnan(x)]
+        out[mean] = sum(defined) / len(defined) if defined else math.nan
+    return out
+
+
+def matrix_to_labels(mat: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pred, target) pixel lists whose confusion matrix is ``mat`` (rows = ground truth)."""
+    target = np.repeat(np.arange(len(mat)), mat.sum(1))
+    pred = np.concatenate([np.repeat(np.arange(len(mat)), row) for row in mat])
+    return torch.from_numpy(pred), torch.from_numpy(target)
+
+
+MEAN_KEYS = ("mIoU", "mAcc", "mDice", "mPrecision", "mFscore")
+
+
+def assert_rule(got: dict, mat: np.ndarray) -> None:
+    want = numpy_scores(mat)
+    for key in MEAN_KEYS:
+        assert got[key] == pytest.approx(want[key], rel=1e-12, abs=1e-12), key
+    for key in ("IoU", "Acc", "Dice", "Precision", "Fscore"):
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-12, atol=1e-12, equal_nan=True, err_msg=key)
+    # One rule: every mean counts the same classes, so no mean can hide a class another counts.
+    counted = [{i for i, x in enumerate(got[key]) if not math.isnan(x)} for key in ("IoU", "Acc", "Dice",
+                                                                                    "Precision", "Fscore")]
+    present = set(np.flatnonzero(mat.sum(0) + mat.sum(1)).tolist())
+    assert all(c == present for c in counted)
+    assert got["mFscore"] == pytest.approx(got["mDice"], rel=1e-12)  # F1 = Dice per class
+
+
+def test_all_background_prediction_every_mean_counts_the_missed_classes():
+    # Issue 20.3: a model that predicts only background reported mFscore 84 beside mIoU 12.
+    gt_pixels = [800, 50, 40, 60, 30, 20, 0]  # class 6: absent everywhere
+    mat = np.zeros((7, 7), np.int64)
+    mat[:, 0] = gt_pixels
+    cm = ConfusionMatrix(7)
+    cm.update(*matrix_to_labels(mat))
+    assert np.array_equal(cm.matrix.numpy(), mat)
+    got = cm.compute()
+    assert_rule(got, mat)
+    assert got["mIoU"] == pytest.approx(0.8 / 6) and got["mAcc"] == pytest.approx(1 / 6)
+    assert got["mFscore"] == pytest.approx((2 * 0.8 / 1.8) / 6)  # not 0.889 (background alone)
+    assert got["mPrecision"] == pytest.approx(0.8 / 6)
+
+    summary = summarize(got, [f"c{i}" for i in range(7)])
+    for key in ("mIoU", "mAcc", "mDice", "mFscore"):
+        assert summary[key] == pytest.approx(got[key])
+    assert [c["fscore"] for c in summary["per_class"]][1:] == [0.0] * 5 + [None]
+    table = format_table(summary).splitlines()[-1]
+    assert f"mFscore: {100 * got['mFscore']:.2f}" in table and f"mIoU: {100 * got['mIoU']:.2f}" in table
+
+
+def test_random_matrix_follows_the_rule():
+    rng = np.random.default_rng(20)
+    mat = rng.integers(0, 50, (8, 8)) * (rng.random((8, 8)) < 0.5)
+    mat[5, :] = 0  # never in the ground truth, but predicted
+    mat[:, 6] = 0  # in the ground truth, never predicted
+    mat[6, 2] = 9
+    mat[7, :], mat[:, 7] = 0, 0  # absent everywhere
+    assert mat[:, 5].sum() > 0 and mat[6].sum() > 0
+    cm = ConfusionMatrix(8)
+    cm.update(*matrix_to_labels(mat))
+    got = cm.compute()
+    assert_rule(got, mat)
+    assert got["Acc"][5] == 0.0 and got["Precision"][6] == 0.0 and math.isnan(got["IoU"][7])

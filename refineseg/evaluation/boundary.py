@@ -34,6 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from refineseg.evaluation.metrics import class_scores, nanmean
+from refineseg.utils.distributed import all_reduce_sum
+
 #: Trimap band widths in pixels, as in the DeepLab / RefineNet plots.
 TRIMAP_WIDTHS = tuple(range(1, 41))
 
@@ -138,18 +141,14 @@ def _check_labels(pred: Tensor, target: Tensor, num_classes: int, ignore_index: 
     return valid
 
 
-def _all_reduce(*tensors: Tensor) -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        for t in tensors:
-            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
-
-
 class BoundaryIoU:
     """Streaming per-class Boundary IoU: sums of band intersections and unions over images.
 
     ``ratio`` sets the band width per image (:func:`boundary_width` of its height and width).
-    Labels must fit in a byte (at most 255 classes). A class whose bands are empty in every
-    image (union 0) is undefined (NaN) and left out of ``mBoundaryIoU``.
+    Labels must fit in a byte (at most 255 classes). Which classes count follows the one rule of
+    :func:`refineseg.evaluation.metrics.class_scores`: a class with no non-ignored pixel in either
+    map is undefined (NaN) and left out of ``mBoundaryIoU``; a present class whose bands are empty
+    (they lie wholly on ignored pixels) scores 0.
     """
 
     def __init__(self, num_classes: int, ignore_index: int = 255, ratio: float = 0.02,
@@ -162,10 +161,13 @@ class BoundaryIoU:
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.intersection = torch.zeros(self.num_classes, dtype=torch.int64, device=self.device)
         self.union = torch.zeros(self.num_classes, dtype=torch.int64, device=self.device)
+        #: Non-ignored ground-truth plus predicted pixels per class: > 0 where the class is present.
+        self.present = torch.zeros(self.num_classes, dtype=torch.int64, device=self.device)
 
     def reset(self) -> None:
         self.intersection.zero_()
         self.union.zero_()
+        self.present.zero_()
 
     @torch.no_grad()
     def update(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
@@ -186,16 +188,19 @@ class BoundaryIoU:
         union = joint.sum(1)[:c] + joint.sum(0)[:c] - inter
         self.intersection += inter
         self.union += union
+        labels = torch.stack([target_c.long(), torch.where(valid, pred_c.long(), c)])
+        self.present += torch.bincount(labels.reshape(-1), minlength=c + 1)[:c]
         return inter, union
 
     def all_reduce(self) -> None:
         """Sum the counts over all ranks in place (no-op without a process group)."""
-        _all_reduce(self.intersection, self.union)
+        for counts in (self.intersection, self.union, self.present):
+            all_reduce_sum(counts)
 
     def compute(self) -> dict[str, Any]:
-        """``{"BoundaryIoU": per-class floats (NaN when undefined), "mBoundaryIoU": their nan-mean, "ratio"}``."""
-        return {"BoundaryIoU": ratios(self.intersection, self.union).tolist(),
-                "mBoundaryIoU": nanmean(ratios(self.intersection, self.union)), "ratio": self.ratio}
+        """``{"BoundaryIoU": per-class floats (NaN for absent classes), "mBoundaryIoU": their mean, "ratio"}``."""
+        scores = class_scores(self.intersection, self.union, self.present > 0)
+        return {"BoundaryIoU": scores.tolist(), "mBoundaryIoU": nanmean(scores), "ratio": self.ratio}
 
 
 def boundary_distance(target: Tensor, ignore_index: int = 255, max_width: int = 40) -> Tensor:
@@ -253,7 +258,8 @@ class TrimapAccuracy:
 
     def all_reduce(self) -> None:
         """Sum the counts over all ranks in place (no-op without a process group)."""
-        _all_reduce(self.correct, self.total)
+        all_reduce_sum(self.correct)
+        all_reduce_sum(self.total)
 
     def compute(self) -> dict[str, Any]:
         """``{"widths": [1, ..., max_width], "accuracy": [...]}``; NaN for a band without labelled pixels."""
@@ -265,9 +271,3 @@ def ratios(num: Tensor, den: Tensor) -> Tensor:
     """``num / den`` in float64 on the CPU, NaN where ``den`` is 0."""
     num, den = num.detach().to("cpu", torch.float64), den.detach().to("cpu", torch.float64)
     return torch.where(den > 0, num / den.clamp(min=1), torch.tensor(float("nan"), dtype=torch.float64))
-
-
-def nanmean(x: Tensor) -> float:
-    """Mean over the non-NaN entries of a 1-D tensor; NaN if there are none."""
-    valid = x[~torch.isnan(x)]
-    return float(valid.mean()) if valid.numel() > 0 else float("nan")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,19 +23,21 @@ from tqdm import tqdm
 
 from refineseg.data import DATASETS, build_dataset, eval_transform, write_label_png
 from refineseg.data.check import check_before_run
-from refineseg.errors import CheckpointError, MissingDependencyError, file_error
-from refineseg.evaluation.boundary import BoundaryIoU, TrimapAccuracy, nanmean, ratios
-from refineseg.evaluation.metrics import ConfusionMatrix, format_table, summarize
+from refineseg.errors import CheckpointError, ConfigError, MissingDependencyError, file_error
+from refineseg.evaluation.boundary import BoundaryIoU, TrimapAccuracy
+from refineseg.evaluation.metrics import ConfusionMatrix, class_scores, format_table, nanmean, summarize
 from refineseg.inference.options import InferenceOptions
 from refineseg.inference.predictor import check_inference_options, predict_probabilities
 from refineseg.models import from_pretrained
 from refineseg.report import write_eval_report
 from refineseg.report.visualize import plot_confusion_matrix
 from refineseg.utils import distributed
-from refineseg.utils.config import option, required
+from refineseg.utils.config import option, read_yaml, required
 from refineseg.utils.device import model_device, select_device
 from refineseg.utils.files import write_text
 from refineseg.utils.palette import color_palette
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
@@ -65,6 +68,12 @@ class EvalConfig(InferenceOptions):
                                        "(0 -> 0; 1 and 128..255 -> 1), as `binary: true` in classes.yaml")
     workers: int = option(0, "data-loading worker processes")
     skip_data_check: bool = option(False, "start without checking every image and mask of the split first")
+    class_map: str | None = option(None, "YAML file matching the checkpoint's classes to the dataset's when their "
+                                         "names or order differ: a mapping `checkpoint name: dataset name` "
+                                         "(unlisted names stay as they are) or a list of dataset class names, one "
+                                         "per checkpoint class in the checkpoint's order")
+    ignore_class_names: bool = option(False, "evaluate even though the checkpoint's class names differ from the "
+                                             "dataset's, taking class i of the checkpoint as class i of the dataset")
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -78,6 +87,8 @@ class EvalConfig(InferenceOptions):
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if not 0 < self.boundary_ratio <= 1:
             raise ValueError(f"boundary_ratio must be in (0, 1], got {self.boundary_ratio}")
+        if self.class_map is not None and self.ignore_class_names:
+            raise ValueError("give class_map or ignore_class_names, not both")
 
 
 #: Columns of per_image.csv.
@@ -99,6 +110,7 @@ def evaluate_model(
     per_image: bool = False,
     predictions_dir: str | Path | None = None,
     palette: Sequence[Sequence[int]] | None = None,
+    class_map: Sequence[int] | None = None,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Score ``model`` on a dataset yielding normalized (3, H, W) images and (H, W) int masks.
 
@@ -112,6 +124,8 @@ def evaluate_model(
     :data:`PER_IMAGE_COLUMNS`, None when undefined), gathered from all ranks, sorted by index.
     ``predictions_dir`` receives ``<sample name>.png``, the argmax label map of each image the rank
     evaluates, drawn with ``palette`` (default: the dataset's), which also gives the per-class colours.
+    ``class_map`` (see :func:`match_classes`) gives the dataset class of each model output class; the
+    predictions are relabelled with it before they are scored or saved.
 
     Returns ``(summarize(...) dict, (C, C) int64 confusion matrix)`` with C = ``dataset.num_classes``,
     rows = ground truth.
@@ -122,13 +136,9 @@ def evaluate_model(
     indices = list(range(rank, len(dataset), world))
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, indices), batch_size=1, shuffle=False, num_workers=workers)
-    num_classes, ignore_index = dataset.num_classes, getattr(dataset, "ignore_index", 255)
-    palette = list(palette or getattr(dataset, "palette", None) or color_palette(num_classes))
-    matrix = ConfusionMatrix(num_classes, ignore_index, device=device)
-    boundary = trimap = None
-    if boundary_ratio is not None:
-        boundary = BoundaryIoU(num_classes, ignore_index, boundary_ratio, device=device)
-        trimap = TrimapAccuracy(num_classes, ignore_index, device=device)
+    palette = list(palette or getattr(dataset, "palette", None) or color_palette(dataset.num_classes))
+    relabel = torch.as_tensor(class_map, dtype=torch.int64, device=device) if class_map is not None else None
+    counters = _Counters(dataset.num_classes, getattr(dataset, "ignore_index", 255), boundary_ratio, device)
     rows: list[dict[str, Any]] = []
 
     was_training = model.training
@@ -141,11 +151,9 @@ def evaluate_model(
                 probs = predict_probabilities(model, image.to(device), mode=mode, crop=crop, stride=stride,
                                               scales=scales, flip=flip)
                 pred, target = probs.argmax(1), mask.to(device)
-                counts = matrix.update(pred, target)
-                band_counts = None
-                if boundary is not None:
-                    band_counts = boundary.update(pred, target)
-                    trimap.update(pred, target)
+                if relabel is not None:
+                    pred = relabel[pred]
+                counts, band_counts = counters.update(pred, target)
                 name = dataset.sample_name(index) if hasattr(dataset, "sample_name") else f"{index:06d}"
                 if per_image:
                     rows.append(_image_row(index, name, counts, band_counts))
@@ -154,39 +162,65 @@ def evaluate_model(
                                     palette)  # atomic
     finally:
         model.train(was_training)
-    matrix.all_reduce()
-    if boundary is not None:
-        boundary.all_reduce()
-        trimap.all_reduce()
-    summary = summarize(matrix.compute(), list(dataset.class_names),
-                        boundary=boundary.compute() if boundary is not None else None,
-                        trimap=trimap.compute() if trimap is not None else None, palette=palette)
+    summary = counters.summary(list(dataset.class_names), palette)
     if per_image:
         summary["per_image"] = _gather_rows(rows)
-    return summary, matrix.matrix.cpu().numpy().astype(np.int64)
+    return summary, counters.matrix.matrix.cpu().numpy().astype(np.int64)
+
+
+class _Counters:
+    """What an evaluation accumulates: the confusion matrix and, unless ``boundary_ratio`` is None,
+    the Boundary IoU and trimap counts."""
+
+    def __init__(self, num_classes: int, ignore_index: int, boundary_ratio: float | None,
+                 device: torch.device) -> None:
+        self.matrix = ConfusionMatrix(num_classes, ignore_index, device=device)
+        self.boundary = self.trimap = None
+        if boundary_ratio is not None:
+            self.boundary = BoundaryIoU(num_classes, ignore_index, boundary_ratio, device=device)
+            self.trimap = TrimapAccuracy(num_classes, ignore_index, device=device)
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Add one image; its (C, C) confusion counts and per-class band (intersection, union) or None."""
+        counts = self.matrix.update(pred, target)
+        if self.boundary is None:
+            return counts, None
+        self.trimap.update(pred, target)
+        return counts, self.boundary.update(pred, target)
+
+    def summary(self, class_names: list[str], palette: list[Sequence[int]]) -> dict[str, Any]:
+        """The counts summed over all ranks (every rank calls this), then :func:`summarize`."""
+        self.matrix.all_reduce()
+        if self.boundary is not None:
+            self.boundary.all_reduce()
+            self.trimap.all_reduce()
+        return summarize(self.matrix.compute(), class_names, palette=palette,
+                         boundary=self.boundary.compute() if self.boundary is not None else None,
+                         trimap=self.trimap.compute() if self.trimap is not None else None)
 
 
 def _image_row(index: int, name: str, counts: torch.Tensor,
                band_counts: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, Any]:
     """Scores of one image from its (C, C) confusion counts and per-class band (intersection, union).
 
-    Pixel accuracy over the non-ignored pixels; mIoU over the classes present in its ground truth
-    or prediction (union > 0); boundary IoU averaged over the classes whose bands are non-empty
-    (the same classes unless a predicted class's band lies wholly on ignored pixels).
+    Pixel accuracy over the non-ignored pixels; mIoU and boundary IoU averaged over the classes
+    present in the image's ground truth or prediction, the rule of
+    :func:`refineseg.evaluation.metrics.class_scores` (a present class whose bands lie wholly on
+    ignored pixels scores 0).
     """
     counts = counts.to("cpu", torch.float64)
     tp, gt, pr = counts.diagonal(), counts.sum(1), counts.sum(0)
-    total = float(gt.sum())
+    present, total = (gt + pr) > 0, float(gt.sum())
 
     def undefined_to_none(x: float) -> float | None:
         return None if np.isnan(x) else x
 
     row = {"index": int(index), "name": str(name),
            "pixel_accuracy": float(tp.sum()) / total if total > 0 else None,
-           "miou": undefined_to_none(nanmean(ratios(tp, gt + pr - tp))),
+           "miou": undefined_to_none(nanmean(class_scores(tp, gt + pr - tp, present))),
            "boundary_iou": None}
     if band_counts is not None:
-        row["boundary_iou"] = undefined_to_none(nanmean(ratios(*band_counts)))
+        row["boundary_iou"] = undefined_to_none(nanmean(class_scores(*band_counts, present)))
     return row
 
 
@@ -216,7 +250,8 @@ def run_evaluate(config: EvalConfig) -> dict[str, Any]:
     (+ confusion PNG, predictions/<name>.png with --save-predictions).
 
     Returns the summary dict written to metrics.json. Raises CheckpointError when the checkpoint
-    and the dataset have different numbers of classes.
+    and the dataset have different numbers of classes, or different class names without
+    ``--class-map`` / ``--ignore-class-names`` (:func:`match_classes`).
     """
     if config.backend == "onnxruntime":  # an .onnx file (config from its metadata); logits come back on the CPU
         from refineseg.inference.export import OnnxSegmenter
@@ -235,16 +270,19 @@ def run_evaluate(config: EvalConfig) -> dict[str, Any]:
         raise file_error(CheckpointError, config.checkpoint,
                          f"model has {model.config.num_classes} classes but the {config.dataset} dataset "
                          f"has {dataset.num_classes}")
+    order = match_classes(model.config.class_names, dataset.class_names, config.checkpoint, config.class_map,
+                          config.ignore_class_names)
     check_before_run([dataset], skip=config.skip_data_check)  # every bad file at once, before any image
 
     rank = distributed.rank()
     out = Path(config.out)
     save_predictions = config.save_predictions or config.report
-    palette = [list(color) for color in model.config.palette]
+    # The checkpoint's colours; with a class map, each moved to the dataset class its class became.
+    palette = [list(model.config.palette[order.index(j) if order else j]) for j in range(dataset.num_classes)]
     summary, matrix = evaluate_model(runner, dataset, **config.inference_kwargs(), device=device,
                                      workers=config.workers, boundary_ratio=config.boundary_ratio, per_image=True,
                                      predictions_dir=out / "predictions" if save_predictions else None,
-                                     palette=palette)
+                                     palette=palette, class_map=order)
     rows = summary.pop("per_image")
     summary.update(mode=config.mode, checkpoint=str(config.checkpoint), dataset=config.dataset,
                    split=config.split, num_images=len(dataset), confusion_matrix=matrix.tolist(),
@@ -270,3 +308,60 @@ def run_evaluate(config: EvalConfig) -> dict[str, Any]:
     if config.report:  # rebuilt from the files just written, as `refineseg report OUT` does
         print(f"Report: {write_eval_report(out, dataset=dataset)}")
     return summary
+
+
+def match_classes(model_names: Sequence[str], dataset_names: Sequence[str], checkpoint: str | Path,
+                  class_map: str | Path | None = None, ignore_names: bool = False) -> list[int] | None:
+    """The dataset class index of each of the model's classes; None when class i is class i as it is.
+
+    Equal name lists need nothing, nor do the placeholders ``class_0, class_1, ...`` of a checkpoint
+    saved without names (e.g. converted published weights). Otherwise ``class_map`` (a YAML file,
+    :func:`read_class_map`) says which is which, ``ignore_names`` takes them in order as they are,
+    and without either a one-line :class:`CheckpointError` names the first class whose names differ.
+    """
+    model_names, dataset_names = [str(n) for n in model_names], [str(n) for n in dataset_names]
+    if class_map is not None:
+        order = read_class_map(class_map, model_names, dataset_names)
+        return None if order == list(range(len(order))) else order
+    if model_names in (dataset_names, [f"class_{i}" for i in range(len(model_names))]):
+        return None
+    i = next(i for i, (a, b) in enumerate(zip(model_names, dataset_names)) if a != b)
+    if ignore_names:
+        log.warning("evaluating under the dataset's class names: class %d is %r in the checkpoint but %r in the "
+                    "dataset (--ignore-class-names)", i, model_names[i], dataset_names[i])
+        return None
+    how = " (the same names in another order)" if sorted(model_names) == sorted(dataset_names) else ""
+    raise file_error(CheckpointError, checkpoint,
+                     f"class {i} is {model_names[i]!r} in the checkpoint but {dataset_names[i]!r} in the dataset"
+                     f"{how}; pass --class-map FILE to match them or --ignore-class-names to evaluate it as is")
+
+
+def read_class_map(path: str | Path, model_names: Sequence[str], dataset_names: Sequence[str]) -> list[int]:
+    """The dataset index of each model class from a class-map YAML file (one-line ConfigError if it is wrong).
+
+    The file holds a mapping ``checkpoint class name: dataset class name`` (names it leaves out map
+    to themselves) or a list of dataset class names, one per checkpoint class in the checkpoint's
+    order. Every dataset class must be matched exactly once.
+    """
+    data = read_yaml(path, "class map")
+    if isinstance(data, dict):
+        mapping = {str(k): str(v) for k, v in data.items()}
+        unknown = [k for k in mapping if k not in model_names]
+        if unknown:
+            raise file_error(ConfigError, path, f"{unknown[0]!r} is not a class of the checkpoint "
+                                                f"({', '.join(model_names)})")
+        targets = [mapping.get(name, name) for name in model_names]
+    elif isinstance(data, list) and len(data) == len(model_names):
+        targets = [str(v) for v in data]
+    else:
+        raise file_error(ConfigError, path, f"expected a mapping `checkpoint class: dataset class` or a list of "
+                                            f"{len(model_names)} dataset class names, got {type(data).__name__}"
+                                            + (f" of {len(data)}" if isinstance(data, list) else ""))
+    for i, name in enumerate(targets):
+        if name not in dataset_names:
+            raise file_error(ConfigError, path, f"checkpoint class {model_names[i]!r} maps to {name!r}, not a "
+                                                f"class of the dataset ({', '.join(dataset_names)})")
+        if name in targets[:i]:
+            raise file_error(ConfigError, path, f"checkpoint classes {model_names[targets.index(name)]!r} and "
+                                                f"{model_names[i]!r} both map to {name!r}")
+    return [list(dataset_names).index(name) for name in targets]

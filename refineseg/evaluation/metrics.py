@@ -4,6 +4,13 @@ Everything (pixel accuracy, per-class recall, IoU, Dice, F-score) is computed fr
 matrix, so evaluation only has to accumulate integer counts batch by batch, and
 distributed evaluation only has to sum those counts across ranks. The boundary metrics
 (:mod:`refineseg.evaluation.boundary`) stream the same way; :func:`summarize` merges both into the JSON form.
+
+**Which classes a mean counts** (one rule for every per-class mean: mIoU, mDice, mFscore, mAcc,
+mPrecision, mBoundaryIoU and the per-image mIoU / boundary IoU): a class *present* in the ground
+truth or the prediction (on non-ignored pixels) is counted, with score 0 where its ratio is 0/0
+(e.g. the precision of a class never predicted, the recall of a class only predicted); a class
+absent from both is undefined (NaN, ``null`` in JSON) and left out of every mean. :func:`class_scores`
+applies the rule and :func:`nanmean` averages; nothing else decides which classes count.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from refineseg.utils.distributed import all_reduce_sum
 
 
 class ConfusionMatrix:
@@ -77,55 +86,67 @@ class ConfusionMatrix:
 
         The matrix must live on a device the backend supports (CPU for gloo, CUDA for NCCL).
         """
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(self._mat, op=torch.distributed.ReduceOp.SUM)
+        all_reduce_sum(self._mat)
 
     def compute(self) -> dict[str, Any]:
         """Scores as Python floats in [0, 1].
 
         Returns ``aAcc`` (overall pixel accuracy), ``mAcc`` (mean per-class recall), ``mIoU``, ``mDice``,
-        ``fwIoU``, ``mFscore`` and per-class lists ``IoU``, ``Acc``, ``Dice``, ``Fscore``, ``PixelShare``.
-        A class absent from both ground truth and prediction gets NaN and is left out of the means; a
-        class with predictions but no ground truth gets IoU/Dice 0 (counted) and Acc NaN (recall is
-        undefined without ground-truth pixels).
+        ``fwIoU``, ``mFscore``, ``mPrecision`` and per-class lists ``IoU``, ``Acc`` (recall), ``Dice``,
+        ``Fscore``, ``Precision``, ``PixelShare``. Per-class scores and their means follow the module's
+        one rule (:func:`class_scores`): a class absent from both ground truth and prediction is NaN and
+        left out of every mean; a class present in either counts, 0 where its ratio is 0/0.
 
         ``fwIoU`` = sum over classes of ``PixelShare`` (the class's fraction of the ground-truth
-        pixels) x IoU. ``Fscore`` is mmsegmentation's: 2PR / (P + R) with precision P = TP / predicted
-        and recall R = TP / ground truth, NaN when it is 0/0, i.e. for every class with TP = 0 (even
-        one present in the ground truth); ``mFscore`` is its nan-mean, as mmseg reports it.
+        pixels) x IoU. ``Fscore`` = 2PR / (P + R) with precision P = TP / predicted and recall
+        R = TP / ground truth; with beta = 1 it equals Dice (2 TP / (predicted + ground truth)).
+        Unlike mmsegmentation, whose mFscore skips every class with TP = 0, a class that is in the
+        ground truth but never predicted scores 0 here and lowers ``mFscore`` as it lowers ``mIoU``.
         """
         mat = self._mat.detach().to("cpu", torch.float64)
-        tp = mat.diagonal()
-        gt = mat.sum(dim=1)
-        pr = mat.sum(dim=0)
-        union = gt + pr - tp
-        nan = torch.tensor(float("nan"), dtype=torch.float64)
-
-        iou = torch.where(union > 0, tp / union.clamp(min=1), nan)
-        acc = torch.where(gt > 0, tp / gt.clamp(min=1), nan)
-        dice = torch.where(gt + pr > 0, 2 * tp / (gt + pr).clamp(min=1), nan)
+        tp, gt, pr = mat.diagonal(), mat.sum(dim=1), mat.sum(dim=0)
+        present = (gt + pr) > 0
+        iou = class_scores(tp, gt + pr - tp, present)
+        acc = class_scores(tp, gt, present)
+        precision = class_scores(tp, pr, present)
+        dice = class_scores(2 * tp, gt + pr, present)
+        fscore = class_scores(2 * precision * acc, precision + acc, present)
         total = float(mat.sum())
         share = gt / total if total > 0 else torch.full_like(gt, float("nan"))
-        precision, recall = tp / pr, tp / gt  # NaN for 0/0, as mmseg
-        fscore = 2 * precision * recall / (precision + recall)  # NaN when TP = 0
         fwiou = float((share * iou.nan_to_num(0.0)).sum()) if total > 0 else float("nan")
         return {
             "aAcc": float(tp.sum()) / total if total > 0 else float("nan"),
-            "mAcc": _nanmean(acc),
-            "mIoU": _nanmean(iou),
-            "mDice": _nanmean(dice),
+            "mAcc": nanmean(acc),
+            "mIoU": nanmean(iou),
+            "mDice": nanmean(dice),
             "fwIoU": fwiou,
-            "mFscore": _nanmean(fscore),
+            "mFscore": nanmean(fscore),
+            "mPrecision": nanmean(precision),
             "IoU": iou.tolist(),
             "Acc": acc.tolist(),
             "Dice": dice.tolist(),
             "Fscore": fscore.tolist(),
+            "Precision": precision.tolist(),
             "PixelShare": share.tolist(),
         }
 
 
-def _nanmean(x: Tensor) -> float:
-    """Mean over the non-NaN entries of a 1-D tensor; NaN if there are none (no warning)."""
+def class_scores(num: Tensor, den: Tensor, present: Tensor) -> Tensor:
+    """Per-class ``num / den`` under the one rule of this module: the only place it is decided.
+
+    ``present`` (bool, C) marks the classes with a non-ignored pixel in the ground truth or the
+    prediction. Present classes get ``num / den``, or 0 where ``den`` is 0 (then ``num``, a count of
+    true positives, is 0 too); absent classes get NaN, so :func:`nanmean` leaves them out.
+    Returns float64 on the CPU.
+    """
+    num, den = num.detach().to("cpu", torch.float64), den.detach().to("cpu", torch.float64)
+    present = present.detach().to("cpu", torch.bool)
+    ratio = torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
+    return torch.where(present, ratio, float("nan"))
+
+
+def nanmean(x: Tensor) -> float:
+    """Mean over the non-NaN entries of a 1-D tensor (the defined, i.e. counted, classes); NaN if none."""
     valid = x[~torch.isnan(x)]
     return float(valid.mean()) if valid.numel() > 0 else float("nan")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import re
 import types
@@ -101,16 +102,80 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: tu
                                 choices=choices, metavar=None if choices else f.name.upper())
 
 
-def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+class RefusedYAML(yaml.constructor.ConstructorError):
+    """Well-formed YAML that a config may not hold: a repeated key, a non-finite number."""
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping and a non-finite number
+    (``.nan``, ``.inf``) as a mapping's value or list item, each naming the key and its line."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """The mapping, after checking its keys for repeats and its values for NaN / infinity."""
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *base``: overriding merged keys is fine
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    raise RefusedYAML(
+                        None, None, f"duplicate key {key!r} (first on line {seen[key]})", key_node.start_mark)
+                seen[key] = key_node.start_mark.line + 1
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            bad = self._non_finite(value_node)
+            if bad is not None:
+                raise RefusedYAML(
+                    None, None, f"{key}: {bad.value} is not a finite number", bad.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+    def _non_finite(self, node: yaml.Node) -> yaml.ScalarNode | None:
+        """The first float scalar in ``node`` (a scalar or a list, nested) that is NaN or infinite."""
+        if isinstance(node, yaml.SequenceNode):
+            return next((bad for item in node.value if (bad := self._non_finite(item)) is not None), None)
+        if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:float":
+            value = self.construct_object(node)
+            return None if math.isfinite(value) else node
+        return None
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """A PyYAML error on one line: ``line L, column C: <problem>`` when PyYAML knows where."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    problem = " ".join(str(getattr(error, "problem", None) or error).split())
+    context = getattr(error, "context", None)
+    if context and getattr(error, "problem", None):
+        problem = f"{problem} ({context})"
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem
+
+
+def read_yaml(path: str | os.PathLike, what: str = "config file") -> Any:
+    """The YAML document of ``path`` read with :class:`StrictLoader`; ``None`` for an empty file.
+
+    Every problem is a one-line :class:`~refineseg.errors.ConfigError` naming the file (and the line:
+    syntax errors, duplicate keys, ``.nan`` / ``.inf`` values); a missing file is ``"<what> not found"``.
+    """
     path = Path(path)
     if not path.is_file():
-        raise file_error(RefineSegError, path, "config file not found")
+        raise file_error(RefineSegError, path, f"{what} not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise file_error(ConfigError, path, f"cannot read it ({' '.join(str(e).split())})") from None
+    try:
+        return yaml.load(text, Loader=StrictLoader)
+    except RefusedYAML as e:
+        raise file_error(ConfigError, path, _yaml_problem(e)) from None
     except yaml.YAMLError as e:
-        raise file_error(RefineSegError, path, f"invalid YAML ({str(e).splitlines()[0]})")
+        raise file_error(ConfigError, path, f"invalid YAML: {_yaml_problem(e)}") from None
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML config file as a mapping of option names to values ({} when empty); see :func:`read_yaml`."""
+    data = read_yaml(path) or {}
     if not isinstance(data, dict):
-        raise file_error(RefineSegError, path, "expected a mapping of option names to values")
+        raise file_error(ConfigError, path, "expected a mapping of option names to values")
     return data
 
 
@@ -161,9 +226,10 @@ def _coerce(value: Any, kind: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif kind is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and _NUMBER_TEXT.fullmatch(value.strip()):
+        if (isinstance(value, (int, float)) and not isinstance(value, bool)) or (
+                isinstance(value, str) and _NUMBER_TEXT.fullmatch(value.strip())):
+            if not math.isfinite(float(value)):  # .nan, .inf, 1e999
+                raise ValueError(f"expected a finite number, got {value!r}")
             return float(value)
     elif kind is str:
         if isinstance(value, str):

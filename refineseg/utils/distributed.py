@@ -43,8 +43,12 @@ def is_main_process() -> bool:
 
 
 def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
-    """Sum ``value`` over all processes (a no-op with one process)."""
-    if dist.is_initialized():
+    """Sum ``value`` over all processes in place and return it (a no-op without a process group).
+
+    The one home of "all-reduce if a process group exists"; the tensor must live where the backend
+    expects it (CPU for gloo, CUDA for NCCL).
+    """
+    if dist.is_available() and dist.is_initialized():
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
     return value
 
