@@ -43,7 +43,7 @@ ZOOM_WINDOW = 32  # side of the zoomed crop, in image pixels
 def train_and_evaluate(name: str, args: argparse.Namespace) -> dict:
     """Train ``name`` with the demo's settings, evaluate its last checkpoint; returns metrics.json + timings."""
     from refineseg.cli.demo import TEST_TIME
-    from refineseg.evaluation.evaluate import EvalConfig, run_evaluate
+    from refineseg.cli.evaluate import EvalConfig, run_evaluate
     from refineseg.training import TrainConfig, train
     from refineseg.utils.config import config_from_values, load_yaml
 

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from refineseg.errors import RefineSegError, one_line  # noqa: E402
-from refineseg.evaluation.evaluate import EvalConfig, run_evaluate  # noqa: E402
+from refineseg.cli.evaluate import EvalConfig, run_evaluate  # noqa: E402
 from refineseg.models import zoo  # noqa: E402
 from refineseg.utils.config import config_from_values  # noqa: E402
 

@@ -100,7 +100,7 @@ def test_value_checks_refuse_non_finite_numbers(values, want):
 
 def test_command_line_nan_is_refused_naming_the_flag():
     from refineseg.cli.app import build_parser
-    from refineseg.evaluation.evaluate import EvalConfig
+    from refineseg.cli.evaluate import EvalConfig
 
     args = build_parser().parse_args(["evaluate", "--checkpoint", "ckpt", "--dataset", "synthetic",
                                       "--boundary-ratio", "nan"])

@@ -16,7 +16,7 @@ from refineseg.data.check import DataCheckError, check_dataset
 from refineseg.data.check_cache import fingerprint
 from refineseg.data.folder import load_class_spec, parse_class_spec
 from refineseg.errors import DataError
-from refineseg.evaluation.evaluate import EvalConfig
+from refineseg.cli.evaluate import EvalConfig
 from refineseg.training.config import TrainConfig
 
 RNG = np.random.default_rng(7)

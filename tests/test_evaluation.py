@@ -28,7 +28,8 @@ from refineseg.data import (
     write_synthetic,
 )
 from refineseg.errors import CheckpointError, ConfigError
-from refineseg.evaluation.evaluate import EvalConfig, evaluate_model, read_class_map, run_evaluate
+from refineseg.cli.evaluate import EvalConfig, run_evaluate
+from refineseg.evaluation.evaluate import evaluate_model, read_class_map
 
 K = len(SYNTHETIC_CLASSES)
 
@@ -134,7 +135,7 @@ def test_distributed_evaluation_equals_single_process(data_root, tmp_path):
 def test_run_evaluate_writes_metrics_and_plot(data_root, checkpoint, tmp_path, capsys):
     out = tmp_path / "eval"
     summary = run_evaluate(EvalConfig(checkpoint=str(checkpoint), dataset="folder", data_root=str(data_root),
-                                      out=str(out), device="cpu"))
+                                      out=str(out), device="cpu", precision="fp32"))
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("aAcc", "mAcc", "mIoU", "mDice"):
         assert 0.0 <= metrics[key] <= 1.0 and metrics[key] == pytest.approx(summary[key])
@@ -157,7 +158,7 @@ def test_run_evaluate_writes_metrics_and_plot(data_root, checkpoint, tmp_path, c
 
 def test_run_evaluate_synthetic_with_resize(checkpoint, tmp_path):
     config = EvalConfig(checkpoint=str(checkpoint), dataset="synthetic", out=str(tmp_path), device="cpu",
-                        synthetic_val=2, synthetic_size=64, resize=40, confusion_png=False)
+                        precision="fp32", synthetic_val=2, synthetic_size=64, resize=40, confusion_png=False)
     summary = run_evaluate(config)
     dataset = SyntheticSegmentation("val", 2, size=64, transform=eval_transform(resize=40))
     expected, matrix = evaluate_model(make_model(), dataset, progress=False)
@@ -209,7 +210,7 @@ def cv2_band(mask: np.ndarray, d: int) -> np.ndarray:
 def test_saved_predictions_reproduce_metrics_json_and_per_image_csv(data_root, checkpoint, tmp_path):
     out = tmp_path / "eval"
     run_evaluate(EvalConfig(checkpoint=str(checkpoint), dataset="folder", data_root=str(data_root), out=str(out),
-                            device="cpu", save_predictions=True, confusion_png=False))
+                            device="cpu", precision="fp32", save_predictions=True, confusion_png=False))
     metrics = json.loads((out / "metrics.json").read_text())
     raw = FolderDataset(data_root, "val")
     names = [raw.sample_name(i) for i in range(len(raw))]

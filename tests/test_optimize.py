@@ -151,9 +151,9 @@ def test_compiled_model_matches_eager_at_two_sizes():
 
 
 def test_evaluate_and_predict_use_the_fast_path_by_default():
+    from refineseg.cli.predict import PredictConfig
     from refineseg.evaluation.evaluate import EvalConfig
     from refineseg.inference.optimize import InferenceModel
-    from refineseg.inference.predict import PredictConfig
 
     model = refineseg.create_model("lw_refinenet_mbv2", num_classes=3)
     for config in (EvalConfig(checkpoint="c", dataset="synthetic"), PredictConfig(checkpoint="c", inputs=["x"])):

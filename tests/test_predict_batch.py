@@ -19,10 +19,10 @@ from conftest import make_model
 from PIL import Image
 
 from refineseg.cli.app import main as cli_main
+from refineseg.cli.predict import EXIT_SOME_FAILED
 from refineseg.data import SYNTHETIC_CLASSES, read_image, write_image, write_label_png
 from refineseg.data import io as data_io
-from refineseg.evaluation.evaluate import EvalConfig, run_evaluate
-from refineseg.inference.predict import EXIT_SOME_FAILED
+from refineseg.cli.evaluate import EvalConfig, run_evaluate
 from refineseg.inference.predictor import segment
 from refineseg.utils import files
 from refineseg.utils.files import remove_dead_temporaries
@@ -53,7 +53,9 @@ def temporaries(folder: Path) -> list[str]:
 
 
 def predict(checkpoint: Path, out: Path, *args: str) -> int:
-    return cli_main(["predict", "--checkpoint", str(checkpoint), "--out", str(out), "--device", "cpu", *args])
+    # fp32: the labels are compared with segment()'s (--precision auto may pick bf16 on this CPU)
+    return cli_main(["predict", "--checkpoint", str(checkpoint), "--out", str(out), "--device", "cpu",
+                     "--precision", "fp32", *args])
 
 
 @pytest.fixture
@@ -85,7 +87,7 @@ def test_bad_inputs_are_listed_and_the_rest_written(checkpoint, model, mixed_fol
     lines = (out / "errors.txt").read_text().splitlines()
     assert len(lines) == 2 and all(line.startswith(f"{path}: ") and len(line) > len(f"{path}: ")
                                    for line, path in zip(lines, bad)), lines
-    assert sorted(os.listdir(out)) == ["a.png", "a_overlay.png", "d.png", "d_overlay.png", "errors.txt"]
+    assert sorted(os.listdir(out)) == ["a.png", "a_overlay.png", "d.png", "d_overlay.png", "errors.txt", "manifest.csv"]
     for name in os.listdir(out):  # usual permissions under umask 022, not tempfile's 0600
         assert (out / name).stat().st_mode & 0o777 == 0o644, name
 
@@ -223,7 +225,7 @@ def test_interrupted_overlay_leaves_no_partial_file(checkpoint, tmp_path, monkey
     monkeypatch.setattr("refineseg.inference.predict.overlay", lambda *a, **k: PartialWriter(KeyboardInterrupt()))
     out = tmp_path / "out"
     assert predict(checkpoint, out, str(tmp_path / "in")) == 130  # the CLI's status for Ctrl-C
-    assert os.listdir(out) == ["p0.png"]  # the label map is complete; no overlay, no temporary
+    assert sorted(os.listdir(out)) == ["manifest.csv", "p0.png"]  # the label map is complete; no overlay, no temporary
     labels_of(out / "p0.png")
     summary = capsys.readouterr().out.strip().splitlines()[-1]
     assert summary.startswith("interrupted: 0 written, 0 failed, 3 not processed")
@@ -304,4 +306,4 @@ def test_a_full_disk_stops_the_batch_with_one_line_and_the_summary(checkpoint, t
     assert captured.err.count("\n") == 1
     assert captured.err.startswith(f"error: {out / 'p0.png'}: no space left on device")
     assert captured.out.strip().splitlines()[-1].startswith("stopped: 0 written, 0 failed, 3 not processed")
-    assert os.listdir(out) == []
+    assert os.listdir(out) == ["manifest.csv"]  # written before any prediction

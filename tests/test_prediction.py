@@ -11,9 +11,10 @@ import pytest
 from conftest import CLASS_NAMES, PALETTE, make_model
 from PIL import Image
 
+from refineseg.cli.predict import PredictConfig, run_predict
 from refineseg.data import read_image, write_image
 from refineseg.errors import DataError
-from refineseg.inference.predict import PredictConfig, expand_inputs, run_predict
+from refineseg.inference.predict import expand_inputs
 from refineseg.inference.predictor import segment
 from refineseg.report.visualize import overlay
 
@@ -63,10 +64,14 @@ def test_run_predict_writes_segment_results_and_overlays(checkpoint, tmp_path, c
     for path, image in images.items():
         write_image(path, image)
     out = tmp_path / "out"
-    written = run_predict(PredictConfig(checkpoint=str(checkpoint), out=str(out), device="cpu",
+    written = run_predict(PredictConfig(checkpoint=str(checkpoint), out=str(out), device="cpu", precision="fp32",
                                         inputs=[str(tmp_path / "x"), str(tmp_path / "y" / "*")]))
-    # Same stem twice: the second one gets a suffix. Folder globs come back sorted.
-    assert written == [out / "scene.png", out / "other.png", out / "scene_1.png"]
+    # Same stem twice: both get their extension (the rule of refineseg.inference.predict). Globs come back sorted.
+    assert written == [out / "scene_png.png", out / "other.png", out / "scene_jpg.png"]
+    assert (out / "manifest.csv").read_text().splitlines()[1:] == [
+        f"{tmp_path / 'x' / 'scene.png'},scene_png.png,scene_png_overlay.png",
+        f"{tmp_path / 'y' / 'other.png'},other.png,other_overlay.png",
+        f"{tmp_path / 'y' / 'scene.jpg'},scene_jpg.png,scene_jpg_overlay.png"]
 
     model = make_model()
     sources = [tmp_path / "x" / "scene.png", tmp_path / "y" / "other.png", tmp_path / "y" / "scene.jpg"]
@@ -94,12 +99,13 @@ def test_run_predict_slide_mode_without_overlay(checkpoint, tmp_path):
     source = tmp_path / "big.png"
     write_image(source, photo(3, 96, 96))
     config = PredictConfig(checkpoint=str(checkpoint), inputs=[str(source)], out=str(tmp_path / "out"),
-                           mode="slide", crop=64, stride=32, overlay=False, device="cpu")
+                           mode="slide", crop=64, stride=32, overlay=False, device="cpu", precision="fp32")
     [label_path] = run_predict(config)
     expected = segment(make_model(), read_image(source), mode="slide", crop=64, stride=32)
     assert np.array_equal(np.asarray(Image.open(label_path)), expected)
     assert not np.array_equal(expected, segment(make_model(), read_image(source)))  # slide really differs
-    assert sorted(os.listdir(tmp_path / "out")) == ["big.png"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["big.png", "manifest.csv"]
+    assert (tmp_path / "out" / "manifest.csv").read_text() == f"input,label,overlay\n{source},big.png,\n"
 
 
 def test_run_predict_never_overwrites_inputs_in_out_folder(checkpoint, tmp_path):

@@ -30,7 +30,7 @@ from refineseg.data import (
     SYNTHETIC_CLASSES,
     VOC_CLASSES,
 )
-from refineseg.evaluation.evaluate import EvalConfig
+from refineseg.cli.evaluate import EvalConfig
 from refineseg.models import create_model, model_spec
 from refineseg.training.config import TrainConfig
 from refineseg.utils.config import build_config

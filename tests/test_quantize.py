@@ -129,7 +129,7 @@ def test_int8_val_miou_within_one_point_of_fp32(int8, tmp_path):
 def test_predict_runs_the_int8_file_tiled_and_batched(int8, tmp_path):
     from PIL import Image
 
-    from refineseg.inference.predict import PredictConfig, run_predict
+    from refineseg.cli.predict import PredictConfig, run_predict
     from refineseg.inference.tiling import predict_tiled
 
     _, path, _, _ = int8

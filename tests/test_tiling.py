@@ -92,7 +92,7 @@ def test_rejects_bad_tiling_options(model, image):
 def test_predict_cli_tiled_mode_reads_and_writes_tiff(tmp_path, model):
     import tifffile
 
-    from refineseg.inference.predict import PredictConfig, run_predict
+    from refineseg.cli.predict import PredictConfig, run_predict
 
     model.save_pretrained(tmp_path / "ckpt")
     image = np.random.default_rng(2).integers(0, 255, (120, 200, 3), dtype=np.uint8)
@@ -187,7 +187,7 @@ def test_batched_thin_edge_tiles_are_padded_like_single_ones(model):
 
 
 def test_rejects_bad_tile_batch(model, image):
-    from refineseg.inference.predict import PredictConfig
+    from refineseg.cli.predict import PredictConfig
 
     with pytest.raises(ValueError, match="tile_batch"):
         predict_tiled(model, image, tile=64, overlap=8, tile_batch=0)
@@ -198,7 +198,7 @@ def test_rejects_bad_tile_batch(model, image):
 def test_predict_cli_passes_tile_batch(tmp_path, model, image):
     from PIL import Image
 
-    from refineseg.inference.predict import PredictConfig, run_predict
+    from refineseg.cli.predict import PredictConfig, run_predict
 
     model.save_pretrained(tmp_path / "ckpt")
     Image.fromarray(image).save(tmp_path / "photo.png")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import logging
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -352,3 +354,110 @@ def test_init_from_copies_a_checkpoint_and_reinitializes_a_classifier_of_other_c
         assert torch.equal(value, fresh_head[key] if key in fresh_head else source.state_dict()[key]), key
     with pytest.raises(CheckpointError, match="holds lw_refinenet_mbv2, but this run trains lw_refinenet18"):
         init_from_checkpoint(refineseg.create_model("lw_refinenet18", num_classes=6), tmp_path / "stage1")
+
+
+# --- --resume reads OUT/config.yaml; nothing is written into OUT before every check passed -------------
+
+def tree_bytes(directory) -> dict[str, bytes | None]:
+    """Everything under ``directory``: path -> bytes, None for a folder ("left exactly as it was" compares these)."""
+    return {str(p.relative_to(directory)): p.read_bytes() if p.is_file() else None
+            for p in sorted(directory.rglob("*"))}
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    return err
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory, one_thread):
+    """``(straight, stopped)``: a 4-step run, and the same run stopped by SIGTERM after step 2 (exit 75)."""
+    root = tmp_path_factory.mktemp("resume")
+    common = [*TINY, "--batch-size", "2", "--iters", "4", "--seed", "4", "--val-interval", "0",
+              "--ckpt-interval", "100"]
+    assert cli_main(["train", *common, "--out", str(root / "straight")]) == 0
+    step_once = trainer.optimizer_step
+
+    def sigterm_in_step_2(*args, **kwargs):
+        loss = step_once(*args, **kwargs)
+        if kwargs["step"] == 2:
+            signal.raise_signal(signal.SIGTERM)
+        return loss
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer, "optimizer_step", sigterm_in_step_2)
+        assert cli_main(["train", *common, "--out", str(root / "stopped")]) == 75
+    return root / "straight", root / "stopped"
+
+
+def test_resume_with_no_other_flag_continues_with_the_runs_options(stopped_run, tmp_path, capsys):
+    straight, stopped = stopped_run
+    out = tmp_path / "run"
+    shutil.copytree(stopped, out)
+    assert cli_main(["train", "--out", str(out), "--resume"]) == 0  # model, crop, batch, iters... from config.yaml
+    assert load_training_state(out / "last")["step"] == 4
+    a, b = weights(straight / "last"), weights(out / "last")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not (out / "config_changes.yaml").exists()
+
+
+def test_resume_with_a_changed_crop_is_refused_in_one_line_and_out_is_untouched(stopped_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(stopped_run[1], out)
+    before = tree_bytes(out)
+    assert cli_main(["train", "--out", str(out), "--resume", "--crop", "96", "--iters", "6"]) == 2
+    err = one_error_line(capsys)
+    assert f"--crop 96 differs from the run's 64 ({out / 'config.yaml'}); pass --override to change it" in err
+    assert tree_bytes(out) == before
+    # Fixed by the checkpoint: refused even with --override.
+    assert cli_main(["train", "--out", str(out), "--resume", "--override", "--model", "lw_refinenet18"]) == 2
+    assert "--model lw_refinenet18 differs from the run's lw_refinenet_mbv2" in one_error_line(capsys)
+    # A resume that passes the option check but fails later (no such data) writes nothing either.
+    assert cli_main(["train", "--out", str(out), "--resume", "--override", "--dataset", "folder",
+                     "--data-root", str(tmp_path / "missing")]) == 2
+    assert str(tmp_path / "missing") in one_error_line(capsys)
+    assert tree_bytes(out) == before
+
+
+def test_resume_with_override_applies_and_records_the_change(stopped_run, tmp_path, caplog):
+    import yaml
+
+    out = tmp_path / "run"
+    shutil.copytree(stopped_run[1], out)
+    caplog.set_level(logging.INFO, logger="refineseg.train")
+    assert cli_main(["train", "--out", str(out), "--resume", "--crop", "96", "--lr", "0.004", "--iters", "5",
+                     "--override"]) == 0
+    logged = caplog.text
+    assert "with --crop 96 instead of the run's 64 (--override)" in logged
+    assert "with --iters 5 instead of the run's 4 (the poly schedule is stretched to end at step 5)" in logged
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (saved["crop"], saved["lr"], saved["iters"], saved["model"]) == (96, 0.004, 5, "lw_refinenet_mbv2")
+    [entry] = yaml.safe_load((out / "config_changes.yaml").read_text())
+    assert entry["step"] == 2 and entry["override"] is True
+    assert entry["changes"] == {"iters": {"from": 4, "to": 5}, "crop": {"from": 64, "to": 96},
+                                "lr": {"from": 0.002, "to": 0.004}}
+    records = {r["iter"]: r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "lr" in r}
+    assert records[3]["lr"] == pytest.approx(0.004 * (1 - 3 / 5) ** 0.9)  # the new LR, on the stretched schedule
+    assert load_training_state(out / "last")["step"] == 5
+
+
+def test_a_failed_start_leaves_out_as_it_was_and_the_corrected_command_runs(stopped_run, tmp_path, capsys, one_thread):
+    out = tmp_path / "new"
+    common = [*TINY, "--batch-size", "2", "--iters", "1", "--val-interval", "0"]
+    for bad in (["--crop", "16"], ["--backbone-weights", str(tmp_path / "missing.pth")],
+                ["--dataset", "folder", "--data-root", str(tmp_path / "no_data")]):
+        assert cli_main(["train", *common, *bad, "--out", str(out)]) == 2, bad
+        one_error_line(capsys)
+        assert not out.exists(), bad
+    # --overwrite archives the old run only once the new one has started.
+    old = tmp_path / "old"
+    shutil.copytree(stopped_run[1], old)
+    before = tree_bytes(old)
+    assert cli_main(["train", *common, "--backbone-weights", str(tmp_path / "missing.pth"), "--out", str(old),
+                     "--overwrite"]) == 2
+    one_error_line(capsys)
+    assert tree_bytes(old) == before and not list(tmp_path.glob("old.archived-*"))
+    assert cli_main(["train", *common, "--out", str(out)]) == 0
+    assert cli_main(["train", *common, "--out", str(old), "--overwrite"]) == 0
+    assert len(list(tmp_path.glob("old.archived-*"))) == 1

@@ -17,7 +17,7 @@ import refineseg
 from refineseg.cli.app import main
 from refineseg.data.synthetic import SYNTHETIC_CLASSES
 from refineseg.errors import CheckpointError, RefineSegError
-from refineseg.evaluation.evaluate import EvalConfig, run_evaluate
+from refineseg.cli.evaluate import EvalConfig, run_evaluate
 from refineseg.models import zoo
 from refineseg.models.hub import sha256_file
 from refineseg.training.setup import init_from_checkpoint

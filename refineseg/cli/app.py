@@ -16,13 +16,13 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from refineseg.cli import check_data, demo, evaluate, export, models, predict, report, synthetic, train, zoo
+from refineseg.cli import check_data, demo, evaluate, export, models, predict, report, serve, synthetic, train, zoo
 from refineseg.cli.common import Handler
 from refineseg.errors import DataCheckError, RefineSegError, one_line
 from refineseg.utils.files import is_write_failure, write_error
 
 #: The command modules, in ``--help`` order; each has ``register(subparsers)``.
-COMMANDS = [models, zoo, train, evaluate, report, check_data, predict, export, synthetic, demo]
+COMMANDS = [models, zoo, train, evaluate, report, check_data, predict, export, serve, synthetic, demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

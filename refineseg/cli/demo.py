@@ -14,9 +14,9 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from refineseg.cli.predict import PredictConfig, run_predict
 from refineseg.data import SyntheticSegmentation, write_image
-from refineseg.evaluation.evaluate import EvalConfig, run_evaluate
-from refineseg.inference.predict import PredictConfig, run_predict
+from refineseg.cli.evaluate import EvalConfig, run_evaluate
 from refineseg.training import TrainConfig, train
 from refineseg.utils.config import config_from_values, load_yaml
 

@@ -6,11 +6,11 @@ import argparse
 
 from refineseg.cli.common import dataclass_command
 from refineseg.training import TrainConfig, train
-from refineseg.utils.config import build_config
+from refineseg.training.resume import train_config
 
 
 def run_train(args: argparse.Namespace) -> int | None:
-    result = train(build_config(TrainConfig, args, args.config))
+    result = train(train_config(args, args.config))  # on --resume, options left out come from OUT/config.yaml
     if result["preempted"]:  # stopped on a signal; train() printed the step and how to resume
         return result["exit_code"]
     saved = [str(result[name]) for name in ("best", "last") if (result[name] / "model.safetensors").is_file()]

@@ -10,7 +10,7 @@ from typing import Literal
 import torch
 
 from refineseg.data import DATASETS
-from refineseg.models import model_spec
+from refineseg.models import MIN_SIDE, model_spec
 from refineseg.training.losses import parse_loss_spec
 from refineseg.utils.config import bool_or_str, check_bounds, option
 
@@ -79,9 +79,13 @@ class TrainConfig:
     device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: cuda when available)")
     skip_data_check: bool = option(False, "start without checking every image and mask of both splits first")
     resume: bool | Literal["auto"] = option(
-        False, "continue from the checkpoint in OUT/last (bit-identical to an uninterrupted run on CPU); "
+        False, "continue from the checkpoint in OUT/last (bit-identical to an uninterrupted run on CPU) with the "
+               "options of OUT/config.yaml, those given here overriding them where allowed (see --override); "
                "`--resume auto`: only if OUT/last holds one, else start a new run",
         nargs="?", const=True, type=bool_or_str, metavar="auto")
+    override: bool = option(False, "with --resume: accept options that change the run's meaning (crop, batch size, "
+                                   "LR, data, ... ; see refineseg.training.resume), recorded in "
+                                   "OUT/config_changes.yaml")
     overwrite: bool = option(False, "OUT holds an earlier run: move it aside to OUT.archived-<time>/ and start "
                                     "a new one (without this or --resume, such an OUT is refused)")
 
@@ -93,6 +97,10 @@ class TrainConfig:
             raise ValueError(f"resume must be true, false or auto, got {self.resume!r}")
         if self.resume and self.overwrite:
             raise ValueError("resume and overwrite exclude each other: continue the run in out, or archive it")
+        if self.override and not self.resume:
+            raise ValueError("override is for resume: it lets a resumed run change options of its config.yaml")
+        if self.crop < MIN_SIDE:  # caught here, not by the first forward pass after OUT was written
+            raise ValueError(f"crop must be >= {MIN_SIDE} (the models' smallest input side), got {self.crop}")
         parse_loss_spec(self.loss)  # a bad spec fails here, before anything runs
         if self.scale_min <= 0 or self.scale_max < self.scale_min:
             raise ValueError(f"need 0 < scale_min <= scale_max, got {self.scale_min}, {self.scale_max}")

@@ -9,6 +9,9 @@
 * refuses a ``DIR`` that already holds a run (``config.yaml``, ``metrics.jsonl``, checkpoints,
   TensorBoard logs) unless ``--resume`` continues it or ``--overwrite`` archives it first: the
   old run's files move, untouched, to ``DIR/../<DIR>.archived-<time>/``. Nothing is deleted.
+* writes nothing into ``DIR`` before the run's checks have passed: :func:`claim_run_dir` only decides
+  whether the old run must be archived, the trainer archives it after setting the run up, and a
+  ``DIR`` that the lock had to create is removed again when a failed start leaves it empty.
 """
 
 from __future__ import annotations
@@ -44,12 +47,18 @@ class RunLock:
     def __init__(self, directory: str | os.PathLike) -> None:
         self.path = Path(directory) / LOCK_NAME
         self._fd: int | None = None
+        self._created: list[Path] = []  # the directories acquire() made, deepest first
 
     def acquire(self) -> "RunLock":
         """Take the lock or raise :class:`RunDirBusyError` naming the holder; notes a stale takeover."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        directory = self.path.parent
+        self._created = [d for d in (directory, *directory.parents) if not d.exists()]
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | (0 if fcntl else os.O_EXCL), 0o644)
+            directory.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | (0 if fcntl else os.O_EXCL), 0o644)
+            except FileNotFoundError:  # a failed run removed the directory it had created: make it again
+                continue
             try:
                 if fcntl is not None:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -72,6 +81,8 @@ class RunLock:
         return self
 
     def release(self) -> None:
+        """Drop the lock, and the directories :meth:`acquire` created if they are empty (a run that failed
+        to start leaves no trace)."""
         if self._fd is None:
             return
         try:
@@ -80,6 +91,11 @@ class RunLock:
             pass
         os.close(self._fd)
         self._fd = None
+        for directory in self._created:
+            try:
+                directory.rmdir()
+            except OSError:  # not empty: the run wrote something, or another run took the directory
+                break
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
@@ -133,25 +149,29 @@ def archive_run(directory: str | os.PathLike) -> Path:
     return archive
 
 
-def claim_run_dir(directory: str | os.PathLike, *, resume: bool | str, overwrite: bool) -> None:
-    """Check that ``directory`` (locked by this process) may take a run; archive the old one on ``overwrite``.
+def has_checkpoint(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` holds a checkpoint to resume from: ``last/``, or an interrupted swap's ``.last.old/``."""
+    directory = Path(directory)
+    return (directory / "last").is_dir() or (directory / ".last.old").is_dir()
+
+
+def claim_run_dir(directory: str | os.PathLike, *, resume: bool | str, overwrite: bool) -> str | None:
+    """Check that ``directory`` (locked by this process) may take a run; returns why its old run must be
+    archived (with :func:`archive_run`, once the new run's checks have passed), or None.
 
     ``resume=True`` continues the run in it; ``resume="auto"`` continues it when ``last/`` holds a
     checkpoint, and otherwise archives the leftovers of a run that saved none. Without either, a
     directory holding a run is refused with a one-line error suggesting ``--resume`` or ``--overwrite``.
+    Nothing is moved here, so a run that then fails to start leaves the directory as it was.
     """
     directory = Path(directory)
     found = run_entries(directory)
     if not found:
-        return
-    has_checkpoint = (directory / "last").is_dir() or (directory / ".last.old").is_dir()
-    if resume is True or (resume == "auto" and has_checkpoint):
-        return
+        return None
+    if resume is True or (resume == "auto" and has_checkpoint(directory)):
+        return None
     if overwrite or resume == "auto":
-        archive = archive_run(directory)
-        why = "--overwrite" if overwrite else "--resume auto found no checkpoint to continue"
-        log.info("%s: moved the earlier run to %s (%s)", directory, archive, why)
-        return
+        return "--overwrite" if overwrite else "--resume auto found no checkpoint to continue"
     raise file_error(RefineSegError, directory,
                      f"already holds a run ({', '.join(found[:4])}); continue it with --resume, "
                      "or start over with --overwrite (moves the old run aside), or choose another --out")

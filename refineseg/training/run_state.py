@@ -8,7 +8,9 @@ the new checkpoint, never a half-written one.
 
 Preemption: while :class:`StopSignals` is active, SIGTERM, SIGINT and SIGUSR1 (what SLURM and
 Kubernetes send before a kill) only ask the run to stop; the trainer finishes the optimizer
-step, writes ``last/`` and exits with :data:`PREEMPTED_EXIT_CODE`.
+step, writes ``last/`` and exits with :data:`PREEMPTED_EXIT_CODE`. Data-loading workers ignore all
+three (:func:`ignore_stop_signals`, :func:`stop_signals_blocked`), so a signal sent to the whole
+process group, as SLURM's and a terminal's are, stops the run the same way.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import random
 import shutil
 import signal
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -174,15 +177,58 @@ class StopSignals:
         self._previous.clear()
 
 
-def ignore_stop_signals(worker_id: int = 0) -> None:
-    """DataLoader ``worker_init_fn``: workers ignore SIGINT and SIGUSR1; the training process decides.
+def _stop_signal_set() -> set[signal.Signals]:
+    return {getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)}  # Windows has no SIGUSR1
 
-    Ctrl-C reaches the whole process group, and a worker that died of it would make the DataLoader
-    fail the step being finished. SIGTERM keeps its default: multiprocessing ends workers with it
-    (a worker that ignored it would hang the exit after an error), so a scheduler that sends
-    SIGTERM to every process of a job should signal the training process alone (SLURM:
-    ``--signal=USR1@120``, which the workers ignore; Kubernetes and torchrun signal only their main process anyway).
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: the worker ignores SIGTERM, SIGINT and SIGUSR1; the training process decides.
+
+    A scheduler's SIGTERM or a Ctrl-C reaches every process of the group; a worker that died of it
+    would make the DataLoader fail the very step the training process is finishing (torch's own worker
+    handler dies of any SIGTERM not sent by the parent). Setting SIG_IGN also discards a signal that
+    arrived while the worker started with the signals blocked (:func:`stop_signals_blocked`); then they
+    are unblocked. A worker that ignores SIGTERM cannot be ended by it, so :func:`shut_down_workers`
+    kills one that does not leave when the loader tells it to.
     """
-    for sig in (signal.SIGINT, getattr(signal, "SIGUSR1", None)):
-        if sig is not None:
-            signal.signal(sig, signal.SIG_IGN)
+    for sig in _stop_signal_set():
+        signal.signal(sig, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _stop_signal_set())
+
+
+@contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """Hold SIGTERM, SIGINT and SIGUSR1 back in this thread while it starts DataLoader workers.
+
+    Forked workers inherit the blocked mask, so a stop signal sent to the process group as a worker
+    starts stays pending until :func:`ignore_stop_signals` discards it, instead of killing the worker
+    before it could ignore it. This process still gets the signal: another of its threads takes it,
+    or this one when the block ends. Only the main thread blocks (elsewhere this does nothing).
+    """
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _stop_signal_set())
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def shut_down_workers(iterator: object) -> None:
+    """End the worker processes of a DataLoader ``iterator`` now; SIGKILL any left after torch's shutdown.
+
+    torch shuts them down when the iterator is garbage-collected, which an exception's traceback can
+    delay until interpreter exit, where multiprocessing would wait forever for a worker that ignores
+    SIGTERM (:func:`ignore_stop_signals`). Uses torch's private ``_workers`` / ``_shutdown_workers``
+    where present; a single-process iterator has neither.
+    """
+    workers = list(getattr(iterator, "_workers", ()))
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()  # asks each worker to leave, waits, then SIGTERMs (ignored) and waits again
+    for worker in workers:
+        if worker.is_alive():
+            worker.kill()
+            worker.join()

@@ -1,10 +1,16 @@
 """Setting up a training run: claim OUT, build the datasets, the model (new, resumed or initialized
-from another run) and the loss's class weights. :mod:`.trainer` runs the loop on what these return."""
+from another run) and the loss's class weights. :mod:`.trainer` runs the loop on what these return.
+
+Nothing is written into OUT until all of that has worked (:func:`start_writing`): a start or resume
+that fails leaves OUT as it was, so the corrected command runs without ``--overwrite``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,31 +18,54 @@ import torch
 from refineseg.data import build_dataset, eval_transform, train_transform
 from refineseg.data.check import check_before_run
 from refineseg.data.stats import dataset_statistics
-from refineseg.errors import CheckpointError, RefineSegError, file_error
+from refineseg.errors import CheckpointError, ConfigError, RefineSegError, file_error
 from refineseg.models import SegmentationModel, create_model, from_pretrained
 from refineseg.training.config import TrainConfig
 from refineseg.training.losses import class_weights_from_counts, load_class_weights
-from refineseg.training.run_dir import RunLock, claim_run_dir
+from refineseg.training.resume import CONFIG_NAME, check_resume, record_changes
+from refineseg.training.run_dir import RunLock, archive_run, claim_run_dir
 from refineseg.training.run_state import STATE_NAME, load_training_state, recover_directory
 from refineseg.utils import distributed as dist_utils
+from refineseg.utils.config import save_yaml
 
 log = logging.getLogger("refineseg.train")
 
 
-def claim_out(config: TrainConfig, device: torch.device) -> RunLock | None:
-    """Rank 0 locks and claims OUT (see :mod:`.run_dir`); a refusal there stops every rank."""
-    lock, error = None, None
+@dataclasses.dataclass
+class Claim:
+    """What rank 0 learned claiming OUT: the lock, why the old run must be archived, what a resume changes."""
+
+    lock: RunLock | None = None
+    archive_reason: str | None = None
+    changes: dict[str, tuple[Any, Any]] = dataclasses.field(default_factory=dict)
+
+
+def claim_out(config: TrainConfig, device: torch.device) -> Claim:
+    """Rank 0 locks OUT and checks it may take this run (see :mod:`.run_dir` and :mod:`.resume`), writing
+    nothing; a refusal there stops every rank."""
+    claim, error = Claim(), None
     if dist_utils.is_main_process():
         try:
-            lock = RunLock(config.out).acquire()
-            claim_run_dir(config.out, resume=config.resume, overwrite=config.overwrite)
+            claim.lock = RunLock(config.out).acquire()
+            claim.archive_reason = claim_run_dir(config.out, resume=config.resume, overwrite=config.overwrite)
+            claim.changes = check_resume(config)
         except RefineSegError as e:
-            if lock is not None:
-                lock.release()
+            if claim.lock is not None:
+                claim.lock.release()
             error = e
     if dist_utils.any_process(error is not None, device):
         raise error or RefineSegError(f"{config.out}: rank 0 could not claim the run directory")
-    return lock
+    return claim
+
+
+def start_writing(config: TrainConfig, claim: Claim, step: int) -> None:
+    """Rank 0, once the run is set up: archive OUT's old run if claimed so, write ``config.yaml``, and
+    record the options a resume at ``step`` changed. The first writes into OUT."""
+    out = Path(config.out)
+    if claim.archive_reason:
+        log.info("%s: moved the earlier run to %s (%s)", out, archive_run(out), claim.archive_reason)
+    save_yaml(config, out / CONFIG_NAME)
+    record_changes(out, claim.changes, step, config.override)
 
 
 def build_datasets(config: TrainConfig, mean, std):
@@ -89,6 +118,9 @@ def build_or_resume(config: TrainConfig, train_set, out: Path) -> tuple[Segmenta
                                  f"checkpoint is {model.config.name} with {model.num_classes} classes, "
                                  f"but the run asks for {config.model} with {train_set.num_classes}")
             state = load_training_state(last)
+            if int(state["step"]) > config.iters:
+                raise ConfigError(f"--iters {config.iters} is below the step of the checkpoint in {last}, "
+                                  f"{int(state['step'])}: nothing is left to train")
             if dist_utils.is_main_process():
                 log.info("resuming from %s at step %d", last, int(state["step"]))
             return model, state

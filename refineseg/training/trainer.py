@@ -53,10 +53,18 @@ from refineseg.training.run_state import (
     ignore_stop_signals,
     restore_rng_state,
     save_state,
+    shut_down_workers,
+    stop_signals_blocked,
 )
-from refineseg.training.setup import build_datasets, build_or_resume, claim_out, class_weights
+from refineseg.training.setup import (
+    Claim,
+    build_datasets,
+    build_or_resume,
+    claim_out,
+    class_weights,
+    start_writing,
+)
 from refineseg.utils import distributed as dist_utils
-from refineseg.utils.config import save_yaml
 from refineseg.utils.device import model_device, select_device
 from refineseg.utils.files import write_text
 
@@ -109,9 +117,14 @@ def micro_batches(train_set, config: TrainConfig, step: int,
             train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
             drop_last=True, pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals,
             generator=torch.Generator().manual_seed(config.seed + epoch))
-        for batch in loader:
-            yield batch
-            index += 1
+        with stop_signals_blocked():  # workers ignore stop signals from their first instruction on
+            iterator = iter(loader)
+        try:
+            for batch in iterator:
+                yield batch
+                index += 1
+        finally:  # also when the generator is closed or an error ends the run
+            shut_down_workers(iterator)
 
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # --amp none: no autocast
@@ -242,23 +255,57 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
 
 def _train(config: TrainConfig, device: torch.device, distributed: bool) -> dict[str, Any]:
-    lock = claim_out(config, device)
+    """Claim OUT (lock and checks), train, and release the lock whatever happens."""
+    claim = claim_out(config, device)
     try:
-        return _train_locked(config, device, distributed)
+        return _train_claimed(config, device, distributed, claim)
     finally:
-        if lock is not None:
-            lock.release()
+        if claim.lock is not None:
+            claim.lock.release()
 
 
-def _train_locked(config: TrainConfig, device: torch.device, distributed: bool) -> dict[str, Any]:
-    out = Path(config.out)
-    main = dist_utils.is_main_process()
-    if main:
-        save_yaml(config, out / "config.yaml")
+@dataclasses.dataclass
+class Run:
+    """A training run set up and ready to loop: data, model, loss, optimizer and where it stands."""
+
+    train_set: Any
+    val_set: Any
+    model: SegmentationModel
+    net: nn.Module  # the model, or its DDP wrapper
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    state: dict[str, Any] | None  # the training state resumed from, or None
+    step: int = 0
+    best_miou: float = -1.0
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                         scaler: torch.amp.GradScaler, state: dict[str, Any]) -> None:
+    """Load a checkpoint's optimizer, scheduler and scaler states, keeping the hyper-parameters of the config.
+
+    The optimizer's buffers and the schedule's position come from the checkpoint; learning rates,
+    momentum and weight decay from the freshly built ``optimizer`` and ``scheduler`` (the same values
+    unless ``--override`` changed them), the LR recomputed for the checkpoint's step by the config's
+    schedule (so a grown ``iters`` stretches it). Unchanged, this is exactly the saved state.
+    """
+    hyper = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    base_lrs = list(scheduler.base_lrs)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if state["scaler"]:  # empty when saved without fp16 loss scaling
+        scaler.load_state_dict(state["scaler"])
+    scheduler.base_lrs = base_lrs
+    for group, values, base, factor in zip(optimizer.param_groups, hyper, base_lrs, scheduler.lr_lambdas):
+        group.update(values, initial_lr=base, lr=base * factor(scheduler.last_epoch))
+
+
+def _set_up(config: TrainConfig, device: torch.device, distributed: bool) -> Run:
+    """Build everything the loop needs, resuming from ``OUT/last`` if asked; writes nothing into OUT."""
     torch.manual_seed(config.seed)  # identical initialization on every rank
-
     train_set, val_set = build_datasets(config, IMAGENET_MEAN, IMAGENET_STD)  # the models' input normalization
-    model, state = build_or_resume(config, train_set, out)
+    model, state = build_or_resume(config, train_set, Path(config.out))
     criterion = build_loss(config.loss, num_classes=train_set.num_classes, ignore_index=train_set.ignore_index,
                            class_weights=class_weights(config, train_set), ohem_thresh=config.ohem_thresh,
                            ohem_min_kept=config.ohem_min_kept)
@@ -272,58 +319,88 @@ def _train_locked(config: TrainConfig, device: torch.device, distributed: bool) 
     optimizer = build_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lr_lambda(config))
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
-    step, best_miou = 0, -1.0
+    run = Run(train_set, val_set, model, model, criterion, optimizer, scheduler, scaler, state)
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        step, best_miou = int(state["step"]), float(state["best_miou"])
+        load_optimizer_state(optimizer, scheduler, scaler, state)
+        run.step, run.best_miou = int(state["step"]), float(state["best_miou"])
         restore_rng_state(state["rng"])
-    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if distributed else model
+    if distributed:
+        run.net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return run
 
-    metrics = MetricsLog(out, step if state is not None else None, main)
-    progress = StepLog(config, metrics, step, window=state.get("log_window") if state is not None else None)
+
+#: What a DataLoader's RuntimeError says when one of its workers died.
+WORKER_DIED = "DataLoader worker (pid"
+
+
+def _train_claimed(config: TrainConfig, device: torch.device, distributed: bool, claim: Claim) -> dict[str, Any]:
+    """Set the run up, only then write into OUT, and loop under :class:`StopSignals`; :func:`train`'s result."""
+    out, main = Path(config.out), dist_utils.is_main_process()
+    run = _set_up(config, device, distributed)
+    if main:
+        start_writing(config, claim, run.step)
+    metrics = MetricsLog(out, run.step if run.state is not None else None, main)
+    progress = StepLog(config, metrics, run.step, window=run.state.get("log_window") if run.state else None)
     if main:
         log.info("training %s on %d images (%s/%s), %d process(es) × batch %d × accum %d, %d steps; amp %s, %s",
-                 config.model, len(train_set), config.dataset, config.train_split, dist_utils.world_size(),
+                 config.model, len(run.train_set), config.dataset, config.train_split, dist_utils.world_size(),
                  config.batch_size, config.accum_steps, config.iters, config.amp,
                  "channels-last" if config.channels_last else "contiguous")
-    stopped_by, batches = None, None
+    stopped_by, lost_step = None, False
     try:
         with StopSignals() as stop:
-            if state is not None and state.get("validate_pending"):  # skipped when the run was stopped
-                best_miou = validate_and_save_best(model, val_set, out, metrics, step=step, best_miou=best_miou)
-                restore_rng_state(state["rng"])
-            batches = micro_batches(train_set, config, step, device)
-            while step < config.iters:
-                step += 1
-                loss = optimizer_step(net, batches, optimizer, scheduler, scaler, step=step,
-                                      accum_steps=config.accum_steps, amp=config.amp,
-                                      clip_grad_norm=config.clip_grad_norm, criterion=criterion,
-                                      channels_last=config.channels_last)
-                rng_after_step = capture_rng_state()
-                progress.add(step, loss, optimizer.param_groups[0]["lr"])
-                final = step == config.iters
-                # A signal to any process stops every process after this same step.
-                stopping = not final and dist_utils.any_process(stop.requested, device)
-                validate = bool(config.val_interval and step % config.val_interval == 0) or final
-                if validate and not stopping:
-                    best_miou = validate_and_save_best(model, val_set, out, metrics, step=step, best_miou=best_miou)
-                if step % config.ckpt_interval == 0 or final or stopping:
-                    save_last(out, model, optimizer, scheduler, scaler, step=step, best_miou=best_miou,
-                              rng_state=rng_after_step, config=config,
-                              extra={"validate_pending": validate and stopping, "log_window": progress.window()})
-                restore_rng_state(rng_after_step)  # validation and checkpointing must not perturb the run
-                if stopping:
-                    stopped_by = stop.received.name if stop.received else "a signal to another process"
-                    break
-    finally:  # leave the terminal clean and the data-loading workers stopped, also when an error ends the run
-        if batches is not None:
-            batches.close()
+            try:
+                stopped_by = _loop(config, run, out, metrics, progress, stop, device)
+            except RuntimeError as e:  # a worker started too late to ignore the signal (not with fork)
+                if not (stop.requested and WORKER_DIED in str(e)):
+                    raise
+                stopped_by, lost_step = stop.received.name, True
+    finally:  # leave the terminal clean, also when an error ends the run
         progress.close()
         metrics.close()
     if stopped_by and main:
-        print(f"stopped by {stopped_by} after step {step}/{config.iters}; checkpoint in {out / 'last'}; "
-              "run the same command with --resume to continue", flush=True)
-    return {"best_miou": best_miou, "last": out / "last", "best": out / "best", "out": out, "step": step,
-            "preempted": stopped_by is not None, "exit_code": PREEMPTED_EXIT_CODE if stopped_by else 0}
+        where = (f"during step {run.step}, which a data-loading worker killed by it did not finish; "
+                 f"the checkpoint in {out / 'last'} (if any) is older" if lost_step
+                 else f"after step {run.step}/{config.iters}; checkpoint in {out / 'last'}")
+        print(f"stopped by {stopped_by} {where}; run the same command with --resume to continue", flush=True)
+    return {"best_miou": run.best_miou, "last": out / "last", "best": out / "best", "out": out,
+            "step": run.step - lost_step, "preempted": stopped_by is not None,
+            "exit_code": PREEMPTED_EXIT_CODE if stopped_by else 0}
+
+
+def _loop(config: TrainConfig, run: Run, out: Path, metrics: MetricsLog, progress: StepLog, stop: StopSignals,
+          device: torch.device) -> str | None:
+    """Train from ``run.step`` to ``config.iters``, updating ``run``; returns what stopped it early, or None."""
+    state = run.state
+    if state is not None and state.get("validate_pending"):  # skipped when the run was stopped
+        run.best_miou = validate_and_save_best(run.model, run.val_set, out, metrics, step=run.step,
+                                               best_miou=run.best_miou)
+        restore_rng_state(state["rng"])
+    batches = micro_batches(run.train_set, config, run.step, device)
+    try:
+        while run.step < config.iters:
+            run.step += 1
+            step = run.step
+            loss = optimizer_step(run.net, batches, run.optimizer, run.scheduler, run.scaler, step=step,
+                                  accum_steps=config.accum_steps, amp=config.amp,
+                                  clip_grad_norm=config.clip_grad_norm, criterion=run.criterion,
+                                  channels_last=config.channels_last)
+            rng_after_step = capture_rng_state()
+            progress.add(step, loss, run.optimizer.param_groups[0]["lr"])
+            final = step == config.iters
+            # A signal to any process stops every process after this same step.
+            stopping = not final and dist_utils.any_process(stop.requested, device)
+            validate = bool(config.val_interval and step % config.val_interval == 0) or final
+            if validate and not stopping:
+                run.best_miou = validate_and_save_best(run.model, run.val_set, out, metrics, step=step,
+                                                       best_miou=run.best_miou)
+            if step % config.ckpt_interval == 0 or final or stopping:
+                save_last(out, run.model, run.optimizer, run.scheduler, run.scaler, step=step,
+                          best_miou=run.best_miou, rng_state=rng_after_step, config=config,
+                          extra={"validate_pending": validate and stopping, "log_window": progress.window()})
+            restore_rng_state(rng_after_step)  # validation and checkpointing must not perturb the run
+            if stopping:
+                return stop.received.name if stop.received else "a signal to another process"
+    finally:  # the data-loading workers stopped, also when an error ends the run
+        batches.close()
+    return None

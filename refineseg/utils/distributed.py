@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 
-def init_distributed(device_type: str) -> bool:
+def init_distributed(device_type: str, timeout: timedelta | None = None) -> bool:
     """Join the process group torchrun describes (``WORLD_SIZE`` > 1); False for one process.
 
     NCCL on CUDA, gloo on CPU. Multi-node runs work through torchrun's rendezvous flags.
+    ``timeout``: how long a collective waits for the slowest process (default: torch's).
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return dist.is_initialized()
     backend = "nccl" if device_type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend)
+    dist.init_process_group(backend=backend, **({"timeout": timeout} if timeout is not None else {}))
     return True
 
 
@@ -69,6 +72,27 @@ def any_process(flag: bool, device: torch.device | str = "cpu") -> bool:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every process (``obj`` itself without a process group); picklable, over gloo."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every process; ``[obj]`` without a process group.
+
+    ``obj`` must be picklable; meant for small results (lists of outcomes), over gloo.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 class ResumableShardedSampler(torch.utils.data.Sampler[int]):

@@ -1,0 +1,62 @@
+"""``refineseg serve --backend onnxruntime``: an exported file answers what ``predict --backend
+onnxruntime`` writes, batched or not."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+from conftest import make_model
+from serve_helpers import encode, make_service, photo
+
+from refineseg.cli.predict import PredictConfig, run_predict
+from refineseg.serve.app import create_app
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from refineseg.inference.export import export_onnx
+
+    return export_onnx(make_model(), tmp_path_factory.mktemp("onnx") / "model.onnx", height=64, width=64)
+
+
+async def _post_all(app, bodies: list[bytes]) -> list[httpx.Response]:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as client:
+        return await asyncio.gather(
+            *(client.post("/v1/segment", content=b, headers={"content-type": "image/png"}) for b in bodies)
+        )
+
+
+def test_onnxruntime_backend_matches_predict_and_batches(onnx_file, tmp_path):
+    bodies = [encode(photo(seed, 48, 64)) for seed in range(6)]
+    for i, body in enumerate(bodies):
+        (tmp_path / f"p{i}.png").write_bytes(body)
+    run_predict(
+        PredictConfig(
+            checkpoint=str(onnx_file),
+            backend="onnxruntime",
+            inputs=[str(tmp_path / f"p{i}.png") for i in range(6)],
+            out=str(tmp_path / "out"),
+            overlay=False,
+        )
+    )
+    expected = [(tmp_path / "out" / f"p{i}.png").read_bytes() for i in range(6)]
+
+    service = make_service(onnx_file, backend="onnxruntime", max_batch=6, max_wait_ms=300)
+    sizes: list[int] = []
+    run = service._run_batch
+    service.batcher.run_batch = lambda images: sizes.append(len(images)) or run(images)
+    app = create_app(service)
+    service.start()
+    try:
+        responses = asyncio.run(_post_all(app, bodies))
+    finally:
+        service.stop()
+    assert [r.status_code for r in responses] == [200] * 6
+    assert [r.content for r in responses] == expected
+    assert max(sizes) > 1 and service.model_info()["options"]["backend"] == "onnxruntime"
