@@ -60,7 +60,7 @@ def statistics_table(report: dict[str, Any]) -> str:
 
 def run_check_data(config: CheckDataConfig) -> dict[str, Any]:
     """``refineseg check-data``: report, chart and table; raise DataCheckError if any sample is bad."""
-    folder = {"binary_masks": True} if config.binary_masks else {}
+    folder = {"binary_masks": config.binary_masks}
     datasets = [build_dataset(config.dataset, config.data_root, split, **folder) for split in config.split]
     stats = dataset_statistics(datasets, workers=config.workers)
     root = getattr(datasets[0], "root", None) or config.data_root

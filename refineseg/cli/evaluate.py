@@ -23,12 +23,12 @@ from refineseg.errors import CheckpointError, MissingDependencyError, file_error
 from refineseg.evaluation.evaluate import evaluate_model, match_classes, write_per_image_csv
 from refineseg.evaluation.metrics import format_table
 from refineseg.inference.options import InferenceOptions
-from refineseg.models import from_pretrained
+from refineseg.inference.predict import load_predictor
 from refineseg.report import write_eval_report
 from refineseg.report.visualize import plot_confusion_matrix
 from refineseg.utils import distributed
 from refineseg.utils.config import build_config, option, required
-from refineseg.utils.device import select_device
+from refineseg.utils.device import model_device
 from refineseg.utils.files import write_text
 
 
@@ -85,24 +85,18 @@ class EvalConfig(InferenceOptions):
 
 
 def load_for_evaluation(config: EvalConfig) -> tuple[Any, Any, torch.device, Any, list[int] | None]:
-    """The model, what runs it (fast path or ONNX session), its device, the dataset and the class order.
+    """The model, what runs it (the same object: fast-path model or ONNX session), its device, the dataset
+    and the class order.
 
     Raises CheckpointError when the checkpoint and the dataset have different numbers of classes,
     or different class names without ``--class-map`` / ``--ignore-class-names`` (:func:`match_classes`).
     """
-    if config.backend == "onnxruntime":  # an .onnx file (config from its metadata); logits come back on the CPU
-        from refineseg.inference.export import OnnxSegmenter
-
-        runner = model = OnnxSegmenter(config.checkpoint)
-        device = model.device
-    else:
-        device = select_device(config.device)
-        model = from_pretrained(config.checkpoint, map_location=device)
-        runner = config.prepare(model)
+    runner = load_predictor(config)  # the fast-path model, or an ONNX session (logits on the CPU)
+    model, device = runner, model_device(runner)
     transform = eval_transform(model.config.mean, model.config.std, resize=config.resize)
     dataset = build_dataset(config.dataset, config.data_root, config.split, transform,
                             synthetic_samples=config.synthetic_val, synthetic_size=config.synthetic_size,
-                            **({"binary_masks": True} if config.binary_masks else {}))
+                            binary_masks=config.binary_masks)
     if dataset.num_classes != model.config.num_classes:
         raise file_error(CheckpointError, config.checkpoint,
                          f"model has {model.config.num_classes} classes but the {config.dataset} dataset "

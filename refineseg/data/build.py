@@ -31,17 +31,23 @@ DATASETS = {
 
 
 def build_dataset(name: str, root: PathLike | None, split: str, transform: Transform | None = None, *,
-                  synthetic_samples: int | None = None, synthetic_size: int = 128,
+                  synthetic_samples: int | None = None, synthetic_size: int = 128, binary_masks: bool = False,
                   **kwargs: Any) -> SegmentationDataset:
     """Create dataset ``name`` (one of :data:`DATASETS`, e.g. voc, nyudv2, coco_voc, folder) for ``split``.
 
     ``root`` is ignored for ``synthetic``, which takes ``synthetic_samples`` images (default: its
     split's size) of ``synthetic_size`` pixels; the other datasets ignore those two. Further
     keyword arguments go to the dataset class (e.g. ``classes`` for folder, ``keep_all`` for coco_voc).
+    ``binary_masks`` (0/255 masks as background/foreground) is a folder-dataset option; the one place
+    every command's ``--binary-masks`` flag goes through.
     """
     key = name.lower()
     if key not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if binary_masks:
+        if key != "folder":
+            raise DataError(f"binary masks are a folder-dataset option, not one of {key}")
+        kwargs["binary_masks"] = True
     if key == "synthetic":
         return SyntheticSegmentation(split=split, num_samples=synthetic_samples, size=synthetic_size,
                                      transform=transform, **kwargs)

@@ -126,7 +126,7 @@ def open_dataset(metrics: dict[str, Any]) -> Any:
     name = config.get("dataset") or metrics.get("dataset")
     if not name:
         raise DataError("metrics.json names no dataset to read the images from")
-    extra = {"binary_masks": True} if config.get("binary_masks") else {}
+    extra = {"binary_masks": bool(config.get("binary_masks"))}
     return build_dataset(name, config.get("data_root"), config.get("split") or metrics.get("split", "val"), None,
                          synthetic_samples=config.get("synthetic_val"),
                          synthetic_size=config.get("synthetic_size", 128),

@@ -69,7 +69,7 @@ def start_writing(config: TrainConfig, claim: Claim, step: int) -> None:
 
 
 def build_datasets(config: TrainConfig, mean, std):
-    folder = {"binary_masks": True} if config.binary_masks else {}  # a FolderDataset option (config checks the dataset)
+    folder = {"binary_masks": config.binary_masks}
     train_set = build_dataset(config.dataset, config.data_root, config.train_split,
                               transform=train_transform(config.crop, mean, std, (config.scale_min, config.scale_max),
                                                         seed=config.seed),
