@@ -49,8 +49,15 @@ def train_and_evaluate(name: str, args: argparse.Namespace) -> dict:
 
     run_dir = args.out / name
     values = load_yaml(ROOT / "configs" / "demo.yaml")
-    values.update(model=name, out=str(run_dir), iters=args.steps, seed=args.seed, overwrite=True,
-                  val_interval=0, ckpt_interval=args.steps)
+    values.update(
+        model=name,
+        out=str(run_dir),
+        iters=args.steps,
+        seed=args.seed,
+        overwrite=True,
+        val_interval=0,
+        ckpt_interval=args.steps,
+    )
     if args.quick:
         values.update(synthetic_train=16, synthetic_val=args.images, workers=0)
     config = config_from_values(TrainConfig, values, "configs/demo.yaml")
@@ -59,15 +66,28 @@ def train_and_evaluate(name: str, args: argparse.Namespace) -> dict:
     train_seconds = time.perf_counter() - start
 
     extra = {f: True for f in ("report", "save_predictions") if f in {x.name for x in dataclasses.fields(EvalConfig)}}
-    eval_config = EvalConfig(checkpoint=str(result["last"]), dataset="synthetic", split=config.val_split,
-                             out=str(run_dir / "eval"), synthetic_val=args.images,
-                             synthetic_size=config.synthetic_size, **TEST_TIME, **extra)
+    eval_config = EvalConfig(
+        checkpoint=str(result["last"]),
+        dataset="synthetic",
+        split=config.val_split,
+        out=str(run_dir / "eval"),
+        synthetic_val=args.images,
+        synthetic_size=config.synthetic_size,
+        **TEST_TIME,
+        **extra,
+    )
     start = time.perf_counter()
     run_evaluate(eval_config)
     eval_seconds = time.perf_counter() - start
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
-    return {"metrics": metrics, "checkpoint": str(result["last"]), "eval_dir": str(run_dir / "eval"),
-            "train_seconds": train_seconds, "eval_seconds": eval_seconds, "config": dataclasses.asdict(config)}
+    return {
+        "metrics": metrics,
+        "checkpoint": str(result["last"]),
+        "eval_dir": str(run_dir / "eval"),
+        "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
+        "config": dataclasses.asdict(config),
+    }
 
 
 def trimap_at(metrics: dict, width: int) -> float | None:
@@ -85,14 +105,22 @@ def table(results: dict[str, dict]) -> str:
     """Markdown table: model, family, params, mIoU, mBoundaryIoU, trimap accuracies, training time."""
     from refineseg.models import model_spec
 
-    header = (["model", "family", "params", "mIoU %", "mBoundaryIoU %"]
-              + [f"trimap {w}px %" for w in TRIMAP_WIDTHS] + ["trimap mean %", "train min"])
+    header = (
+        ["model", "family", "params", "mIoU %", "mBoundaryIoU %"]
+        + [f"trimap {w}px %" for w in TRIMAP_WIDTHS]
+        + ["trimap mean %", "train min"]
+    )
     lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
     for name, r in results.items():
         m = r["metrics"]
         accuracy = (m.get("trimap") or {}).get("accuracy") or []
-        cells = [f"`{name}`", model_spec(name).family, f"{r['params']:,}", percent(m.get("mIoU")),
-                 percent(m.get("mBoundaryIoU"))]
+        cells = [
+            f"`{name}`",
+            model_spec(name).family,
+            f"{r['params']:,}",
+            percent(m.get("mIoU")),
+            percent(m.get("mBoundaryIoU")),
+        ]
         cells += [percent(trimap_at(m, w)) for w in TRIMAP_WIDTHS]
         cells += [percent(sum(accuracy) / len(accuracy) if accuracy else None), f"{r['train_seconds'] / 60:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -166,11 +194,19 @@ def write_figure(results: dict[str, dict], path: Path, images: int) -> tuple[Pat
         left = i * step
         draw.text((left + 6, 4), title, fill=(0, 0, 0))
         full = Image.fromarray(rgb).resize((PANEL, PANEL), Image.NEAREST)
-        crop = Image.fromarray(rgb[y:y + ZOOM_WINDOW, x:x + ZOOM_WINDOW]).resize((PANEL, PANEL), Image.NEAREST)
+        crop = Image.fromarray(rgb[y : y + ZOOM_WINDOW, x : x + ZOOM_WINDOW]).resize((PANEL, PANEL), Image.NEAREST)
         sheet.paste(full, (left, caption_h))
         sheet.paste(crop, (left, caption_h + PANEL + GAP))
-        draw.rectangle([left + x * scale, caption_h + y * scale, left + (x + ZOOM_WINDOW) * scale - 1,
-                        caption_h + (y + ZOOM_WINDOW) * scale - 1], outline=(255, 255, 0), width=2)
+        draw.rectangle(
+            [
+                left + x * scale,
+                caption_h + y * scale,
+                left + (x + ZOOM_WINDOW) * scale - 1,
+                caption_h + (y + ZOOM_WINDOW) * scale - 1,
+            ],
+            outline=(255, 255, 0),
+            width=2,
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     write_image(path, np.asarray(sheet))
     return path, f"{sample} (validation index {index}), zoom window {ZOOM_WINDOW}×{ZOOM_WINDOW} px at (x={x}, y={y})"
@@ -186,18 +222,26 @@ def write_compare(results: dict[str, dict], path: Path) -> Path | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
     parser.add_argument("--steps", type=int, default=None, help="training steps per model (default 400; --quick: 6)")
     parser.add_argument("--images", type=int, default=None, help="validation images (default 64; --quick: 4)")
     parser.add_argument("--seed", type=int, default=0, help="one seed for both models (init, data order, crops)")
-    parser.add_argument("--out", type=Path, default=Path("runs/boundary"),
-                        help="run directory: OUT/<model>/ (training, a rerun archives the earlier one), "
-                             "OUT/<model>/eval/ (metrics.json, report.html), OUT/compare.html, OUT/results.json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/boundary"),
+        help="run directory: OUT/<model>/ (training, a rerun archives the earlier one), "
+        "OUT/<model>/eval/ (metrics.json, report.html), OUT/compare.html, OUT/results.json",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run; implies --no-write")
-    parser.add_argument("--no-write", action="store_true",
-                        help="leave BENCHMARKS.md and docs/figures alone (the figure goes to OUT)")
+    parser.add_argument(
+        "--no-write", action="store_true", help="leave BENCHMARKS.md and docs/figures alone (the figure goes to OUT)"
+    )
     args = parser.parse_args()
     args.steps = args.steps or (6 if args.quick else 400)
     args.images = args.images or (4 if args.quick else 64)
@@ -221,8 +265,11 @@ def main() -> None:
     compare = write_compare(results, args.out / "compare.html")
     if compare:
         print(f"side-by-side page: {compare}")
-    (args.out / "results.json").write_text(json.dumps(
-        {n: {k: v for k, v in r.items() if k != "config"} for n, r in results.items()}, indent=1, default=str))
+    (args.out / "results.json").write_text(
+        json.dumps(
+            {n: {k: v for k, v in r.items() if k != "config"} for n, r in results.items()}, indent=1, default=str
+        )
+    )
     if write:
         write_section("boundary", body(results, text, figure_note, args))
         print("wrote BENCHMARKS.md")

@@ -44,9 +44,28 @@ def evaluate_run(run: Path, data_root: str, checkpoint: str = "best") -> dict:
     """``refineseg evaluate`` of ``run/checkpoint`` on val, predictions saved; returns its metrics.json."""
     out = run / f"eval_val_{checkpoint}"
     if not (out / "metrics.json").is_file():
-        subprocess.run([sys.executable, "-m", "refineseg", "evaluate", "--checkpoint", str(run / checkpoint),
-                        "--dataset", "camvid", "--data-root", data_root, "--split", "val", "--out", str(out),
-                        "--save-predictions", "--precision", "fp32"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "refineseg",
+                "evaluate",
+                "--checkpoint",
+                str(run / checkpoint),
+                "--dataset",
+                "camvid",
+                "--data-root",
+                data_root,
+                "--split",
+                "val",
+                "--out",
+                str(out),
+                "--save-predictions",
+                "--precision",
+                "fp32",
+            ],
+            check=True,
+        )
     return json.loads((out / "metrics.json").read_text()) | {"_out": str(out)}
 
 
@@ -57,10 +76,17 @@ def run_row(name: str, run: Path, metrics: dict) -> dict:
     steps = max((r.get("iter", 0) for r in log), default=0)
     # wall time from the run's start (config.yaml) to its last checkpoint, interruptions included
     hours = ((run / "last" / "model.safetensors").stat().st_mtime - (run / "config.yaml").stat().st_mtime) / 3600
-    return {"run": name, "model": config["model"], "steps": f"{steps}/{config['iters']}",
-            "batch": config["batch_size"], "crop": config["crop"],
-            "scales": f"{config['scale_min']}-{config['scale_max']}", "class weights": config["class_weights"],
-            "wall hours": f"{hours:.2f}", "val mIoU": f"{100 * metrics['mIoU']:.2f}"}
+    return {
+        "run": name,
+        "model": config["model"],
+        "steps": f"{steps}/{config['iters']}",
+        "batch": config["batch_size"],
+        "crop": config["crop"],
+        "scales": f"{config['scale_min']}-{config['scale_max']}",
+        "class weights": config["class_weights"],
+        "wall hours": f"{hours:.2f}",
+        "val mIoU": f"{100 * metrics['mIoU']:.2f}",
+    }
 
 
 def markdown(rows: list[dict]) -> str:
@@ -72,6 +98,7 @@ def markdown(rows: list[dict]) -> str:
 
 def comparison_table(results: dict[str, dict]) -> str:
     """Per-class IoU and the summary metrics (%), one column per run."""
+
     def pct(m: dict, key: str) -> str:
         value = m.get(key)
         return "–" if value is None else f"{100 * value:.1f}"
@@ -117,11 +144,18 @@ def main() -> None:
     table = comparison_table(results)
     print(recipes, table, sep="\n\n")
     figure = frames_figure(results, args.data_root, args.frames)
-    header = (f"Machine: {machine_description()}; commit {git_revision()}. Val split (101 frames, 480x360, whole "
-              f"frames, fp32, void ignored); each run's `best` checkpoint.\n\n")
+    header = (
+        f"Machine: {machine_description()}; commit {git_revision()}. Val split (101 frames, 480x360, whole "
+        f"frames, fp32, void ignored); each run's `best` checkpoint.\n\n"
+    )
     write_section("camvid-recipes", "### CamVid recipes (val)\n\n" + header + recipes)
-    write_section("camvid-comparison", "### CamVid: LW-RefineNet vs FCN-32s (val)\n\n" + header + table
-                  + f"\n\n![CamVid val frames]({figure.relative_to(ROOT)})")
+    write_section(
+        "camvid-comparison",
+        "### CamVid: LW-RefineNet vs FCN-32s (val)\n\n"
+        + header
+        + table
+        + f"\n\n![CamVid val frames]({figure.relative_to(ROOT)})",
+    )
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ import re
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -46,14 +46,17 @@ def machine_description() -> str:
     except (OSError, TypeError):
         pass
     gpu = f", GPU: {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return (f"{cpu}, {os.cpu_count()} cores{mem}{gpu}; torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads; {date.today().isoformat()}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores{mem}{gpu}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; {date.today().isoformat()}"
+    )
 
 
 def git_revision() -> str:
     try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
-                                       stderr=subprocess.DEVNULL).strip()
+        return subprocess.check_output(
+            ["git", "rev-parse", "--short", "HEAD"], text=True, stderr=subprocess.DEVNULL
+        ).strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 

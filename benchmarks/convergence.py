@@ -34,8 +34,9 @@ LRS = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
 NUM_CLASSES = 6  # the synthetic set
 
 
-def run(name: str, lr: float, warmup: bool, steps: int, batch_size: int, crop: int, blowup: float,
-        clip: float | None = None) -> dict:
+def run(
+    name: str, lr: float, warmup: bool, steps: int, batch_size: int, crop: int, blowup: float, clip: float | None = None
+) -> dict:
     """Train ``name`` for ``steps`` steps at backbone LR ``lr``; returns the losses or the divergence step."""
     import torch
 
@@ -46,10 +47,18 @@ def run(name: str, lr: float, warmup: bool, steps: int, batch_size: int, crop: i
     from refineseg.training.config import resolve_amp
 
     torch.set_num_threads(1)
-    config = TrainConfig(model=name, lr=lr, iters=steps, batch_size=batch_size, crop=crop, clip_grad_norm=clip,
-                         **({} if warmup else {"warmup_iters": 0}))
-    data = SyntheticSegmentation("train", num_samples=steps * batch_size, size=128,
-                                 transform=train_transform(crop, seed=0))
+    config = TrainConfig(
+        model=name,
+        lr=lr,
+        iters=steps,
+        batch_size=batch_size,
+        crop=crop,
+        clip_grad_norm=clip,
+        **({} if warmup else {"warmup_iters": 0}),
+    )
+    data = SyntheticSegmentation(
+        "train", num_samples=steps * batch_size, size=128, transform=train_transform(crop, seed=0)
+    )
     batches = iter(torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False))
     torch.manual_seed(0)
     model = create_model(name, num_classes=NUM_CLASSES).train()
@@ -61,8 +70,16 @@ def run(name: str, lr: float, warmup: bool, steps: int, batch_size: int, crop: i
     losses: list[float] = []
     for step in range(1, steps + 1):
         try:
-            loss = optimizer_step(model, batches, optimizer, scheduler, step=step, amp=amp,
-                                  clip_grad_norm=config.clip_grad_norm, channels_last=config.channels_last)
+            loss = optimizer_step(
+                model,
+                batches,
+                optimizer,
+                scheduler,
+                step=step,
+                amp=amp,
+                clip_grad_norm=config.clip_grad_norm,
+                channels_last=config.channels_last,
+            )
         except RefineSegError:  # non-finite loss
             return {"diverged": step}
         if loss > blowup:
@@ -86,15 +103,30 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--crop", type=int, default=64)
-    parser.add_argument("--blowup", type=float, default=10 * math.log(NUM_CLASSES),
-                        help="a loss above this counts as diverged (default: 10× a uniform prediction's)")
-    parser.add_argument("--clip-grad-norm", type=float, default=None,
-                        help="override the recipes' gradient clipping (0: off), to explore")
+    parser.add_argument(
+        "--blowup",
+        type=float,
+        default=10 * math.log(NUM_CLASSES),
+        help="a loss above this counts as diverged (default: 10× a uniform prediction's)",
+    )
+    parser.add_argument(
+        "--clip-grad-norm",
+        type=float,
+        default=None,
+        help="override the recipes' gradient clipping (0: off), to explore",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (one thread each)")
-    parser.add_argument("--results", type=Path, default=Path("runs/convergence.json"),
-                        help="JSON file of finished runs: reused when the grid is run again (delete it to redo)")
-    parser.add_argument("--report-only", action="store_true",
-                        help="run nothing: tabulate the runs in --results (missing cells show as -)")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=Path("runs/convergence.json"),
+        help="JSON file of finished runs: reused when the grid is run again (delete it to redo)",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: tabulate the runs in --results (missing cells show as -)",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
     args = parser.parse_args()
 
@@ -105,11 +137,19 @@ def main() -> None:
     from refineseg.training.config import resolve_amp
 
     defaults = TrainConfig()
-    path = (f"{'channels-last' if defaults.channels_last else 'contiguous'}, `--amp {defaults.amp}` "
-            f"({resolve_amp(defaults.amp, torch.device('cpu'))} here)")
+    path = (
+        f"{'channels-last' if defaults.channels_last else 'contiguous'}, `--amp {defaults.amp}` "
+        f"({resolve_amp(defaults.amp, torch.device('cpu'))} here)"
+    )
     grid = [(name, lr, warmup) for name in args.models for warmup in (False, True) for lr in args.lrs]
-    settings = {"steps": args.steps, "batch_size": args.batch_size, "crop": args.crop, "blowup": args.blowup,
-                "clip_grad_norm": args.clip_grad_norm, "path": path}
+    settings = {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "crop": args.crop,
+        "blowup": args.blowup,
+        "clip_grad_norm": args.clip_grad_norm,
+        "path": path,
+    }
     saved = json.loads(args.results.read_text()) if args.results.is_file() else {}
     done = saved.get("runs", {}) if saved.get("settings") == settings else {}
 
@@ -118,17 +158,21 @@ def main() -> None:
 
     results = {key: done[label(key)] for key in grid if label(key) in done}
     with ProcessPoolExecutor(args.jobs) as pool:
-        futures = {key: pool.submit(run, *key, args.steps, args.batch_size, args.crop, args.blowup,
-                                   args.clip_grad_norm)
-                   for key in grid if key not in results and not args.report_only}
+        futures = {
+            key: pool.submit(run, *key, args.steps, args.batch_size, args.crop, args.blowup, args.clip_grad_norm)
+            for key in grid
+            if key not in results and not args.report_only
+        }
         for key, future in futures.items():
             results[key] = done[label(key)] = future.result()
             print(f"{label(key)}: {cell(results[key])}", flush=True)
             args.results.parent.mkdir(parents=True, exist_ok=True)
             args.results.write_text(json.dumps({"settings": settings, "runs": done}, indent=1))
 
-    lines = ["| model | warm-up | " + " | ".join(f"{lr:g}" for lr in args.lrs) + " |",
-             "|---|---|" + "---|" * len(args.lrs)]
+    lines = [
+        "| model | warm-up | " + " | ".join(f"{lr:g}" for lr in args.lrs) + " |",
+        "|---|---|" + "---|" * len(args.lrs),
+    ]
     checks = []
     for name in args.models:
         recipe = model_spec(name).recipe
@@ -139,20 +183,30 @@ def main() -> None:
         diverged = [lr for lr in args.lrs if "diverged" in results.get((name, lr, True), {})]
         smallest = min(diverged) if diverged else None
         ok = smallest is None or smallest >= 4 * recipe.lr
-        margin = "none diverged" if smallest is None else f"smallest diverging lr {smallest:g} = {smallest / recipe.lr:.0f}× the default"
-        checks.append(f"- {name}: default lr {recipe.lr:g} (decoder ×{recipe.decoder_lr_mult:g}, clip "
-                      f"{recipe.clip_grad_norm or 'off'}); {margin}: {'PASS' if ok else 'FAIL'} (≥ 4× needed)")
+        margin = (
+            "none diverged"
+            if smallest is None
+            else f"smallest diverging lr {smallest:g} = {smallest / recipe.lr:.0f}× the default"
+        )
+        checks.append(
+            f"- {name}: default lr {recipe.lr:g} (decoder ×{recipe.decoder_lr_mult:g}, clip "
+            f"{recipe.clip_grad_norm or 'off'}); {margin}: {'PASS' if ok else 'FAIL'} (≥ 4× needed)"
+        )
     table = "\n".join(lines)
     print(table)
     print("\n".join(checks))
     if not args.no_write:
-        write_section("convergence", (
-            "## Convergence: learning-rate grid per family (from scratch, synthetic set)\n\n"
-            f"`python benchmarks/convergence.py` — {args.steps} SGD steps of batch {args.batch_size} at "
-            f"{args.crop}×{args.crop} on the trainer's default path ({path}), each model's default recipe except "
-            "the backbone learning rate (columns; the decoder's is that × the recipe's multiplier). A cell is "
-            f"`loss of the first 5 steps → loss of the last 5`, or **div@N**: the loss became non-finite or exceeded {args.blowup:.1f} at step N.\n"
-            f"Machine: {machine_description()}; revision {git_revision()}.\n\n{table}\n\n" + "\n".join(checks)))
+        write_section(
+            "convergence",
+            (
+                "## Convergence: learning-rate grid per family (from scratch, synthetic set)\n\n"
+                f"`python benchmarks/convergence.py` — {args.steps} SGD steps of batch {args.batch_size} at "
+                f"{args.crop}×{args.crop} on the trainer's default path ({path}), each model's default recipe except "
+                "the backbone learning rate (columns; the decoder's is that × the recipe's multiplier). A cell is "
+                f"`loss of the first 5 steps → loss of the last 5`, or **div@N**: the loss became non-finite or exceeded {args.blowup:.1f} at step N.\n"
+                f"Machine: {machine_description()}; revision {git_revision()}.\n\n{table}\n\n" + "\n".join(checks)
+            ),
+        )
 
 
 if __name__ == "__main__":

@@ -44,8 +44,9 @@ def write_sample(root: str, index: int) -> str:
     coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((W, H), Image.BILINEAR)
     photo = np.asarray(coarse, np.float32) + rng.normal(0, 8, (H, W, 3))
     stem = f"{index:06d}"
-    Image.fromarray(np.clip(photo, 0, 255).astype(np.uint8)).save(os.path.join(root, "images", stem + ".jpg"),
-                                                                  quality=90)
+    Image.fromarray(np.clip(photo, 0, 255).astype(np.uint8)).save(
+        os.path.join(root, "images", stem + ".jpg"), quality=90
+    )
     mask = Image.new("L", (W, H), 0)
     draw = ImageDraw.Draw(mask)
     for _ in range(int(rng.integers(1, 4))):
@@ -72,8 +73,12 @@ def generate(root: Path, samples: int, workers: int) -> float:
         (root / sub).mkdir(parents=True, exist_ok=True)
     step = max(1, math.ceil(samples / (workers * 8)))
     with ProcessPoolExecutor(workers) as pool:
-        parts = pool.map(_write_range, [str(root)] * math.ceil(samples / step), range(0, samples, step),
-                         [min(samples, s + step) for s in range(0, samples, step)])
+        parts = pool.map(
+            _write_range,
+            [str(root)] * math.ceil(samples / step),
+            range(0, samples, step),
+            [min(samples, s + step) for s in range(0, samples, step)],
+        )
         stems = [stem for part in parts for stem in part]
     lines = [f"- {{name: {n}, color: [{', '.join(map(str, c))}]}}" for n, c in zip(VOC_CLASSES, VOC_PALETTE)]
     (root / "classes.yaml").write_text("\n".join(lines) + "\n")
@@ -111,13 +116,23 @@ def main() -> None:
         rows = [
             {"step": "list the dataset (FolderDataset)", "samples": len(dataset), "checked": None, "s": list_s},
             {"step": "first check", "samples": first.total, "checked": first.checked, "s": first_s},
-            {"step": "repeat (nothing changed)", "samples": repeat.total, "checked": repeat.checked,
-             "s": repeat_s - list_s},
+            {
+                "step": "repeat (nothing changed)",
+                "samples": repeat.total,
+                "checked": repeat.checked,
+                "s": repeat_s - list_s,
+            },
         ]
         if args.full:
             _, full_s = timed(lambda: dataset_statistics(dataset, workers=args.workers))
-            rows.append({"step": "check-data (full decode + statistics)", "samples": len(dataset),
-                         "checked": len(dataset), "s": full_s})
+            rows.append(
+                {
+                    "step": "check-data (full decode + statistics)",
+                    "samples": len(dataset),
+                    "checked": len(dataset),
+                    "s": full_s,
+                }
+            )
         load_after = os.getloadavg()
     finally:
         shutil.rmtree(home, ignore_errors=True)
@@ -133,15 +148,19 @@ def main() -> None:
     print(load)
     if not args.no_write:
         workers = args.workers if args.workers is not None else default_workers()
-        write_section("data-check", (
-            "## Data check before training (issue 9)\n\n"
-            f"`python benchmarks/data_check.py --samples {args.samples}{' --full' if args.full else ''}` — "
-            f"{args.samples:,} generated VOC-sized samples (500×375 JPEG quality 90 + palette PNG mask, "
-            f"{size_mb:,.0f} MB in all), {workers} check process(es); the files were written shortly before, so "
-            "they are read from the page cache, not the disk. First check: "
-            "no cache file; repeat: a new `FolderDataset` and `check_dataset` with nothing changed (the listing "
-            f"time, shown on its own row, subtracted). {load}. Machine: {machine_description()}; "
-            f"commit {git_revision()}.\n\n{table}"))
+        write_section(
+            "data-check",
+            (
+                "## Data check before training (issue 9)\n\n"
+                f"`python benchmarks/data_check.py --samples {args.samples}{' --full' if args.full else ''}` — "
+                f"{args.samples:,} generated VOC-sized samples (500×375 JPEG quality 90 + palette PNG mask, "
+                f"{size_mb:,.0f} MB in all), {workers} check process(es); the files were written shortly before, so "
+                "they are read from the page cache, not the disk. First check: "
+                "no cache file; repeat: a new `FolderDataset` and `check_dataset` with nothing changed (the listing "
+                f"time, shown on its own row, subtracted). {load}. Machine: {machine_description()}; "
+                f"commit {git_revision()}.\n\n{table}"
+            ),
+        )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Per-variant parameters, GMACs at 512×512 and CPU latency (batch 1), written to BENCHMARKS.md.
 
-    python benchmarks/models.py [--size 512] [--repeat 5] [--models lw_refinenet50 ...]
+python benchmarks/models.py [--size 512] [--repeat 5] [--models lw_refinenet50 ...]
 """
 
 from __future__ import annotations
@@ -44,10 +44,12 @@ def main() -> None:
     table = model_table(rows, ["model", "params", "GMACs", "CPU ms", "GMAC/s", "output"])
     print(table)
     if not args.no_write:
-        body = (f"## Models: size, compute and eager CPU latency\n\n"
-                f"`python benchmarks/models.py` — {args.size}×{args.size}, batch 1, fp32 eager, median of "
-                f"{args.repeat} runs after one warm-up, 21 classes. Machine: {machine_description()}; "
-                f"commit {git_revision()}.\n\n{table}\n")
+        body = (
+            f"## Models: size, compute and eager CPU latency\n\n"
+            f"`python benchmarks/models.py` — {args.size}×{args.size}, batch 1, fp32 eager, median of "
+            f"{args.repeat} runs after one warm-up, 21 classes. Machine: {machine_description()}; "
+            f"commit {git_revision()}.\n\n{table}\n"
+        )
         write_section("models", body)
         print("wrote BENCHMARKS.md")
 

@@ -38,8 +38,12 @@ from common import git_revision, machine_description, write_section  # noqa: E40
 
 MODELS = ["lw_refinenet50", "lw_refinenet_mbv2", "refinenet101"]
 # (name, channels_last, amp); the first is the reference every ratio is taken against.
-PATHS = [("contiguous fp32", False, "none"), ("channels-last fp32", True, "none"),
-         ("contiguous bf16", False, "bf16"), ("channels-last bf16", True, "bf16")]
+PATHS = [
+    ("contiguous fp32", False, "none"),
+    ("channels-last fp32", True, "none"),
+    ("contiguous bf16", False, "bf16"),
+    ("channels-last bf16", True, "bf16"),
+]
 GPU_PATHS = PATHS + [("channels-last fp16", True, "fp16")]
 NUM_CLASSES = 21
 
@@ -72,8 +76,9 @@ def run_step(spec: dict) -> dict:
     def step(s: int) -> tuple[float, float]:
         """(wall, CPU) seconds of step ``s``; CPU time counts every thread of this process."""
         start, cpu = time.perf_counter(), time.process_time()
-        optimizer_step(model, iter([batch]), optimizer, None, scaler, step=s, amp=spec["amp"],
-                       channels_last=spec["channels_last"])
+        optimizer_step(
+            model, iter([batch]), optimizer, None, scaler, step=s, amp=spec["amp"], channels_last=spec["channels_last"]
+        )
         if device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - start, time.process_time() - cpu
@@ -151,8 +156,11 @@ def measure(spec: dict, attempts: int = 4) -> dict:
             best = {**r, "runs": attempt}
         if spec["device"] == "cuda" or r["cores"] >= 0.83 * r["threads"]:
             break
-        print(f"  {spec['model']} {spec['amp']} channels_last={spec['channels_last']}: only {r['cores']:.2f} of "
-              f"{r['threads']} cores busy (other jobs); measuring again", flush=True)
+        print(
+            f"  {spec['model']} {spec['amp']} channels_last={spec['channels_last']}: only {r['cores']:.2f} of "
+            f"{r['threads']} cores busy (other jobs); measuring again",
+            flush=True,
+        )
     return best
 
 
@@ -188,8 +196,9 @@ def loader_images_per_s(root: Path, crop: int, workers: int, batch: int, batches
     from refineseg.training.setup import build_datasets
     from refineseg.training.trainer import micro_batches
 
-    config = TrainConfig(dataset="folder", data_root=str(root), crop=crop, batch_size=batch, workers=workers,
-                         skip_data_check=True)
+    config = TrainConfig(
+        dataset="folder", data_root=str(root), crop=crop, batch_size=batch, workers=workers, skip_data_check=True
+    )
     train_set, _ = build_datasets(config, IMAGENET_MEAN, IMAGENET_STD)
     stream = micro_batches(train_set, config, 0, torch.device("cpu"))
     start = time.perf_counter()
@@ -205,10 +214,34 @@ def loader_images_per_s(root: Path, crop: int, workers: int, batch: int, batches
 
 def train_its(root: Path, out: Path, crop: int, iters: int, extra: list[str]) -> float:
     """Median it/s of ``refineseg train`` steps 2.. on the folder dataset (each step logged)."""
-    cmd = [sys.executable, "-m", "refineseg", "train", "--model", "lw_refinenet50", "--dataset", "folder",
-           "--data-root", str(root), "--crop", str(crop), "--batch-size", "2", "--iters", str(iters),
-           "--log-interval", "1", "--val-interval", "0", "--val-size", "128", "--skip-data-check",
-           "--out", str(out), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "refineseg",
+        "train",
+        "--model",
+        "lw_refinenet50",
+        "--dataset",
+        "folder",
+        "--data-root",
+        str(root),
+        "--crop",
+        str(crop),
+        "--batch-size",
+        "2",
+        "--iters",
+        str(iters),
+        "--log-interval",
+        "1",
+        "--val-interval",
+        "0",
+        "--val-size",
+        "128",
+        "--skip-data-check",
+        "--out",
+        str(out),
+        *extra,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr.strip().splitlines()[-1])
@@ -225,39 +258,57 @@ def step_table(device: str, batch: int, crop: int, repeat: int) -> tuple[str, di
     defaults = TrainConfig()
     default_path = (defaults.channels_last, resolve_amp(defaults.amp, torch.device(device)))
     paths = GPU_PATHS if device == "cuda" else PATHS
-    if device == "cuda" and resolve_amp("auto", torch.device(device)) != "bf16":  # no native bf16 on this GPU: skip its paths
+    if (
+        device == "cuda" and resolve_amp("auto", torch.device(device)) != "bf16"
+    ):  # no native bf16 on this GPU: skip its paths
         paths = [p for p in paths if p[2] != "bf16"]
     cpu = device == "cpu"
     extra_cols = "peak RSS (MiB) | step's RSS growth (MiB) | cores busy (runs)" if cpu else "peak GPU memory (MiB)"
-    lines = [f"| model | path | images/s | s/step | speed-up | GFLOP/s | {extra_cols} |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if cpu else "")]
+    lines = [
+        f"| model | path | images/s | s/step | speed-up | GFLOP/s | {extra_cols} |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if cpu else ""),
+    ]
     results: dict = {}
     for name in MODELS:
         reference, gflop = None, step_gflop(name, batch, crop)
         for label, channels_last, amp in paths:
             default = (channels_last, amp) == default_path
             shown = f"**{label}** (default)" if default else label
-            spec = {"model": name, "device": device, "batch": batch, "crop": crop, "amp": amp,
-                    "channels_last": channels_last, "repeat": repeat if name != "refinenet101" else min(repeat, 2)}
+            spec = {
+                "model": name,
+                "device": device,
+                "batch": batch,
+                "crop": crop,
+                "amp": amp,
+                "channels_last": channels_last,
+                "repeat": repeat if name != "refinenet101" else min(repeat, 2),
+            }
             r = measure(spec)
             results.setdefault(name, {})[label] = {**r, "default": default, "gflop": gflop}
             if "error" in r:
                 lines.append(f"| {name} | {shown} | failed: {r['error'][:80]} | | | | |" + (" | |" if cpu else ""))
             else:
                 reference = reference or r
-                extra = (f"{r['peak_mib']:,.0f} | {r['step_mib']:,.0f} | {r['cores']:.2f} of {r['threads']} "
-                         f"({r['runs']})" if cpu else f"{r['peak_mib']:,.0f}")
-                lines.append(f"| {name} | {shown} | {r['img_per_s']:.2f} | {r['s_per_step']:.2f} | "
-                             f"{reference['s_per_step'] / r['s_per_step']:.2f}× | {gflop / r['s_per_step']:.0f} | "
-                             f"{extra} |")
+                extra = (
+                    f"{r['peak_mib']:,.0f} | {r['step_mib']:,.0f} | {r['cores']:.2f} of {r['threads']} ({r['runs']})"
+                    if cpu
+                    else f"{r['peak_mib']:,.0f}"
+                )
+                lines.append(
+                    f"| {name} | {shown} | {r['img_per_s']:.2f} | {r['s_per_step']:.2f} | "
+                    f"{reference['s_per_step'] / r['s_per_step']:.2f}× | {gflop / r['s_per_step']:.0f} | "
+                    f"{extra} |"
+                )
             print(lines[-1], flush=True)
     return "\n".join(lines), results
 
 
 def targets(results: dict) -> str:
     """The issue's CPU targets per model: default path ≥ 1.5×, fastest ≥ 2.5× contiguous fp32, memory no higher."""
-    lines = ["| model | default path | fastest path | peak RSS: default / contiguous fp32 | met |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = [
+        "| model | default path | fastest path | peak RSS: default / contiguous fp32 | met |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for name, paths in results.items():
         ok = {k: v for k, v in paths.items() if "error" not in v}
         if "contiguous fp32" not in ok:
@@ -271,8 +322,10 @@ def targets(results: dict) -> str:
             continue
         memory = f"{default['peak_mib']:,.0f} / {ref['peak_mib']:,.0f} MiB"
         met = speed[default_label] >= 1.5 and speed[fastest_label] >= 2.5 and default["peak_mib"] <= ref["peak_mib"]
-        lines.append(f"| {name} | {default_label} {speed[default_label]:.2f}× (≥ 1.5×) | {fastest_label} "
-                     f"{speed[fastest_label]:.2f}× (≥ 2.5×) | {memory} | {'yes' if met else 'no'} |")
+        lines.append(
+            f"| {name} | {default_label} {speed[default_label]:.2f}× (≥ 1.5×) | {fastest_label} "
+            f"{speed[fastest_label]:.2f}× (≥ 2.5×) | {memory} | {'yes' if met else 'no'} |"
+        )
     return "\n".join(lines)
 
 
@@ -283,15 +336,19 @@ def compute_note(results: dict) -> str:
         ok = {k: v for k, v in paths.items() if "error" not in v}
         if "contiguous fp32" in ok and "channels-last bf16" in ok:
             gflop = ok["contiguous fp32"]["gflop"]
-            parts.append(f"{name} {gflop:,.0f} GFLOP per step, contiguous fp32 at "
-                         f"{gflop / ok['contiguous fp32']['s_per_step']:.0f} GFLOP/s, channels-last bf16 at "
-                         f"{gflop / ok['channels-last bf16']['s_per_step']:.0f}")
-    return ("FLOP per step (forward, loss, backward; `torch.utils.flop_counter` on the meta device) against "
-            "the rate reached: " + "; ".join(parts) + ". bf16 doubles the peak multiply-add rate of this CPU's "
-            "vector units (`avx512_bf16` dot products), so the step whose fp32 convolutions already run closest "
-            "to peak, refinenet101's (large 3×3 convolutions at stride 4), gains least; the LW models' fp32 steps "
-            "run at half its rate (smaller layers, more memory traffic), which channels-last and bf16's halved "
-            "bytes both recover.")
+            parts.append(
+                f"{name} {gflop:,.0f} GFLOP per step, contiguous fp32 at "
+                f"{gflop / ok['contiguous fp32']['s_per_step']:.0f} GFLOP/s, channels-last bf16 at "
+                f"{gflop / ok['channels-last bf16']['s_per_step']:.0f}"
+            )
+    return (
+        "FLOP per step (forward, loss, backward; `torch.utils.flop_counter` on the meta device) against "
+        "the rate reached: " + "; ".join(parts) + ". bf16 doubles the peak multiply-add rate of this CPU's "
+        "vector units (`avx512_bf16` dot products), so the step whose fp32 convolutions already run closest "
+        "to peak, refinenet101's (large 3×3 convolutions at stride 4), gains least; the LW models' fp32 steps "
+        "run at half its rate (smaller layers, more memory traffic), which channels-last and bf16's halved "
+        "bytes both recover."
+    )
 
 
 def loading_and_end_to_end(args: argparse.Namespace, crop: int) -> tuple[dict, dict[str, float], int]:
@@ -304,8 +361,7 @@ def loading_and_end_to_end(args: argparse.Namespace, crop: int) -> tuple[dict, d
         device_flags = ["--device", args.device, "--workers", str(args.workers)]
         e2e: dict[str, float] = {}
         for round_ in range(1 if args.quick else 2):  # interleaved; the faster round counts (other jobs come and go)
-            for label, flags in (("default", []),
-                                 ("contiguous fp32", ["--no-channels-last", "--amp", "none"])):
+            for label, flags in (("default", []), ("contiguous fp32", ["--no-channels-last", "--amp", "none"])):
                 out = Path(tmp) / f"{label.replace(' ', '_')}_{round_}"
                 if args.device == "cpu":
                     wait_for_idle_cpu()
@@ -340,44 +396,58 @@ def main() -> None:
     loading, e2e, iters = loading_and_end_to_end(args, crop)
     load_after = os.getloadavg()
 
-    default_ips = next((v["img_per_s"] for v in results.get("lw_refinenet50", {}).values()
-                        if v.get("default") and "error" not in v), None)
-    loading_line = (f"Data loading alone ({args.workers} workers, batch 2, crop {crop}, 500×375 JPEGs, folder "
-                    f"dataset, scale 0.5–2, colour jitter, flip): **{loading['img_per_s']:.1f} images/s** (first "
-                    f"batch, workers starting: {loading['first_batch_s']:.2f} s)")
+    default_ips = next(
+        (v["img_per_s"] for v in results.get("lw_refinenet50", {}).values() if v.get("default") and "error" not in v),
+        None,
+    )
+    loading_line = (
+        f"Data loading alone ({args.workers} workers, batch 2, crop {crop}, 500×375 JPEGs, folder "
+        f"dataset, scale 0.5–2, colour jitter, flip): **{loading['img_per_s']:.1f} images/s** (first "
+        f"batch, workers starting: {loading['first_batch_s']:.2f} s)"
+    )
     if default_ips:
-        loading_line += (f", {loading['img_per_s'] / default_ips:.0f}× what the default training step of "
-                         f"lw_refinenet50 consumes ({default_ips:.2f} images/s)")
-    e2e_line = (f"`refineseg train` end to end (lw_refinenet50, batch 2, crop {crop}, {args.workers} workers, loading "
-                f"included; median it/s of steps 2–{iters}{'' if args.quick else ', the faster of two interleaved runs'}): default "
-                f"{e2e['default']:.3f} it/s ({2 * e2e['default']:.2f} images/s), `--no-channels-last --amp none` "
-                f"{e2e['contiguous fp32']:.3f} it/s: **{e2e['default'] / e2e['contiguous fp32']:.2f}×**")
+        loading_line += (
+            f", {loading['img_per_s'] / default_ips:.0f}× what the default training step of "
+            f"lw_refinenet50 consumes ({default_ips:.2f} images/s)"
+        )
+    e2e_line = (
+        f"`refineseg train` end to end (lw_refinenet50, batch 2, crop {crop}, {args.workers} workers, loading "
+        f"included; median it/s of steps 2–{iters}{'' if args.quick else ', the faster of two interleaved runs'}): default "
+        f"{e2e['default']:.3f} it/s ({2 * e2e['default']:.2f} images/s), `--no-channels-last --amp none` "
+        f"{e2e['contiguous fp32']:.3f} it/s: **{e2e['default'] / e2e['contiguous fp32']:.2f}×**"
+    )
     print(table, loading_line, e2e_line, sep="\n\n")
     if args.device == "cpu":
         print(targets(results))
     if args.quick or args.no_write:
         return
     auto_amp = resolve_amp("auto", torch.device(args.device))
-    body = ("## Training paths (issue 12)\n\n" if args.device == "cpu" else "## Training paths on the GPU\n\n")
-    body += (f"`python benchmarks/training.py{' --device cuda' if args.device == 'cuda' else ''}` — one optimizer "
-             f"step (the trainer's `optimizer_step`, SGD with the model's recipe, cross-entropy, 21 classes, random "
-             f"weights and inputs), crop {crop}, batch {batch}; median of {repeat} steps (refinenet101: "
-             f"{min(repeat, 2)}) after a warm-up step, each configuration in a fresh process. Speed-up is against "
-             f"contiguous fp32 (the reference implementations' way) in the same run. The default path is "
-             f"channels-last with `--amp auto`, which chose {auto_amp} here. ")
+    body = "## Training paths (issue 12)\n\n" if args.device == "cpu" else "## Training paths on the GPU\n\n"
+    body += (
+        f"`python benchmarks/training.py{' --device cuda' if args.device == 'cuda' else ''}` — one optimizer "
+        f"step (the trainer's `optimizer_step`, SGD with the model's recipe, cross-entropy, 21 classes, random "
+        f"weights and inputs), crop {crop}, batch {batch}; median of {repeat} steps (refinenet101: "
+        f"{min(repeat, 2)}) after a warm-up step, each configuration in a fresh process. Speed-up is against "
+        f"contiguous fp32 (the reference implementations' way) in the same run. The default path is "
+        f"channels-last with `--amp auto`, which chose {auto_amp} here. "
+    )
     if args.device == "cpu":
-        body += ("Peak RSS is the process's high-water mark (libraries, weights, optimizer state and the step); "
-                 "the growth column subtracts the RSS just before the first step, leaving what the step adds. "
-                 "Cores busy is the process's CPU time over wall time in the timed steps: the machine is shared, "
-                 "so each run waits for idle CPUs first, and a configuration that got less than 5/6 of its threads' "
-                 "cores is measured again (at most 4 runs, the fastest kept; the count in parentheses). ")
+        body += (
+            "Peak RSS is the process's high-water mark (libraries, weights, optimizer state and the step); "
+            "the growth column subtracts the RSS just before the first step, leaving what the step adds. "
+            "Cores busy is the process's CPU time over wall time in the timed steps: the machine is shared, "
+            "so each run waits for idle CPUs first, and a configuration that got less than 5/6 of its threads' "
+            "cores is measured again (at most 4 runs, the fastest kept; the count in parentheses). "
+        )
     else:
         body += "Peak GPU memory is `torch.cuda.max_memory_allocated` over the steps. "
     load = f"1-minute load average {load_before[0]:.2f} before, {load_after[0]:.2f} after"
     body += f"Machine: {machine_description()}; {load}; commit {git_revision()}.\n\n{table}\n\n"
     if args.device == "cpu":
-        body += (f"Targets (default path ≥ 1.5×, fastest ≥ 2.5× contiguous fp32, peak memory no higher):\n\n"
-                 f"{targets(results)}\n\n{compute_note(results)}\n\n")
+        body += (
+            f"Targets (default path ≥ 1.5×, fastest ≥ 2.5× contiguous fp32, peak memory no higher):\n\n"
+            f"{targets(results)}\n\n{compute_note(results)}\n\n"
+        )
     body += f"{loading_line}.\n\n{e2e_line}.\n"
     write_section("training" if args.device == "cpu" else "training-gpu", body)
     print("wrote BENCHMARKS.md")

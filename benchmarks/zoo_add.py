@@ -28,8 +28,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from refineseg.errors import RefineSegError, one_line  # noqa: E402
 from refineseg.cli.evaluate import EvalConfig, run_evaluate  # noqa: E402
+from refineseg.errors import RefineSegError, one_line  # noqa: E402
 from refineseg.models import zoo  # noqa: E402
 from refineseg.utils.config import config_from_values  # noqa: E402
 
@@ -48,8 +48,9 @@ def read_json(path: str | Path) -> dict[str, Any]:
 def git_commit() -> str:
     """The full hash of HEAD, or ``unknown`` outside a git checkout."""
     try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True,
-                                       stderr=subprocess.DEVNULL).strip()
+        return subprocess.check_output(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, text=True, stderr=subprocess.DEVNULL
+        ).strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -58,13 +59,21 @@ def evaluate_fp16(checkpoint: str | Path, metrics: dict[str, Any]) -> dict[str, 
     """Evaluate the float16-rounded checkpoint with the settings recorded in the float32 ``metrics``."""
     values = metrics.get("config")
     if not isinstance(values, dict):
-        raise RefineSegError("the metrics.json records no evaluation config (not from `refineseg evaluate`?); "
-                             "pass --fp16-metrics FILE or --keep-fp32")
+        raise RefineSegError(
+            "the metrics.json records no evaluation config (not from `refineseg evaluate`?); "
+            "pass --fp16-metrics FILE or --keep-fp32"
+        )
     with tempfile.TemporaryDirectory(prefix="refineseg-zoo-") as tmp:
         half = zoo.write_checkpoint(checkpoint, Path(tmp) / "fp16", "float16")
         known = {f.name for f in dataclasses.fields(EvalConfig)}  # options this version still has
-        values = {**{k: v for k, v in values.items() if k in known}, "checkpoint": str(half),
-                  "out": str(Path(tmp) / "eval"), "confusion_png": False, "report": False, "save_predictions": False}
+        values = {
+            **{k: v for k, v in values.items() if k in known},
+            "checkpoint": str(half),
+            "out": str(Path(tmp) / "eval"),
+            "confusion_png": False,
+            "report": False,
+            "save_predictions": False,
+        }
         return run_evaluate(config_from_values(EvalConfig, values, "metrics.json config"))
 
 
@@ -74,8 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metrics", required=True, help="its metrics.json from `refineseg evaluate` (val split)")
     parser.add_argument("--recipe", required=True, help="the training config YAML it was trained with")
     parser.add_argument("--name", default=None, help="zoo name (default: the recipe's file stem)")
-    parser.add_argument("--fp16-metrics", default=None, help="metrics.json of the same evaluation of the float16 "
-                                                             "weights (default: run it now)")
+    parser.add_argument(
+        "--fp16-metrics",
+        default=None,
+        help="metrics.json of the same evaluation of the float16 weights (default: run it now)",
+    )
     parser.add_argument("--keep-fp32", action="store_true", help="ship float32 weights without trying float16")
     parser.add_argument("--commit", default=None, help="git commit that trained the model (default: HEAD)")
     parser.add_argument("--licence", default=None, help="licence note (default: known per dataset, e.g. CamVid)")
@@ -96,19 +108,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             fp16 = read_json(args.fp16_metrics)
         elif not args.keep_fp32:
             fp16 = evaluate_fp16(args.checkpoint, metrics)
-        source = zoo.EntrySource(checkpoint=args.checkpoint, metrics=metrics, recipe_file=args.recipe,
-                                 fp16_metrics=fp16, name=args.name, commit=args.commit or git_commit(),
-                                 licence=args.licence, notes=args.notes)
+        source = zoo.EntrySource(
+            checkpoint=args.checkpoint,
+            metrics=metrics,
+            recipe_file=args.recipe,
+            fp16_metrics=fp16,
+            name=args.name,
+            commit=args.commit or git_commit(),
+            licence=args.licence,
+            notes=args.notes,
+        )
         entry = zoo.add_entry(source, root=args.zoo_dir, replace=args.replace)
     except RefineSegError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     info = entry.evaluation
     fp16_text = f", float16 {100 * info['fp16_mIoU']:.2f}" if "fp16_mIoU" in info else ""
-    print(f"{entry.name}: {entry.precision} weights (val mIoU float32 {100 * info['fp32_mIoU']:.2f}{fp16_text}), "
-          f"SHA-256 {entry.sha256}")
-    print(f"wrote {Path(args.zoo_dir or zoo.zoo_dir()) / entry.directory} and {zoo.INDEX_NAME}; "
-          "check `refineseg zoo`, then git add the zoo folder")
+    print(
+        f"{entry.name}: {entry.precision} weights (val mIoU float32 {100 * info['fp32_mIoU']:.2f}{fp16_text}), "
+        f"SHA-256 {entry.sha256}"
+    )
+    print(
+        f"wrote {Path(args.zoo_dir or zoo.zoo_dir()) / entry.directory} and {zoo.INDEX_NAME}; "
+        "check `refineseg zoo`, then git add the zoo folder"
+    )
     return 0
 
 

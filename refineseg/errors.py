@@ -24,7 +24,7 @@ class DataCheckError(DataError):
     def __init__(self, problems, failed: int, total: int, what: str = "", hint: str = ""):
         self.problems, self.failed, self.total, self.what, self.hint = list(problems), failed, total, what, hint
         head = f"{len(self.problems)} problem(s) in {failed} of {total} samples" + (f" of {what}" if what else "")
-        lines = [head + ":"] + ["  " + p for p in self.problems[:self.SHOWN]]
+        lines = [head + ":"] + ["  " + p for p in self.problems[: self.SHOWN]]
         if len(self.problems) > self.SHOWN:
             lines.append(f"  ... and {len(self.problems) - self.SHOWN} more")
         super().__init__("\n".join(lines + ([hint] if hint else [])))

@@ -6,8 +6,9 @@ import functools
 import json
 import math
 import socket
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import pytest
 import torch
@@ -47,7 +48,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def manifest(name: str) -> dict[str, Any]:
     """``tests/manifests/<name>.json``: ``{"source", "num_classes", "num_parameters", "state_dict": {key: shape}}``."""
     return json.loads((MANIFESTS / f"{name}.json").read_text())
@@ -73,9 +74,13 @@ def random_state(shapes: dict[str, list[int]], seed: int = 0) -> dict[str, torch
     return state
 
 
-def make_model(name: str = "lw_refinenet_mbv2", class_names: Sequence[str] = CLASS_NAMES,
-               palette: Sequence[tuple[int, int, int]] | None = PALETTE, seed: int = 0,
-               warm_batch_norm: bool = False) -> refineseg.SegmentationModel:
+def make_model(
+    name: str = "lw_refinenet_mbv2",
+    class_names: Sequence[str] = CLASS_NAMES,
+    palette: Sequence[tuple[int, int, int]] | None = PALETTE,
+    seed: int = 0,
+    warm_batch_norm: bool = False,
+) -> refineseg.SegmentationModel:
     """A small untrained model in eval mode whose predictions vary over classes and pixels.
 
     ``warm_batch_norm`` moves BN running statistics away from (0, 1) with a few train-mode passes.
@@ -142,8 +147,13 @@ def briefly_trained_model(device: str | torch.device = "cpu") -> refineseg.Segme
 
     torch.manual_seed(0)
     x, y = (t.to(device) for t in synthetic_batch(32))
-    model = refineseg.create_model("lw_refinenet18", num_classes=len(SYNTHETIC_CLASSES), dropout=0.0,
-                                   class_names=list(SYNTHETIC_CLASSES)).to(device).train()
+    model = (
+        refineseg.create_model(
+            "lw_refinenet18", num_classes=len(SYNTHETIC_CLASSES), dropout=0.0, class_names=list(SYNTHETIC_CLASSES)
+        )
+        .to(device)
+        .train()
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     for step in range(30):
         index = torch.arange(step * 4, step * 4 + 4) % len(x)

@@ -31,15 +31,16 @@ IGNORE = 255
 
 # ---------------------------------------------------------------- independent references
 
+
 def ref_dilation(h: int, w: int, ratio: float) -> int:
-    return max(1, int(round(ratio * np.sqrt(h ** 2 + w ** 2))))
+    return max(1, int(round(ratio * np.sqrt(h**2 + w**2))))
 
 
 def ref_band(mask: np.ndarray, d: int) -> np.ndarray:
     """The Boundary IoU API recipe: zero border, erode d times with 3x3 ones, crop, mask - eroded."""
     h, w = mask.shape
     padded = cv2.copyMakeBorder(mask.astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
-    eroded = cv2.erode(padded, np.ones((3, 3), np.uint8), iterations=d)[1:h + 1, 1:w + 1]
+    eroded = cv2.erode(padded, np.ones((3, 3), np.uint8), iterations=d)[1 : h + 1, 1 : w + 1]
     return (mask.astype(np.uint8) - eroded).astype(bool)
 
 
@@ -62,7 +63,7 @@ def ref_trimap_counts(pred: np.ndarray, target: np.ndarray, widths=range(1, 41))
     boundary = np.zeros((h, w), bool)
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
-            boundary |= padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w] != target
+            boundary |= padded[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w] != target
     valid = target != IGNORE
     boundary &= valid
     correct, total = [], []
@@ -96,7 +97,7 @@ def noisy_prediction(rng: np.random.Generator, target: np.ndarray, num_classes: 
 def with_ignore(rng: np.random.Generator, target: np.ndarray) -> np.ndarray:
     out = target.copy()
     y, x = int(rng.integers(0, target.shape[0])), int(rng.integers(0, target.shape[1]))
-    out[y:y + int(rng.integers(2, 12)), x:x + int(rng.integers(2, 12))] = IGNORE
+    out[y : y + int(rng.integers(2, 12)), x : x + int(rng.integers(2, 12))] = IGNORE
     return out
 
 
@@ -105,6 +106,7 @@ def t(a: np.ndarray) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- band construction
+
 
 def test_boundary_width_is_ratio_of_diagonal_at_least_one():
     for h, w, ratio in [(64, 64, 0.02), (1024, 2048, 0.02), (10, 10, 0.02), (512, 683, 0.005), (3, 1, 0.5)]:
@@ -166,9 +168,10 @@ def test_tiny_images_and_bad_dilation():
 
 # ---------------------------------------------------------------- Boundary IoU
 
+
 def square(size: int, top: int, left: int, side: int) -> np.ndarray:
     labels = np.zeros((size, size), np.uint8)
-    labels[top:top + side, left:left + side] = 1
+    labels[top : top + side, left : left + side] = 1
     return labels
 
 
@@ -184,14 +187,17 @@ def test_identical_masks_score_one():
     assert result["mBoundaryIoU"] == 1.0
 
 
-@pytest.mark.parametrize("shift, inter, union", [
-    # 64 x 64 image -> d = round(0.02 * 90.5) = 2. GT square rows/cols [20, 40), band = 400 - 16**2 = 144 px.
-    # Shift right by 1: top/bottom 2+2 rows overlap on 19 columns (76 px); middle 16 rows share
-    # columns 21 and 39 (32 px) -> 108; union = 144 + 144 - 108 = 180.
-    (1, 108, 180),
-    # Shift by 2: rows 76 -> 4 x 18 = 72; middle columns {20,21,38,39} vs {22,23,40,41}: none.
-    (2, 72, 216),
-])
+@pytest.mark.parametrize(
+    "shift, inter, union",
+    [
+        # 64 x 64 image -> d = round(0.02 * 90.5) = 2. GT square rows/cols [20, 40), band = 400 - 16**2 = 144 px.
+        # Shift right by 1: top/bottom 2+2 rows overlap on 19 columns (76 px); middle 16 rows share
+        # columns 21 and 39 (32 px) -> 108; union = 144 + 144 - 108 = 180.
+        (1, 108, 180),
+        # Shift by 2: rows 76 -> 4 x 18 = 72; middle columns {20,21,38,39} vs {22,23,40,41}: none.
+        (2, 72, 216),
+    ],
+)
 def test_shifted_square_known_answer(shift, inter, union):
     gt, pred = square(64, 20, 20, 20), square(64, 20, 20 + shift, 20)
     metric = BoundaryIoU(2)
@@ -277,6 +283,7 @@ def test_rejects_bad_labels():
 
 # ---------------------------------------------------------------- trimap
 
+
 def test_trimap_matches_opencv_dilations():
     rng = np.random.default_rng(3)
     metric = TrimapAccuracy(4)
@@ -317,6 +324,7 @@ def test_trimap_uniform_target_has_no_band():
 
 # ---------------------------------------------------------------- distributed + summary
 
+
 def _rank_data(rank: int):
     rng = np.random.default_rng(10 + rank)
     target = with_ignore(rng, blobs(rng, 40, 48, 4))
@@ -330,9 +338,16 @@ def _reduce_on_rank(rank: int, out_dir: str) -> None:
     trimap.update(t(pred), t(target))
     boundary.all_reduce()
     trimap.all_reduce()
-    torch.save({"inter": boundary.intersection, "union": boundary.union, "present": boundary.present,
-                "correct": trimap.correct,
-                "total": trimap.total}, f"{out_dir}/rank{rank}.pt")
+    torch.save(
+        {
+            "inter": boundary.intersection,
+            "union": boundary.union,
+            "present": boundary.present,
+            "correct": trimap.correct,
+            "total": trimap.total,
+        },
+        f"{out_dir}/rank{rank}.pt",
+    )
 
 
 @pytest.mark.slow
@@ -365,8 +380,9 @@ def test_summarize_adds_boundary_trimap_and_colors():
     for metric in (cm, boundary, trimap):
         metric.update(t(pred), t(target))
     palette = [(0, 0, 0), (10, 20, 30), (255, 0, 7)]
-    summary = summarize(cm.compute(), ["a", "b", "c"], boundary=boundary.compute(), trimap=trimap.compute(),
-                        palette=palette)
+    summary = summarize(
+        cm.compute(), ["a", "b", "c"], boundary=boundary.compute(), trimap=trimap.compute(), palette=palette
+    )
     json.dumps(summary, allow_nan=False)
     assert summary["boundary_ratio"] == 0.02
     inter, union = ref_band_counts(pred, target, 3)

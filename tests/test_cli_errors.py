@@ -14,14 +14,31 @@ from PIL import Image
 
 from refineseg.data import write_synthetic
 
-TRAIN = ["train", "--model", "lw_refinenet_mbv2", "--iters", "1", "--batch-size", "1", "--crop", "64",
-         "--val-interval", "0", "--log-interval", "1"]
+TRAIN = [
+    "train",
+    "--model",
+    "lw_refinenet_mbv2",
+    "--iters",
+    "1",
+    "--batch-size",
+    "1",
+    "--crop",
+    "64",
+    "--val-interval",
+    "0",
+    "--log-interval",
+    "1",
+]
 
 
 def fails(*args: str) -> str:
     """Run the CLI, expect exit 2 and a single ``error:`` line; return that line."""
-    proc = subprocess.run([sys.executable, "-m", "refineseg", *args], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "refineseg", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("train:")]
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
@@ -38,8 +55,18 @@ def dataset(tmp_path) -> Path:
 
 def folder_train(root: Path, out: Path, workers: str = "0") -> list[str]:
     # --skip-data-check: these tests are about the readers' own errors (the check is in test_data_check.py)
-    return [*TRAIN, "--dataset", "folder", "--data-root", str(root), "--out", str(out), "--workers", workers,
-            "--skip-data-check"]
+    return [
+        *TRAIN,
+        "--dataset",
+        "folder",
+        "--data-root",
+        str(root),
+        "--out",
+        str(out),
+        "--workers",
+        workers,
+        "--skip-data-check",
+    ]
 
 
 @pytest.mark.parametrize("workers", ["0", "1"])  # 1: the error travels back from a DataLoader worker
@@ -68,10 +95,12 @@ def test_non_image_file(tmp_path):
     fake.write_text("this is not an image")
     ckpt = tmp_path / "ckpt"
     import refineseg
+
     refineseg.create_model("lw_refinenet_mbv2", num_classes=3).save_pretrained(ckpt)
     # --fail-fast: exit 2 with the reader's one line (without it the input is skipped and listed, exit 3)
-    assert "notes.png" in fails("predict", "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"), "--fail-fast",
-                                str(fake))
+    assert "notes.png" in fails(
+        "predict", "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"), "--fail-fast", str(fake)
+    )
 
 
 def test_empty_dataset_folder(tmp_path):
@@ -92,9 +121,21 @@ def test_missing_split_file(tmp_path):
 
 def test_checkpoint_with_other_classes(dataset, tmp_path):
     import refineseg
+
     refineseg.create_model("lw_refinenet_mbv2", num_classes=3).save_pretrained(tmp_path / "ckpt")
-    line = fails("evaluate", "--checkpoint", str(tmp_path / "ckpt"), "--dataset", "folder", "--data-root",
-                 str(dataset), "--split", "val", "--out", str(tmp_path / "eval"))
+    line = fails(
+        "evaluate",
+        "--checkpoint",
+        str(tmp_path / "ckpt"),
+        "--dataset",
+        "folder",
+        "--data-root",
+        str(dataset),
+        "--split",
+        "val",
+        "--out",
+        str(tmp_path / "eval"),
+    )
     assert "ckpt" in line and "3" in line and "6" in line
 
 
@@ -111,8 +152,21 @@ def test_weights_file_carrying_code_is_refused_and_never_run(tmp_path):
     evil = tmp_path / "evil.pth"
     with open(evil, "wb") as f:
         pickle.dump({"conv1.weight": _RunsCode(str(marker))}, f)
-    line = fails(*TRAIN, "--dataset", "synthetic", "--synthetic-train", "2", "--synthetic-val", "1",
-                 "--synthetic-size", "64", "--out", str(tmp_path / "run"), "--backbone-weights", str(evil))
+    line = fails(
+        *TRAIN,
+        "--dataset",
+        "synthetic",
+        "--synthetic-train",
+        "2",
+        "--synthetic-val",
+        "1",
+        "--synthetic-size",
+        "64",
+        "--out",
+        str(tmp_path / "run"),
+        "--backbone-weights",
+        str(evil),
+    )
     assert "evil.pth" in line and "unpickle" in line
     assert not marker.exists()
 
@@ -123,12 +177,16 @@ def test_missing_config_file(tmp_path):
 
 # --- flags: no prefix matching ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("argv, flag", [
-    (["train", "--batch", "4"], "--batch"),  # abbreviation of --batch-size
-    (["train", "--batch-sise", "4"], "--batch-sise"),  # unknown
-    (["evaluate", "--checkpoint", "ckpt", "--synthetic-s", "64"], "--synthetic-s"),  # of --synthetic-size
-    (["evaluate", "--checkpoint", "ckpt", "--crop-s", "300"], "--crop-s"),  # unknown
-])
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["train", "--batch", "4"], "--batch"),  # abbreviation of --batch-size
+        (["train", "--batch-sise", "4"], "--batch-sise"),  # unknown
+        (["evaluate", "--checkpoint", "ckpt", "--synthetic-s", "64"], "--synthetic-s"),  # of --synthetic-size
+        (["evaluate", "--checkpoint", "ckpt", "--crop-s", "300"], "--crop-s"),  # unknown
+    ],
+)
 def test_abbreviated_or_unknown_flag_is_an_error(argv, flag, capsys):
     from refineseg.cli.app import build_parser
 
@@ -140,6 +198,7 @@ def test_abbreviated_or_unknown_flag_is_an_error(argv, flag, capsys):
 
 
 # --- optional extras: imported lazily, reported as one line; our own import bugs keep their traceback ----
+
 
 def test_importing_the_cli_loads_no_optional_extra():
     extras = ["onnxruntime", "onnx", "onnxscript", "matplotlib", "albumentations", "cv2", "tifffile"]
@@ -205,8 +264,10 @@ def _onnx(tmp_path: Path) -> None:
     OnnxSegmenter(tmp_path / "model.onnx")
 
 
-@pytest.mark.parametrize("module, use", [("matplotlib", _plot), ("albumentations", _augment),
-                                         ("tifffile", _write_tiff), ("onnxruntime", _onnx)])
+@pytest.mark.parametrize(
+    "module, use",
+    [("matplotlib", _plot), ("albumentations", _augment), ("tifffile", _write_tiff), ("onnxruntime", _onnx)],
+)
 def test_missing_extra_raises_missing_dependency_error(module, use, monkeypatch, tmp_path):
     from refineseg.errors import MissingDependencyError
 
@@ -221,13 +282,32 @@ def test_evaluate_without_matplotlib_skips_the_confusion_plot(dataset, tmp_path,
 
     refineseg.create_model("lw_refinenet_mbv2", num_classes=6).save_pretrained(tmp_path / "ckpt")
     _block(monkeypatch, "matplotlib")
-    assert main(["evaluate", "--checkpoint", str(tmp_path / "ckpt"), "--dataset", "folder", "--data-root",
-                 str(dataset), "--split", "val", "--out", str(tmp_path / "eval"), "--workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(tmp_path / "ckpt"),
+                "--dataset",
+                "folder",
+                "--data-root",
+                str(dataset),
+                "--split",
+                "val",
+                "--out",
+                str(tmp_path / "eval"),
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert "Skipped confusion_matrix.png: plots need matplotlib" in capsys.readouterr().out
     assert (tmp_path / "eval" / "metrics.json").exists()
 
 
 # --- predict --backend onnxruntime -----------------------------------------------------------------
+
 
 def _predict_onnx(checkpoint: Path, tmp_path: Path, capsys) -> str:
     """Run ``refineseg predict --backend onnxruntime`` in-process; expect exit 2, return the one stderr line."""
@@ -236,8 +316,18 @@ def _predict_onnx(checkpoint: Path, tmp_path: Path, capsys) -> str:
 
     image = tmp_path / "photo.png"
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(image)
-    code = main(["predict", "--checkpoint", str(checkpoint), "--backend", "onnxruntime",
-                 "--out", str(tmp_path / "pred"), str(image)])
+    code = main(
+        [
+            "predict",
+            "--checkpoint",
+            str(checkpoint),
+            "--backend",
+            "onnxruntime",
+            "--out",
+            str(tmp_path / "pred"),
+            str(image),
+        ]
+    )
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
     return lines[0]

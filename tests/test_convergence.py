@@ -20,9 +20,31 @@ from refineseg.training import TrainConfig
 @pytest.mark.parametrize("name", ["refinenet18", "lw_refinenet18", "lw_refinenet_mbv2", "seed_refinenet50"])
 def test_family_trains_with_the_default_recipe(name, tmp_path):
     out = tmp_path / name
-    code = cli_main(["train", "--model", name, "--dataset", "synthetic", "--iters", "60", "--batch-size", "4",
-                     "--crop", "96", "--workers", "0", "--val-interval", "0", "--ckpt-interval", "60",
-                     "--synthetic-val", "2", "--out", str(out)])
+    code = cli_main(
+        [
+            "train",
+            "--model",
+            name,
+            "--dataset",
+            "synthetic",
+            "--iters",
+            "60",
+            "--batch-size",
+            "4",
+            "--crop",
+            "96",
+            "--workers",
+            "0",
+            "--val-interval",
+            "0",
+            "--ckpt-interval",
+            "60",
+            "--synthetic-val",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]  # mean loss of each 10-step window
@@ -37,10 +59,18 @@ def test_recipe_fills_the_unset_options(name):
     recipe = refineseg.models.model_spec(name).recipe
     config = TrainConfig(model=name, iters=400)
     assert (config.lr, config.decoder_lr_mult, config.clip_grad_norm) == (
-        recipe.lr, recipe.decoder_lr_mult, recipe.clip_grad_norm)
+        recipe.lr,
+        recipe.decoder_lr_mult,
+        recipe.clip_grad_norm,
+    )
     assert config.warmup_iters == min(recipe.warmup_iters, 40)
     explicit = TrainConfig(model=name, iters=400, lr=0.123, decoder_lr_mult=2.0, warmup_iters=0, clip_grad_norm=0.0)
-    assert (explicit.lr, explicit.decoder_lr_mult, explicit.warmup_iters, explicit.clip_grad_norm) == (0.123, 2.0, 0, 0.0)
+    assert (explicit.lr, explicit.decoder_lr_mult, explicit.warmup_iters, explicit.clip_grad_norm) == (
+        0.123,
+        2.0,
+        0,
+        0.0,
+    )
 
 
 def test_unknown_model_in_a_config_is_a_one_line_error(tmp_path, capsys):

@@ -39,14 +39,42 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available()
 
 DEVICE = torch.device("cuda")
 NO_NATIVE_BF16 = torch.cuda.is_available() and not torch.cuda.is_bf16_supported(including_emulation=False)
-needs_bf16 = pytest.mark.skipif(NO_NATIVE_BF16, reason="this GPU has no native bfloat16 (needs compute capability 8.0+)")
+needs_bf16 = pytest.mark.skipif(
+    NO_NATIVE_BF16, reason="this GPU has no native bfloat16 (needs compute capability 8.0+)"
+)
 AMPS = ["fp16", pytest.param("bf16", marks=needs_bf16)]
 
 # A tiny, stable run on the GPU: LW-RefineNet-MobileNetV2 on 64-pixel synthetic images.
-TINY = ["--model", "lw_refinenet_mbv2", "--dataset", "synthetic", "--crop", "64", "--batch-size", "2",
-        "--lr", "0.001", "--decoder-lr-mult", "1", "--warmup-iters", "0", "--synthetic-train", "16",
-        "--synthetic-val", "2", "--synthetic-size", "64", "--workers", "0", "--log-interval", "1",
-        "--val-interval", "0", "--device", "cuda"]
+TINY = [
+    "--model",
+    "lw_refinenet_mbv2",
+    "--dataset",
+    "synthetic",
+    "--crop",
+    "64",
+    "--batch-size",
+    "2",
+    "--lr",
+    "0.001",
+    "--decoder-lr-mult",
+    "1",
+    "--warmup-iters",
+    "0",
+    "--synthetic-train",
+    "16",
+    "--synthetic-val",
+    "2",
+    "--synthetic-size",
+    "64",
+    "--workers",
+    "0",
+    "--log-interval",
+    "1",
+    "--val-interval",
+    "0",
+    "--device",
+    "cuda",
+]
 
 
 def run_cli(*args: str, module: list[str] | None = None) -> subprocess.CompletedProcess:
@@ -81,6 +109,7 @@ def no_tf32():
 
 # --- Training ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("amp", AMPS)
 def test_mixed_precision_optimizer_steps_change_the_weights(amp):
     model = tiny_model().to(DEVICE).train()
@@ -93,7 +122,7 @@ def test_mixed_precision_optimizer_steps_change_the_weights(amp):
     assert all(math.isfinite(loss) and loss > 0 for loss in step_losses), step_losses
     assert scaler.is_enabled() == (amp == "fp16")
     if amp == "fp16":  # the scaler ran: a positive finite scale (halved once per overflowing step)
-        assert 0 < scaler.get_scale() <= 2.0 ** 16
+        assert 0 < scaler.get_scale() <= 2.0**16
     moved = [name for name, p in model.named_parameters() if not torch.equal(p.detach(), before[name])]
     assert "head.conv.weight" in moved and len(moved) > len(before) // 2
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
@@ -134,9 +163,15 @@ def test_channels_last_training_step_matches_contiguous(no_tf32):
 @pytest.fixture
 def nccl_group():
     """``join()`` starts a one-process NCCL group, as torchrun would (train() leaves it itself)."""
+
     def join() -> None:
-        dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{conftest.free_port()}", rank=0,
-                                world_size=1, device_id=torch.device("cuda", 0))
+        dist.init_process_group(
+            "nccl",
+            init_method=f"tcp://127.0.0.1:{conftest.free_port()}",
+            rank=0,
+            world_size=1,
+            device_id=torch.device("cuda", 0),
+        )
 
     yield join
     if dist.is_initialized():
@@ -145,10 +180,26 @@ def nccl_group():
 
 def test_ddp_on_nccl_with_sync_bn_stops_on_a_signal_and_resumes(tmp_path, monkeypatch, nccl_group):
     out = tmp_path / "run"
-    config = TrainConfig(model="lw_refinenet_mbv2", dataset="synthetic", crop=64, batch_size=2, lr=0.001,
-                         decoder_lr_mult=1.0, warmup_iters=0, synthetic_train=16, synthetic_val=2, synthetic_size=64,
-                         workers=0, iters=4, val_interval=0, ckpt_interval=100, log_interval=1, sync_bn=True,
-                         device="cuda", out=str(out))
+    config = TrainConfig(
+        model="lw_refinenet_mbv2",
+        dataset="synthetic",
+        crop=64,
+        batch_size=2,
+        lr=0.001,
+        decoder_lr_mult=1.0,
+        warmup_iters=0,
+        synthetic_train=16,
+        synthetic_val=2,
+        synthetic_size=64,
+        workers=0,
+        iters=4,
+        val_interval=0,
+        ckpt_interval=100,
+        log_interval=1,
+        sync_bn=True,
+        device="cuda",
+        out=str(out),
+    )
     step_once = trainer.optimizer_step
     nets = []
 
@@ -177,17 +228,30 @@ def test_ddp_on_nccl_with_sync_bn_stops_on_a_signal_and_resumes(tmp_path, monkey
     assert len(losses(out)) == 4
 
 
-@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.device_count() < 2,
-                    reason="needs 2 GPUs (NCCL with one process is covered in-process above)")
+@pytest.mark.skipif(
+    torch.cuda.is_available() and torch.cuda.device_count() < 2,
+    reason="needs 2 GPUs (NCCL with one process is covered in-process above)",
+)
 def test_torchrun_two_gpus_with_sync_bn(tmp_path):
     out = tmp_path / "ddp"
-    run_cli("train", *TINY, "--iters", "3", "--sync-bn", "--ckpt-interval", "3", "--out", str(out),
-            module=["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "refineseg"])
+    run_cli(
+        "train",
+        *TINY,
+        "--iters",
+        "3",
+        "--sync-bn",
+        "--ckpt-interval",
+        "3",
+        "--out",
+        str(out),
+        module=["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "refineseg"],
+    )
     assert load_training_state(out / "last")["step"] == 3
     assert len(losses(out)) == 3 and all(math.isfinite(loss) for loss in losses(out))
 
 
 # --- Evaluation and prediction ------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
@@ -198,8 +262,18 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_cli_evaluate_on_cuda_writes_metrics(tmp_path, checkpoint, precision):
-    common = ["evaluate", "--checkpoint", str(checkpoint), "--dataset", "synthetic", "--synthetic-val", "3",
-              "--synthetic-size", "64", "--no-confusion-png"]
+    common = [
+        "evaluate",
+        "--checkpoint",
+        str(checkpoint),
+        "--dataset",
+        "synthetic",
+        "--synthetic-val",
+        "3",
+        "--synthetic-size",
+        "64",
+        "--no-confusion-png",
+    ]
     run_cli(*common, "--device", "cuda", "--precision", precision, "--out", str(tmp_path / "cuda"))
     run_cli(*common, "--device", "cpu", "--out", str(tmp_path / "cpu"))
     cuda = json.loads((tmp_path / "cuda" / "metrics.json").read_text())
@@ -230,6 +304,7 @@ def test_tiled_prediction_on_cuda(image):
 
 # --- Reduced precision, torch.compile, onnxruntime ----------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def trained_model() -> nn.Module:
     return briefly_trained_model(DEVICE)
@@ -241,8 +316,7 @@ def held_out() -> tuple[torch.Tensor, torch.Tensor]:
     return x.to(DEVICE), y.to(DEVICE)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, pytest.param(torch.bfloat16, marks=needs_bf16)],
-                         ids=["fp16", "bf16"])
+@pytest.mark.parametrize("dtype", [torch.float16, pytest.param(torch.bfloat16, marks=needs_bf16)], ids=["fp16", "bf16"])
 def test_reduced_precision_inference_agrees_with_float32(trained_model, held_out, dtype):
     x, y = held_out
     with torch.no_grad():

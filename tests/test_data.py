@@ -177,8 +177,9 @@ def make_voc(root, ids_by_split, aug=False):
 
 
 def test_voc_layouts_and_train_aug(tmp_path):
-    base, truth = make_voc(tmp_path, {"train": ["2007_000032", "2007_000039"], "val": ["2007_000033"],
-                                      "train_aug": ["2008_000001"]})
+    base, truth = make_voc(
+        tmp_path, {"train": ["2007_000032", "2007_000039"], "val": ["2007_000033"], "train_aug": ["2008_000001"]}
+    )
     for root in (tmp_path, tmp_path / "VOCdevkit", base):
         ds = VOCSegmentation(root, "train")
         assert len(ds) == 2 and ds.num_classes == 21 and ds.class_names == VOC_CLASSES
@@ -257,8 +258,11 @@ def test_ade20k_shift_and_roots(tmp_path):
         ADE20K(tmp_path, "val")[0]
 
 
-CLASSES = [{"name": "bg", "color": [0, 0, 0]}, {"name": "road", "color": [128, 64, 128]},
-           {"name": "tree", "color": [0, 200, 0]}]
+CLASSES = [
+    {"name": "bg", "color": [0, 0, 0]},
+    {"name": "road", "color": [128, 64, 128]},
+    {"name": "tree", "color": [0, 200, 0]},
+]
 
 
 def make_folder(root, stems, rgb_masks=False, classes_file="classes.yaml", sub=""):
@@ -282,8 +286,9 @@ def make_folder(root, stems, rgb_masks=False, classes_file="classes.yaml", sub="
     return truth
 
 
-@pytest.mark.parametrize("rgb_masks,classes_file", [(False, "classes.yaml"), (True, "classes.yaml"),
-                                                    (True, "classes.json")])
+@pytest.mark.parametrize(
+    "rgb_masks,classes_file", [(False, "classes.yaml"), (True, "classes.yaml"), (True, "classes.json")]
+)
 def test_folder_dataset(tmp_path, rgb_masks, classes_file):
     truth = make_folder(tmp_path, ["a", "b", "c"], rgb_masks, classes_file)
     ds = FolderDataset(tmp_path)
@@ -300,7 +305,9 @@ def test_folder_splits_and_colours(tmp_path):
     (tmp_path / "splits" / "train.txt").write_text("a\nc\n\n")
     (tmp_path / "val.txt").write_text("b\n")
     assert [s[0] for s in FolderDataset(tmp_path, "train").samples] == [
-        str(tmp_path / "images" / "a.jpg"), str(tmp_path / "images" / "c.jpg")]
+        str(tmp_path / "images" / "a.jpg"),
+        str(tmp_path / "images" / "c.jpg"),
+    ]
     assert FolderDataset(tmp_path, "val").sample_name(0) == "b"
     make_folder(tmp_path, ["t1"], sub="test", classes_file=None)
     assert FolderDataset(tmp_path, "test").sample_name(0) == "t1"
@@ -340,10 +347,15 @@ def test_sample_validation_errors(tmp_path):
         save_rgb(str(tmp_path / f"{name}.png"), rand_rgb(*image_size))
     write_label_png(tmp_path / "mask.png", np.ones((8, 8), np.uint8), VOC_PALETTE)
     write_label_png(tmp_path / "bad.png", np.array([[0, 1], [3, 9]] * 4, np.uint8).repeat(4, 1), VOC_PALETTE)
-    ds = SegmentationDataset([(tmp_path / "small.png", tmp_path / "mask.png"),
-                              (tmp_path / "ok.png", tmp_path / "bad.png"),
-                              (tmp_path / "ok.png", tmp_path / "mask.png")],
-                             ["a", "b", "c"], VOC_PALETTE[:3])
+    ds = SegmentationDataset(
+        [
+            (tmp_path / "small.png", tmp_path / "mask.png"),
+            (tmp_path / "ok.png", tmp_path / "bad.png"),
+            (tmp_path / "ok.png", tmp_path / "mask.png"),
+        ],
+        ["a", "b", "c"],
+        VOC_PALETTE[:3],
+    )
     with raises_naming(tmp_path / "mask.png", str(tmp_path / "small.png")):
         ds[0]
     with raises_naming(tmp_path / "bad.png", "3, 9"):
@@ -408,8 +420,10 @@ def test_eval_transform_and_normalize():
     assert torch.equal(y, torch.from_numpy(mask).long())
     assert np.array_equal(denormalize(x), image)
     assert np.array_equal(denormalize(x[None])[0], image)
-    assert torch.allclose(normalize(np.full((1, 1, 3), 255, np.uint8))[:, 0, 0],
-                          (1 - torch.tensor(IMAGENET_MEAN)) / torch.tensor((0.229, 0.224, 0.225)))
+    assert torch.allclose(
+        normalize(np.full((1, 1, 3), 255, np.uint8))[:, 0, 0],
+        (1 - torch.tensor(IMAGENET_MEAN)) / torch.tensor((0.229, 0.224, 0.225)),
+    )
     x, y = eval_transform(resize=15)(image, mask)
     assert x.shape == (3, 15, 30) and y.shape == (15, 30)
     assert torch.equal(y, torch.from_numpy(mask[::2, ::2]).long())  # nearest picks pixels, never blends

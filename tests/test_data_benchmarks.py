@@ -90,20 +90,24 @@ def write_nyu_release(tmp_path, n: int = 5):
     labels[:, 0, :] = 0  # unlabelled rows
     with h5py.File(tmp_path / "nyu_depth_v2_labeled.mat", "w") as f:
         f["images"] = images.transpose(0, 3, 2, 1)  # MATLAB 480x640x3xN -> h5py (N, 3, W, H)
-        f["labels"] = labels.transpose(0, 2, 1)     # MATLAB 480x640xN   -> h5py (N, W, H)
+        f["labels"] = labels.transpose(0, 2, 1)  # MATLAB 480x640xN   -> h5py (N, W, H)
     map_class = RNG.integers(1, 41, 894).astype(np.float64)
     map_class[[3, 100]] = 0  # raw classes without a 40-class counterpart
-    scipy_io.savemat(tmp_path / "classMapping40.mat", {"mapClass": map_class[None, :],
-                                                       "className": np.array([NYUDV2_CLASSES], dtype=object)})
-    scipy_io.savemat(tmp_path / "splits.mat", {"trainNdxs": np.array([[1.0], [3.0], [4.0]]),
-                                               "testNdxs": np.array([[2.0], [5.0]])})
+    scipy_io.savemat(
+        tmp_path / "classMapping40.mat",
+        {"mapClass": map_class[None, :], "className": np.array([NYUDV2_CLASSES], dtype=object)},
+    )
+    scipy_io.savemat(
+        tmp_path / "splits.mat", {"trainNdxs": np.array([[1.0], [3.0], [4.0]]), "testNdxs": np.array([[2.0], [5.0]])}
+    )
     return images, labels, map_class
 
 
 def test_nyudv2_prepare_from_official_mat(tmp_path):
     (images, labels, map_class), out = write_nyu_release(tmp_path), tmp_path / "nyud"
-    counts = prepare_nyudv2(tmp_path / "nyu_depth_v2_labeled.mat", tmp_path / "classMapping40.mat",
-                            tmp_path / "splits.mat", out)
+    counts = prepare_nyudv2(
+        tmp_path / "nyu_depth_v2_labeled.mat", tmp_path / "classMapping40.mat", tmp_path / "splits.mat", out
+    )
     assert counts == {"train": 3, "val": 2}
     assert (out / "train.nyu").read_text().splitlines()[1] == "train_images/000003.png\ttrain_labels/000003.png"
     # Independent mapping: 0 -> 255, raw k -> mapClass[k - 1] - 1, mapClass 0 -> 255.
@@ -129,6 +133,7 @@ def test_nyudv2_conversion_errors(tmp_path):
     with raises_naming(mapping, "not a MATLAB v7.3"):
         prepare_nyudv2(mapping, mapping, splits, tmp_path / "out")
     import scipy.io
+
     scipy.io.savemat(tmp_path / "short.mat", {"mapClass": np.ones((1, 10))})  # raw labels go up to 894
     with raises_naming(mat, "short.mat"):
         prepare_nyudv2(mat, tmp_path / "short.mat", splits, tmp_path / "out")
@@ -194,8 +199,9 @@ def make_person_part(root, ids_by_split):
 
 
 def test_person_part(tmp_path):
-    base, truth = make_person_part(tmp_path, {"train": ["2008_000003", "2008_000008"],
-                                              "val": ["2008_000026", "2008_000041", "2008_000070"]})
+    base, truth = make_person_part(
+        tmp_path, {"train": ["2008_000003", "2008_000008"], "val": ["2008_000026", "2008_000041", "2008_000070"]}
+    )
     check_split(PascalPersonPart(tmp_path, "train"), 2, truth, PERSON_PART_CLASSES)
     check_split(build_dataset("person_part", base, "val"), 3, truth, PERSON_PART_CLASSES)
     assert PERSON_PART_CLASSES[1:] == ["head", "torso", "upper arms", "lower arms", "upper legs", "lower legs"]
@@ -233,8 +239,9 @@ def make_context(root, ids_by_split):
 
 
 def test_pascal_context_60_and_59(tmp_path):
-    base, raw = make_context(tmp_path, {"train": ["2008_000002", "2008_000003", "2008_000007"],
-                                        "val": ["2008_000019", "2008_000021"]})
+    base, raw = make_context(
+        tmp_path, {"train": ["2008_000002", "2008_000003", "2008_000007"], "val": ["2008_000019", "2008_000021"]}
+    )
     assert len(PASCAL_CONTEXT_CLASSES) == 60 and PASCAL_CONTEXT_CLASSES[:3] == ["background", "aeroplane", "bag"]
     for root in (tmp_path, tmp_path / "VOCdevkit", base):
         check_split(PascalContext(root, "train"), 3, raw, PASCAL_CONTEXT_CLASSES)
@@ -284,8 +291,9 @@ def test_sunrgbd_list_layout(tmp_path):
             save(tmp_path / f"image/{split}/img-{k:06d}.jpg", rgb())
             save(tmp_path / f"label37/{split}/img37labels-{k:06d}.png", raw)
             truth[f"{split}{k}"] = np.where(raw == 0, 255, raw.astype(int) - 1)
-            lines.append(f"image/{split}/img-{k:06d}.jpg depth/{split}/{k:08d}.png "
-                         f"label37/{split}/img37labels-{k:06d}.png")
+            lines.append(
+                f"image/{split}/img-{k:06d}.jpg depth/{split}/{k:08d}.png label37/{split}/img37labels-{k:06d}.png"
+            )
         write_lines(tmp_path / f"{split}37.txt", lines)
     ds = SUNRGBD(tmp_path, "train")
     assert len(ds) == 2 and np.array_equal(ds[1][1], truth["train2"])
@@ -319,7 +327,7 @@ def mask_runs(mask: np.ndarray) -> list[int]:
 
 def test_rle_decoding_hand_made_examples():
     assert rle_counts_from_string("32T3V1") == [3, 2, 100, 40]  # 100 needs two groups; 40 is 38 more than 2
-    assert rle_counts_from_string("5:2I") == [5, 10, 2, 3]      # 'I' = -7: 3 is 7 less than 10
+    assert rle_counts_from_string("5:2I") == [5, 10, 2, 3]  # 'I' = -7: 3 is 7 less than 10
     expected = np.array([[0, 1, 0, 0], [0, 1, 0, 0], [1, 0, 0, 0]], bool)  # runs go down the columns
     np.testing.assert_array_equal(decode_rle([2, 3, 7], 3, 4), expected)
     np.testing.assert_array_equal(decode_rle(encode_rle_string([2, 3, 7]), 3, 4), expected)
@@ -350,11 +358,11 @@ def test_polygon_fill_uses_pixel_centres():
 def make_coco(root):
     """val2017 with 3 images: polygons + uncompressed-RLE crowd, a compressed RLE, only a non-VOC object."""
     h, w = 20, 24
-    person = [2.0, 2.0, 18.0, 2.0, 18.0, 16.0, 2.0, 16.0]     # rectangle x 2..18, y 2..16
-    dog = [4.0, 6.0, 12.0, 6.0, 4.0, 14.0]                    # right triangle on top of the person
-    light = [10.0, 3.0, 16.0, 3.0, 16.0, 9.0, 10.0, 9.0]      # traffic light (not VOC) on the person
+    person = [2.0, 2.0, 18.0, 2.0, 18.0, 16.0, 2.0, 16.0]  # rectangle x 2..18, y 2..16
+    dog = [4.0, 6.0, 12.0, 6.0, 4.0, 14.0]  # right triangle on top of the person
+    light = [10.0, 3.0, 16.0, 3.0, 16.0, 9.0, 10.0, 9.0]  # traffic light (not VOC) on the person
     crowd = np.zeros((h, w), bool)
-    crowd[12:20, 14:24] = True                                # crowd of people, partly under the person
+    crowd[12:20, 14:24] = True  # crowd of people, partly under the person
     cat = np.zeros((h, w), bool)
     cat[3:9, 5:20] = True
     cat[9:11, 0:3] = True
@@ -363,14 +371,30 @@ def make_coco(root):
         {"id": 1, "image_id": 10, "category_id": 18, "iscrowd": 0, "area": 32.0, "segmentation": [dog]},
         {"id": 2, "image_id": 10, "category_id": 1, "iscrowd": 0, "area": 224.0, "segmentation": [person]},
         {"id": 3, "image_id": 10, "category_id": 10, "iscrowd": 0, "area": 36.0, "segmentation": [light]},
-        {"id": 4, "image_id": 10, "category_id": 1, "iscrowd": 1, "area": 80.0,
-         "segmentation": {"counts": mask_runs(crowd), "size": [h, w]}},
-        {"id": 5, "image_id": 11, "category_id": 17, "iscrowd": 0, "area": 96.0,
-         "segmentation": {"counts": encode_rle_string(mask_runs(cat)), "size": [h, w]}},
+        {
+            "id": 4,
+            "image_id": 10,
+            "category_id": 1,
+            "iscrowd": 1,
+            "area": 80.0,
+            "segmentation": {"counts": mask_runs(crowd), "size": [h, w]},
+        },
+        {
+            "id": 5,
+            "image_id": 11,
+            "category_id": 17,
+            "iscrowd": 0,
+            "area": 96.0,
+            "segmentation": {"counts": encode_rle_string(mask_runs(cat)), "size": [h, w]},
+        },
         {"id": 6, "image_id": 12, "category_id": 10, "iscrowd": 0, "area": 36.0, "segmentation": [light]},
     ]
-    categories = [{"id": 1, "name": "person"}, {"id": 10, "name": "traffic light"},
-                  {"id": 17, "name": "cat"}, {"id": 18, "name": "dog"}]
+    categories = [
+        {"id": 1, "name": "person"},
+        {"id": 10, "name": "traffic light"},
+        {"id": 17, "name": "cat"},
+        {"id": 18, "name": "dog"},
+    ]
     for image in images:
         save(root / "val2017" / image["file_name"], rgb(h, w))
     os.makedirs(root / "annotations", exist_ok=True)
@@ -395,13 +419,25 @@ def test_coco_voc_masks(tmp_path, monkeypatch):
     check_split(everything, 3, truth, VOC_CLASSES)
     # The data check stats and decodes through read_mask: it passes, and the cache knows the file.
     from refineseg.data.check import check_dataset
+
     monkeypatch.setenv("REFINESEG_HOME", str(tmp_path / "home"))
     assert check_dataset(ds, workers=0).total == 2
     # A second split beside it: train2017.
     save(tmp_path / "train2017/000000000020.jpg", rgb(20, 24))
-    train = {"images": [{"id": 20, "file_name": "000000000020.jpg", "height": 20, "width": 24}],
-             "annotations": [{"id": 9, "image_id": 20, "category_id": 17, "iscrowd": 0, "area": 4.0,
-                              "segmentation": [[0, 0, 2, 0, 2, 2, 0, 2]]}], "categories": data["categories"]}
+    train = {
+        "images": [{"id": 20, "file_name": "000000000020.jpg", "height": 20, "width": 24}],
+        "annotations": [
+            {
+                "id": 9,
+                "image_id": 20,
+                "category_id": 17,
+                "iscrowd": 0,
+                "area": 4.0,
+                "segmentation": [[0, 0, 2, 0, 2, 2, 0, 2]],
+            }
+        ],
+        "categories": data["categories"],
+    }
     (tmp_path / "annotations/instances_train2017.json").write_text(json.dumps(train))
     image, mask = COCOVoc(tmp_path, "train")[0]
     assert image.shape == (20, 24, 3) and mask.sum() == 4 * VOC_CLASSES.index("cat")

@@ -76,7 +76,8 @@ def add_bad_samples(root: Path, split: str) -> dict[str, Path]:
     truncate(images / "trunc_png.png")
     bad["truncated png image"] = images / "trunc_png.png"
     Image.fromarray(np.random.default_rng(2).integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(
-        images / "trunc_jpg.jpg", quality=95)
+        images / "trunc_jpg.jpg", quality=95
+    )
     truncate(images / "trunc_jpg.jpg", 0.6)
     write_mask(masks / "trunc_jpg.png", np.zeros((96, 128), np.uint8))
     bad["truncated jpeg image"] = images / "trunc_jpg.jpg"
@@ -191,8 +192,22 @@ def independent_counts(root: Path, stems: list[str]) -> tuple[np.ndarray, np.nda
 def test_check_data_counts_equal_an_independent_count(tmp_path, capsys):
     root = make_folder(tmp_path / "data", {"train": 9, "val": 4})
     out = tmp_path / "report"
-    rc = main(["check-data", "--dataset", "folder", "--data-root", str(root), "--split", "train", "val",
-               "--out", str(out), "--workers", "2"])
+    rc = main(
+        [
+            "check-data",
+            "--dataset",
+            "folder",
+            "--data-root",
+            str(root),
+            "--split",
+            "train",
+            "val",
+            "--out",
+            str(out),
+            "--workers",
+            "2",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     report = json.loads((out / "data_report.json").read_text())
     stems = [f"train_{i:03d}" for i in range(9)] + [f"val_{i:03d}" for i in range(4)]
@@ -227,8 +242,22 @@ def test_check_data_lists_labels_outside_the_classes(tmp_path, capsys):
     assert len(report["problems"]) == 6 and (out / "class_frequencies.png").is_file()
 
 
-TRAIN_ARGS = ["--model", "lw_refinenet18", "--iters", "2", "--crop", "32", "--batch-size", "2", "--workers", "0",
-              "--val-interval", "0", "--log-interval", "1"]
+TRAIN_ARGS = [
+    "--model",
+    "lw_refinenet18",
+    "--iters",
+    "2",
+    "--crop",
+    "32",
+    "--batch-size",
+    "2",
+    "--workers",
+    "0",
+    "--val-interval",
+    "0",
+    "--log-interval",
+    "1",
+]
 
 
 def test_train_stops_before_any_step_naming_every_bad_file(tmp_path, capsys):
@@ -248,8 +277,9 @@ def test_skip_data_check_runs_until_a_bad_file(tmp_path, capsys):
     root = make_folder(tmp_path / "data", {"train": 2, "val": 2})
     bad = add_bad_samples(root, "train")  # 6 of 8 training samples are bad: the first batches meet one
     out = tmp_path / "run"
-    rc = main(["train", "--dataset", "folder", "--data-root", str(root), "--out", str(out), "--skip-data-check",
-               *TRAIN_ARGS])
+    rc = main(
+        ["train", "--dataset", "folder", "--data-root", str(root), "--out", str(out), "--skip-data-check", *TRAIN_ARGS]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "problem(s)" not in err, err
     assert len(err.strip().splitlines()) == 1 and sum(str(p) in err for p in bad.values()) == 1, err
@@ -282,8 +312,19 @@ def test_evaluate_stops_before_any_image(tmp_path, capsys):
     bad = add_bad_samples(root, "val")
     ckpt = tmp_path / "ckpt"
     refineseg.create_model("lw_refinenet_mbv2", num_classes=len(CLASSES)).save_pretrained(ckpt)
-    args = ["evaluate", "--checkpoint", str(ckpt), "--dataset", "folder", "--data-root", str(root), "--split", "val",
-            "--out", str(tmp_path / "eval")]
+    args = [
+        "evaluate",
+        "--checkpoint",
+        str(ckpt),
+        "--dataset",
+        "folder",
+        "--data-root",
+        str(root),
+        "--split",
+        "val",
+        "--out",
+        str(tmp_path / "eval"),
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: 6 problem(s) in 6 of 8 samples") and all(f"{p}: " in err for p in bad.values())
@@ -301,8 +342,11 @@ def test_missing_files_of_a_split_are_all_reported_at_once(tmp_path, capsys):
     write_image(voc / "JPEGImages" / "c.jpg", np.zeros((8, 8, 3), np.uint8))
     (voc / "SegmentationClass").mkdir()
     (voc / "SegmentationClass" / "a.png").write_bytes((voc / "JPEGImages" / "a.jpg").read_bytes())
-    missing = [str(voc / "JPEGImages" / "b.jpg"), str(voc / "SegmentationClass" / "b.png"),
-               str(voc / "SegmentationClass" / "c.png")]
+    missing = [
+        str(voc / "JPEGImages" / "b.jpg"),
+        str(voc / "SegmentationClass" / "b.png"),
+        str(voc / "SegmentationClass" / "c.png"),
+    ]
     dataset = VOCSegmentation(tmp_path, "train")  # the reader records them; the check names them with the rest
     assert len(dataset) == 3 and sorted(dataset.missing) == sorted(missing)
     with pytest.raises(DataCheckError) as info:
@@ -310,8 +354,9 @@ def test_missing_files_of_a_split_are_all_reported_at_once(tmp_path, capsys):
     assert [p.split(": ")[0] for p in info.value.problems if " is missing" in p] == missing
     assert info.value.failed >= 2 and info.value.total == 3
     for run, skip in (("run", []), ("skipped", ["--skip-data-check"])):  # skipping still stops on absent files
-        assert main(["train", "--dataset", "voc", "--data-root", str(tmp_path), "--out", str(tmp_path / run),
-                     *skip]) == 2
+        assert (
+            main(["train", "--dataset", "voc", "--data-root", str(tmp_path), "--out", str(tmp_path / run), *skip]) == 2
+        )
         err = capsys.readouterr().err
         assert all(f"{path}: " in err for path in missing), err
 
@@ -325,8 +370,11 @@ def test_folder_dataset_lists_every_missing_image_and_mask(tmp_path):
     assert len(dataset) == 4 and dataset.sample_name(2) == "train_002"
     with pytest.raises(DataCheckError) as info:
         check_dataset(dataset, workers=0)
-    expected = [str(root / "masks" / "train_001.png"), str(root / "splits" / "train.txt"),
-                str(root / "masks" / "train_003.png")]
+    expected = [
+        str(root / "masks" / "train_001.png"),
+        str(root / "splits" / "train.txt"),
+        str(root / "masks" / "train_003.png"),
+    ]
     assert [p.split(": ")[0] for p in info.value.problems] == expected
     assert "no mask found" in info.value.problems[0] and "'train_002'" in info.value.problems[1]
     with pytest.raises(DataCheckError) as skipped:  # --skip-data-check: no file opened, the same three named
@@ -356,11 +404,15 @@ def make_deep_folder(tmp_path: Path, train: int = 33, val: int = 2) -> tuple[Pat
             (root / split / sub).mkdir(parents=True, exist_ok=True)
         for i in range(count):
             Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)).save(
-                root / split / "images" / f"frame_{i:04d}.png")
+                root / split / "images" / f"frame_{i:04d}.png"
+            )
             write_mask(root / split / "masks" / f"frame_{i:04d}.png", rng.integers(0, len(CLASSES), (H, W)))
     images, masks = root / "train" / "images", root / "train" / "masks"
-    bad = {"not an image file": images / "frame_0011.png", "no mask found": masks / "frame_0019.png",
-           "mask is 40x34 but image": masks / "frame_0027.png"}
+    bad = {
+        "not an image file": images / "frame_0011.png",
+        "no mask found": masks / "frame_0019.png",
+        "mask is 40x34 but image": masks / "frame_0027.png",
+    }
     bad["not an image file"].write_text("site notes, saved under the wrong name\n")
     bad["no mask found"].unlink()
     write_mask(bad["mask is 40x34 but image"], np.zeros((H + 4, W), np.uint8))
@@ -395,8 +447,13 @@ def test_non_image_missing_mask_and_wrong_size_named_in_one_run(tmp_path):
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     """``python -m refineseg ARGS`` in a fresh process (the data-check cache stays in the test's folder)."""
-    return subprocess.run([sys.executable, "-m", "refineseg", *args], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "refineseg", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def problem_lines(stderr: str) -> list[str]:

@@ -11,12 +11,12 @@ import pytest
 import yaml
 from PIL import Image
 
+from refineseg.cli.evaluate import EvalConfig
 from refineseg.data import FolderDataset, build_dataset
 from refineseg.data.check import DataCheckError, check_dataset
 from refineseg.data.check_cache import fingerprint
 from refineseg.data.folder import load_class_spec, parse_class_spec
 from refineseg.errors import DataError
-from refineseg.cli.evaluate import EvalConfig
 from refineseg.training.config import TrainConfig
 
 RNG = np.random.default_rng(7)
@@ -64,8 +64,11 @@ def expected_binary(raw: np.ndarray) -> np.ndarray:
 def test_binary_masks_become_background_and_foreground(tmp_path, how):
     raws = {"a": binary_mask(), "b": binary_mask(), "c": np.zeros((H, W), np.uint8)}
     raws["c"][2, 3] = 1  # a 0/1 mask reads the same way
-    classes = {"flag": None, "classes.yaml": {"binary": True},
-               "one-class": {"classes": [{"name": "crack", "color": [255, 255, 255]}], "binary": True}}[how]
+    classes = {
+        "flag": None,
+        "classes.yaml": {"binary": True},
+        "one-class": {"classes": [{"name": "crack", "color": [255, 255, 255]}], "binary": True},
+    }[how]
     make_folder(tmp_path, raws, classes)
     ds = FolderDataset(tmp_path, binary_masks=how == "flag")
     assert ds.class_names == ["background", "crack" if how == "one-class" else "foreground"]
@@ -97,8 +100,9 @@ def test_zero_255_mask_without_binary_mode_says_what_to_do(tmp_path):
     raw = np.where(RNG.random((H, W)) < 0.5, 255, 0).astype(np.uint8)
     make_folder(tmp_path, {"a": raw}, ["background", "object"])
     ds = FolderDataset(tmp_path)
-    with one_line_error(tmp_path / "masks" / "a.png", "only 0 and 255", "--binary-masks", "binary: true",
-                        "map: {255: ignore}"):
+    with one_line_error(
+        tmp_path / "masks" / "a.png", "only 0 and 255", "--binary-masks", "binary: true", "map: {255: ignore}"
+    ):
         ds[0]
     # The data check before training reports it too (every bad mask at once).
     with pytest.raises(DataCheckError, match="--binary-masks"):
@@ -130,24 +134,32 @@ def test_unmapped_labels_out_of_range_say_how_to_fix(tmp_path):
     raw = np.zeros((H, W), np.uint8)
     raw[1, 1], raw[2, 2], raw[3, 3] = 1, 7, 8
     make_folder(tmp_path, {"a": raw}, {"classes": ["bg", "car", "bus"], "map": {9: 2}})
-    with one_line_error(tmp_path / "masks" / "a.png", "label values 7, 8 are out of range: 3 classes (0..2)",
-                        str(tmp_path / "classes.yaml"), "`map:`", "--binary-masks"):
+    with one_line_error(
+        tmp_path / "masks" / "a.png",
+        "label values 7, 8 are out of range: 3 classes (0..2)",
+        str(tmp_path / "classes.yaml"),
+        "`map:`",
+        "--binary-masks",
+    ):
         FolderDataset(tmp_path)[0]
     with pytest.raises(DataCheckError, match=r"label values 7, 8 are out of range.*`map:`"):
         check_dataset(FolderDataset(tmp_path), workers=0, cache=False)  # the check before training says it too
 
 
 # ------------------------------------------------------------------------------ classes file errors
-@pytest.mark.parametrize("text,fragment", [
-    ("classes: [bg, car]\nmap: {7: 5}\n", "map: 7 -> 5 must be a class index 0..1"),
-    ("classes: [bg, car]\nmap: {300: 1}\n", "map: key 300 must be a mask value 0..255"),
-    ("classes: [bg, car]\nmap: [7, 1]\n", "map must be a mapping"),
-    ("classes: [bg, car]\nbinary: yes please\n", "binary must be true or false"),
-    ("classes: [bg, car]\nmapping: {7: 1}\n", "unknown key(s) mapping"),
-    ("map: {7: 1}\nbg: [0, 0, 0]\n", "put the class list under `classes:`"),
-    ("- crack\n", "only one class ('crack') listed"),
-    ("classes: [bg, car\n", "cannot parse"),
-])
+@pytest.mark.parametrize(
+    "text,fragment",
+    [
+        ("classes: [bg, car]\nmap: {7: 5}\n", "map: 7 -> 5 must be a class index 0..1"),
+        ("classes: [bg, car]\nmap: {300: 1}\n", "map: key 300 must be a mask value 0..255"),
+        ("classes: [bg, car]\nmap: [7, 1]\n", "map must be a mapping"),
+        ("classes: [bg, car]\nbinary: yes please\n", "binary must be true or false"),
+        ("classes: [bg, car]\nmapping: {7: 1}\n", "unknown key(s) mapping"),
+        ("map: {7: 1}\nbg: [0, 0, 0]\n", "put the class list under `classes:`"),
+        ("- crack\n", "only one class ('crack') listed"),
+        ("classes: [bg, car\n", "cannot parse"),
+    ],
+)
 def test_classes_file_errors_are_one_line_naming_the_file(tmp_path, text, fragment):
     path = tmp_path / "classes.yaml"
     path.write_text(text)
@@ -185,8 +197,9 @@ def test_trainer_passes_binary_masks_to_the_folder_dataset(tmp_path):
 
     raws = {"a": binary_mask(), "b": binary_mask()}
     make_folder(tmp_path, raws)
-    config = TrainConfig(dataset="folder", data_root=str(tmp_path), train_split=None, val_split=None,
-                         binary_masks=True, crop=4, iters=1)
+    config = TrainConfig(
+        dataset="folder", data_root=str(tmp_path), train_split=None, val_split=None, binary_masks=True, crop=4, iters=1
+    )
     train_set, val_set = build_datasets(config, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     assert train_set.num_classes == val_set.num_classes == 2
     _, mask = val_set[0]

@@ -58,8 +58,9 @@ def test_classes_thin_wires_and_small_dots():
     # At least one wire is exactly 1 px thick somewhere: pixels whose vertical neighbours aren't wire.
     image, mask = ds[0]
     wire = mask == WIRE
-    assert (wire[1:-1, 1:-1] & ~wire[:-2, 1:-1] & ~wire[2:, 1:-1]).any() or \
-        (wire[1:-1, 1:-1] & ~wire[1:-1, :-2] & ~wire[1:-1, 2:]).any()
+    assert (wire[1:-1, 1:-1] & ~wire[:-2, 1:-1] & ~wire[2:, 1:-1]).any() or (
+        wire[1:-1, 1:-1] & ~wire[1:-1, :-2] & ~wire[1:-1, 2:]
+    ).any()
 
 
 def test_square_and_stripes_share_mean_colour_but_not_texture():

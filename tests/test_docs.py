@@ -82,8 +82,9 @@ def broken_links(path: Path) -> list[str]:
         if file_part.startswith("/"):
             problems.append(f"{target}: absolute path (use one relative to {path.relative_to(ROOT)})")
         elif not resolved.exists():
-            problems.append(f"{target}: {resolved.relative_to(ROOT) if resolved.is_relative_to(ROOT) else resolved} "
-                            "does not exist")
+            problems.append(
+                f"{target}: {resolved.relative_to(ROOT) if resolved.is_relative_to(ROOT) else resolved} does not exist"
+            )
         elif anchor and resolved.suffix == ".md" and anchor not in anchors(resolved):
             problems.append(f"{target}: no heading with anchor #{anchor} in {resolved.relative_to(ROOT)}")
     return problems
@@ -142,9 +143,11 @@ def test_path_and_link_checks_find_problems(tmp_path, monkeypatch):
     """The checkers themselves: a missing file, a missing anchor and a heading inside code are caught."""
     page = tmp_path / "page.md"
     (tmp_path / "other.md").write_text("# Other page\n\n## Fast by default: `--amp auto`\n")
-    page.write_text("[ok](other.md#fast-by-default---amp-auto) [gone](missing.md) [bad](other.md#nope)\n"
-                    "[self](#title) `[in code](missing2.md)`\n\n```bash\n# not a heading\n[x](missing3.md)\n```\n"
-                    "# Title\n")
+    page.write_text(
+        "[ok](other.md#fast-by-default---amp-auto) [gone](missing.md) [bad](other.md#nope)\n"
+        "[self](#title) `[in code](missing2.md)`\n\n```bash\n# not a heading\n[x](missing3.md)\n```\n"
+        "# Title\n"
+    )
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     problems = broken_links(page)
     assert len(problems) == 2 and "missing.md" in problems[0] and "#nope" in problems[1], problems
@@ -183,9 +186,16 @@ def test_readme_python_uses_only_the_public_api():
             if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "refineseg":
                 problems.append(f"block {i}, line {node.lineno}: from {node.module} import ...")
             elif isinstance(node, ast.Import):
-                problems += [f"block {i}, line {node.lineno}: import {a.name}" for a in node.names
-                             if a.name.startswith("refineseg.") or (a.name == "refineseg" and a.asname)]
-            elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                  and node.value.id == "refineseg" and node.attr not in public):
+                problems += [
+                    f"block {i}, line {node.lineno}: import {a.name}"
+                    for a in node.names
+                    if a.name.startswith("refineseg.") or (a.name == "refineseg" and a.asname)
+                ]
+            elif (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "refineseg"
+                and node.attr not in public
+            ):
                 problems.append(f"block {i}, line {node.lineno}: refineseg.{node.attr} is not in refineseg.__all__")
     assert not problems, "README.md Python examples go beyond the top-level API:\n  " + "\n  ".join(problems)

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 import refineseg
+from refineseg.cli.evaluate import EvalConfig, run_evaluate
 from refineseg.data import (
     SYNTHETIC_CLASSES,
     SYNTHETIC_PALETTE,
@@ -28,7 +29,6 @@ from refineseg.data import (
     write_synthetic,
 )
 from refineseg.errors import CheckpointError, ConfigError
-from refineseg.cli.evaluate import EvalConfig, run_evaluate
 from refineseg.evaluation.evaluate import evaluate_model, read_class_map
 
 K = len(SYNTHETIC_CLASSES)
@@ -97,8 +97,7 @@ def test_slide_and_multiscale_agree_with_whole(data_root):
     dataset = FolderDataset(data_root, "val", transform=eval_transform(model.config.mean, model.config.std))
     _, whole = evaluate_model(model, dataset, mode="whole", progress=False)
     _, slide = evaluate_model(model, dataset, mode="slide", crop=64, progress=False)
-    _, multi = evaluate_model(model, dataset, mode="multiscale", crop=96, scales=[1.0], flip=False,
-                              progress=False)
+    _, multi = evaluate_model(model, dataset, mode="multiscale", crop=96, scales=[1.0], flip=False, progress=False)
     assert np.array_equal(whole, slide) and np.array_equal(whole, multi)
     # Real sliding windows (crop < image) and flipping do change the result.
     _, small = evaluate_model(model, dataset, mode="slide", crop=40, stride=24, progress=False)
@@ -122,8 +121,9 @@ def _evaluate_on_rank(rank: int, root: str, out_dir: str) -> None:
 def test_distributed_evaluation_equals_single_process(data_root, tmp_path):
     conftest.run_gloo_group(_evaluate_on_rank, 2, str(data_root), str(tmp_path))
     # Single-threaded like the workers (one_thread fixture), so the arithmetic is identical.
-    summary, single = evaluate_model(make_model(), FolderDataset(data_root, "val", transform=eval_transform()),
-                                     progress=False, per_image=True)
+    summary, single = evaluate_model(
+        make_model(), FolderDataset(data_root, "val", transform=eval_transform()), progress=False, per_image=True
+    )
     summary = json.loads(json.dumps(summary))
     assert [row["index"] for row in summary["per_image"]] == [0, 1, 2]
     for rank in range(2):
@@ -134,8 +134,16 @@ def test_distributed_evaluation_equals_single_process(data_root, tmp_path):
 
 def test_run_evaluate_writes_metrics_and_plot(data_root, checkpoint, tmp_path, capsys):
     out = tmp_path / "eval"
-    summary = run_evaluate(EvalConfig(checkpoint=str(checkpoint), dataset="folder", data_root=str(data_root),
-                                      out=str(out), device="cpu", precision="fp32"))
+    summary = run_evaluate(
+        EvalConfig(
+            checkpoint=str(checkpoint),
+            dataset="folder",
+            data_root=str(data_root),
+            out=str(out),
+            device="cpu",
+            precision="fp32",
+        )
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("aAcc", "mAcc", "mIoU", "mDice"):
         assert 0.0 <= metrics[key] <= 1.0 and metrics[key] == pytest.approx(summary[key])
@@ -157,8 +165,17 @@ def test_run_evaluate_writes_metrics_and_plot(data_root, checkpoint, tmp_path, c
 
 
 def test_run_evaluate_synthetic_with_resize(checkpoint, tmp_path):
-    config = EvalConfig(checkpoint=str(checkpoint), dataset="synthetic", out=str(tmp_path), device="cpu",
-                        precision="fp32", synthetic_val=2, synthetic_size=64, resize=40, confusion_png=False)
+    config = EvalConfig(
+        checkpoint=str(checkpoint),
+        dataset="synthetic",
+        out=str(tmp_path),
+        device="cpu",
+        precision="fp32",
+        synthetic_val=2,
+        synthetic_size=64,
+        resize=40,
+        confusion_png=False,
+    )
     summary = run_evaluate(config)
     dataset = SyntheticSegmentation("val", 2, size=64, transform=eval_transform(resize=40))
     expected, matrix = evaluate_model(make_model(), dataset, progress=False)
@@ -171,8 +188,15 @@ def test_class_count_mismatch_names_checkpoint(data_root, tmp_path):
     ckpt = tmp_path / "four"
     make_model(num_classes=4).save_pretrained(ckpt)
     with pytest.raises(CheckpointError) as err:
-        run_evaluate(EvalConfig(checkpoint=str(ckpt), dataset="folder", data_root=str(data_root),
-                                out=str(tmp_path / "eval"), device="cpu"))
+        run_evaluate(
+            EvalConfig(
+                checkpoint=str(ckpt),
+                dataset="folder",
+                data_root=str(data_root),
+                out=str(tmp_path / "eval"),
+                device="cpu",
+            )
+        )
     message = str(err.value)
     assert str(ckpt) in message and "4" in message and "6" in message and "\n" not in message
     assert not (tmp_path / "eval" / "metrics.json").exists()
@@ -190,9 +214,25 @@ def test_cli_class_mismatch_is_one_line_error(data_root, tmp_path):
     ckpt = tmp_path / "four"
     make_model(num_classes=4).save_pretrained(ckpt)
     result = subprocess.run(
-        [sys.executable, "-m", "refineseg", "evaluate", "--checkpoint", str(ckpt), "--dataset", "folder",
-         "--data-root", str(data_root), "--out", str(tmp_path / "eval"), "--device", "cpu"],
-        capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "refineseg",
+            "evaluate",
+            "--checkpoint",
+            str(ckpt),
+            "--dataset",
+            "folder",
+            "--data-root",
+            str(data_root),
+            "--out",
+            str(tmp_path / "eval"),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and str(ckpt) in lines[0]
@@ -203,14 +243,24 @@ def cv2_band(mask: np.ndarray, d: int) -> np.ndarray:
     """Boundary IoU reference recipe: zero border, d erosions by a 3x3 kernel, crop, mask - eroded."""
     h, w = mask.shape
     padded = cv2.copyMakeBorder(mask.astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
-    eroded = cv2.erode(padded, np.ones((3, 3), np.uint8), iterations=d)[1:h + 1, 1:w + 1]
+    eroded = cv2.erode(padded, np.ones((3, 3), np.uint8), iterations=d)[1 : h + 1, 1 : w + 1]
     return mask & (eroded == 0)
 
 
 def test_saved_predictions_reproduce_metrics_json_and_per_image_csv(data_root, checkpoint, tmp_path):
     out = tmp_path / "eval"
-    run_evaluate(EvalConfig(checkpoint=str(checkpoint), dataset="folder", data_root=str(data_root), out=str(out),
-                            device="cpu", precision="fp32", save_predictions=True, confusion_png=False))
+    run_evaluate(
+        EvalConfig(
+            checkpoint=str(checkpoint),
+            dataset="folder",
+            data_root=str(data_root),
+            out=str(out),
+            device="cpu",
+            precision="fp32",
+            save_predictions=True,
+            confusion_png=False,
+        )
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     raw = FolderDataset(data_root, "val")
     names = [raw.sample_name(i) for i in range(len(raw))]
@@ -238,8 +288,15 @@ def test_saved_predictions_reproduce_metrics_json_and_per_image_csv(data_root, c
         tp, present = np.diag(image_mat), image_mat.sum(0) + image_mat.sum(1) - np.diag(image_mat)
         # Both means over the classes present in the image (a present class with empty bands: 0).
         band_iou = np.divide(image_inter, image_union, out=np.zeros(K), where=image_union > 0)
-        rows.append((i, name, tp.sum() / valid.sum(), np.mean(tp[present > 0] / present[present > 0]),
-                     np.mean(band_iou[present > 0])))
+        rows.append(
+            (
+                i,
+                name,
+                tp.sum() / valid.sum(),
+                np.mean(tp[present > 0] / present[present > 0]),
+                np.mean(band_iou[present > 0]),
+            )
+        )
         mat += image_mat
         inter += image_inter
         union += image_union
@@ -276,8 +333,9 @@ def save_relabelled(path: Path, names: list[str], order: list[int]) -> Path:
     """make_model()'s weights with its output classes in ``order`` (class i = synthetic class order[i]),
     named ``names`` (and coloured like those synthetic classes)."""
     base = make_model()
-    model = refineseg.create_model("lw_refinenet_mbv2", num_classes=K, class_names=names,
-                                   palette=[SYNTHETIC_PALETTE[j] for j in order])
+    model = refineseg.create_model(
+        "lw_refinenet_mbv2", num_classes=K, class_names=names, palette=[SYNTHETIC_PALETTE[j] for j in order]
+    )
     state = base.state_dict()
     state["head.conv.weight"] = state["head.conv.weight"][order]
     state["head.conv.bias"] = state["head.conv.bias"][order]
@@ -287,19 +345,35 @@ def save_relabelled(path: Path, names: list[str], order: list[int]) -> Path:
 
 
 def evaluate_folder(data_root: Path, checkpoint: Path, out: Path, **options) -> dict:
-    return run_evaluate(EvalConfig(checkpoint=str(checkpoint), dataset="folder", data_root=str(data_root),
-                                   out=str(out), device="cpu", precision="fp32", confusion_png=False,
-                                   save_predictions=True, **options))
+    return run_evaluate(
+        EvalConfig(
+            checkpoint=str(checkpoint),
+            dataset="folder",
+            data_root=str(data_root),
+            out=str(out),
+            device="cpu",
+            precision="fp32",
+            confusion_png=False,
+            save_predictions=True,
+            **options,
+        )
+    )
 
 
 RENAMED = ["background", "disk", "box", "stripes", "wire", "dot"]  # "square" -> "box"
 
 
-@pytest.mark.parametrize("names, order, first", [
-    (RENAMED, list(range(K)), "class 2 is 'box' in the checkpoint but 'square' in the dataset;"),
-    ([SYNTHETIC_CLASSES[j] for j in REORDER], REORDER,
-     "class 0 is 'stripes' in the checkpoint but 'background' in the dataset (the same names in another order)"),
-])
+@pytest.mark.parametrize(
+    "names, order, first",
+    [
+        (RENAMED, list(range(K)), "class 2 is 'box' in the checkpoint but 'square' in the dataset;"),
+        (
+            [SYNTHETIC_CLASSES[j] for j in REORDER],
+            REORDER,
+            "class 0 is 'stripes' in the checkpoint but 'background' in the dataset (the same names in another order)",
+        ),
+    ],
+)
 def test_checkpoint_with_other_class_names_is_refused(data_root, tmp_path, names, order, first):
     ckpt = save_relabelled(tmp_path / "ckpt", names, order)
     with pytest.raises(CheckpointError) as err:
@@ -325,10 +399,13 @@ def test_ignore_class_names_evaluates_in_the_checkpoints_order(data_root, checkp
     assert got["class_names"] == SYNTHETIC_CLASSES
 
 
-@pytest.mark.parametrize("text", [
-    "stripes: stripes\n",  # a mapping; unlisted names go to the dataset class of the same name
-    "".join(f"- {SYNTHETIC_CLASSES[j]}\n" for j in REORDER),  # a list, in the checkpoint's order
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "stripes: stripes\n",  # a mapping; unlisted names go to the dataset class of the same name
+        "".join(f"- {SYNTHETIC_CLASSES[j]}\n" for j in REORDER),  # a list, in the checkpoint's order
+    ],
+)
 def test_class_map_puts_the_predictions_in_the_datasets_order(data_root, checkpoint, tmp_path, text):
     want = evaluate_folder(data_root, checkpoint, tmp_path / "base")
     ckpt = save_relabelled(tmp_path / "ckpt", [SYNTHETIC_CLASSES[j] for j in REORDER], REORDER)
@@ -349,13 +426,16 @@ def test_class_map_renames(data_root, checkpoint, tmp_path):
     assert got["confusion_matrix"] == want["confusion_matrix"] and got["class_names"] == SYNTHETIC_CLASSES
 
 
-@pytest.mark.parametrize("text, match", [
-    ("car: square\n", "'car' is not a class of the checkpoint"),
-    ("box: lorry\n", "checkpoint class 'box' maps to 'lorry', not a class of the dataset"),
-    ("box: disk\n", "checkpoint classes 'disk' and 'box' both map to 'disk'"),
-    ("- square\n", "a list of 6 dataset class names, got list of 1"),
-    ("box: square\nbox: disk\n", "line 2, column 1: duplicate key 'box'"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("car: square\n", "'car' is not a class of the checkpoint"),
+        ("box: lorry\n", "checkpoint class 'box' maps to 'lorry', not a class of the dataset"),
+        ("box: disk\n", "checkpoint classes 'disk' and 'box' both map to 'disk'"),
+        ("- square\n", "a list of 6 dataset class names, got list of 1"),
+        ("box: square\nbox: disk\n", "line 2, column 1: duplicate key 'box'"),
+    ],
+)
 def test_bad_class_map_is_a_one_line_config_error(tmp_path, text, match):
     (tmp_path / "map.yaml").write_text(text)
     with pytest.raises(ConfigError, match=match) as err:
@@ -365,8 +445,23 @@ def test_bad_class_map_is_a_one_line_config_error(tmp_path, text, match):
 
 def test_cli_class_names_mismatch_is_one_line_error(data_root, tmp_path):
     ckpt = save_relabelled(tmp_path / "ckpt", RENAMED, list(range(K)))
-    args = [sys.executable, "-m", "refineseg", "evaluate", "--checkpoint", str(ckpt), "--dataset", "folder",
-            "--data-root", str(data_root), "--out", str(tmp_path / "eval"), "--device", "cpu", "--no-confusion-png"]
+    args = [
+        sys.executable,
+        "-m",
+        "refineseg",
+        "evaluate",
+        "--checkpoint",
+        str(ckpt),
+        "--dataset",
+        "folder",
+        "--data-root",
+        str(data_root),
+        "--out",
+        str(tmp_path / "eval"),
+        "--device",
+        "cpu",
+        "--no-confusion-png",
+    ]
     result = subprocess.run(args, capture_output=True, text=True)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr
@@ -375,4 +470,3 @@ def test_cli_class_names_mismatch_is_one_line_error(data_root, tmp_path):
     result = subprocess.run(args + ["--class-map", str(tmp_path / "map.yaml")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["class_names"] == SYNTHETIC_CLASSES
-

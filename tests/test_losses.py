@@ -43,6 +43,7 @@ def make_case(seed: int, shape=(2, C, 6, 7), ignore_frac: float = 0.15, easy_fra
 
 # ---- independent numpy references -------------------------------------------------------------
 
+
 def np_valid_pixels(logits, target):
     """Softmax probabilities (P, C) and labels (P,) of the non-ignored pixels."""
     z = np.asarray(logits, dtype=np.float64)
@@ -57,7 +58,7 @@ def ref_focal(logits, target, weights=None, gamma=0.0):
     p, t = np_valid_pixels(logits, target)
     w = np.ones(p.shape[1]) if weights is None else weights
     p_t = p[np.arange(len(t)), t]
-    return float((w[t] * -(1 - p_t) ** gamma * np.log(p_t)).sum() / w[t].sum())
+    return float((w[t] * -((1 - p_t) ** gamma) * np.log(p_t)).sum() / w[t].sum())
 
 
 def ref_ohem(logits, target, thresh, min_kept, weights=None):
@@ -65,7 +66,7 @@ def ref_ohem(logits, target, thresh, min_kept, weights=None):
     w = np.ones(logits.shape[1]) if weights is None else weights
     num = den = 0.0
     for n in range(logits.shape[0]):
-        p, t = np_valid_pixels(logits[n:n + 1], target[n:n + 1])
+        p, t = np_valid_pixels(logits[n : n + 1], target[n : n + 1])
         p_t = p[np.arange(len(t)), t]
         keep = p_t < thresh
         if min_kept > 0 and len(t) > 0:
@@ -116,6 +117,7 @@ REFERENCES = {
 
 
 # ---- values against numpy ---------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
 @pytest.mark.parametrize("weighted", [False, True])
@@ -207,12 +209,17 @@ def test_low_precision_logits_computed_in_float32(dtype):
 
 # ---- specs ------------------------------------------------------------------------------------
 
+
 def test_weighted_sum_equals_sum_of_terms():
     logits, target = make_case(6)
     z, t = logits.numpy(), target.numpy()
     value = build_loss(" ce + 0.5*dice +2 * LOVASZ+ 1e-1*focal ", num_classes=C, class_weights=WEIGHTS)(logits, target)
-    expected = (ref_focal(z, t, WEIGHTS) + 0.5 * ref_dice(z, t, WEIGHTS) + 2 * ref_lovasz(z, t, WEIGHTS)
-                + 0.1 * ref_focal(z, t, WEIGHTS, gamma=2.0))
+    expected = (
+        ref_focal(z, t, WEIGHTS)
+        + 0.5 * ref_dice(z, t, WEIGHTS)
+        + 2 * ref_lovasz(z, t, WEIGHTS)
+        + 0.1 * ref_focal(z, t, WEIGHTS, gamma=2.0)
+    )
     assert value.item() == pytest.approx(expected, rel=1e-10)
 
 
@@ -223,9 +230,21 @@ def test_parse_loss_spec():
     assert parse_loss_spec("focal") == [(1.0, "focal")]
 
 
-@pytest.mark.parametrize("spec, bad", [("ce+dic", "dic"), ("", ""), ("ce+", ""), ("0*ce", "0*ce"),
-                                       ("-1*ce", "-1*ce"), ("x*ce", "x*ce"), ("ce*0.5", "ce*0.5"),
-                                       ("nan*dice", "nan*dice"), ("ce++dice", ""), ("ce dice", "ce dice")])
+@pytest.mark.parametrize(
+    "spec, bad",
+    [
+        ("ce+dic", "dic"),
+        ("", ""),
+        ("ce+", ""),
+        ("0*ce", "0*ce"),
+        ("-1*ce", "-1*ce"),
+        ("x*ce", "x*ce"),
+        ("ce*0.5", "ce*0.5"),
+        ("nan*dice", "nan*dice"),
+        ("ce++dice", ""),
+        ("ce dice", "ce dice"),
+    ],
+)
 def test_bad_spec_raises(spec, bad):
     with pytest.raises(RefineSegError) as info:
         build_loss(spec, num_classes=C)
@@ -236,8 +255,17 @@ def test_bad_spec_raises(spec, bad):
 
 # ---- DDP equivalence: 2 gloo processes vs one process on the whole batch ----------------------
 
-DDP_CASES = [("ce", None), ("ce", WEIGHTS), ("focal", WEIGHTS), ("ohem", WEIGHTS), ("ohem", None),
-             ("dice", None), ("dice", WEIGHTS), ("ce+0.5*dice", None), ("lovasz", None)]
+DDP_CASES = [
+    ("ce", None),
+    ("ce", WEIGHTS),
+    ("focal", WEIGHTS),
+    ("ohem", WEIGHTS),
+    ("ohem", None),
+    ("dice", None),
+    ("dice", WEIGHTS),
+    ("ce+0.5*dice", None),
+    ("lovasz", None),
+]
 DDP_MIN_KEPT = 30  # of 42 pixels per image: forces easy pixels in
 
 
@@ -278,7 +306,7 @@ def test_ddp_two_processes_match_one_process(tmp_path):
         if spec == "lovasz":
             # Documented as per process (an exact global sort would need every pixel on every
             # process): check that it is the mean of the two local-batch losses instead.
-            single = [loss_and_grad(spec, weights, logits[s:s + 2], target[s:s + 2]) for s in (0, 2)]
+            single = [loss_and_grad(spec, weights, logits[s : s + 2], target[s : s + 2]) for s in (0, 2)]
             value = (single[0][0] + single[1][0]) / 2
             grad = torch.cat([single[0][1], single[1][1]]) / 2
         else:
@@ -290,9 +318,15 @@ def test_ddp_two_processes_match_one_process(tmp_path):
 
 # ---- short training runs ------------------------------------------------------------------------
 
+
 def tiny_net() -> torch.nn.Module:
-    return torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
-                               torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 6, 1))
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 16, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 6, 1),
+    )
 
 
 @pytest.mark.parametrize("spec", sorted(LOSSES) + ["ce+0.5*dice"])
@@ -324,6 +358,7 @@ def pixel_and_image_counts(masks: torch.Tensor, num_classes: int):
 
 # ---- class weights ------------------------------------------------------------------------------
 
+
 def test_median_frequency_weights():
     pixels = np.array([1000, 50, 0, 300, 90])
     image_pixels = np.array([4000, 400, 0, 2000, 100])
@@ -340,8 +375,12 @@ def test_median_frequency_weights():
 
 
 def test_load_class_weights_formats(tmp_path):
-    report = {"classes": [{"name": f"c{i}", "pixels": p, "image_pixels": q, "images": 1}
-                          for i, (p, q) in enumerate([(1000, 4000), (50, 400), (300, 2000)])]}
+    report = {
+        "classes": [
+            {"name": f"c{i}", "pixels": p, "image_pixels": q, "images": 1}
+            for i, (p, q) in enumerate([(1000, 4000), (50, 400), (300, 2000)])
+        ]
+    }
     expected = np.array([0.15 / 0.25, 0.15 / 0.125, 1.0])
     (tmp_path / "data_report.json").write_text(json.dumps(report))
     (tmp_path / "report.yaml").write_text(yaml.safe_dump(report))
@@ -354,14 +393,22 @@ def test_load_class_weights_formats(tmp_path):
         np.testing.assert_array_equal(load_class_weights(tmp_path / name, 3), [0.5, 2.0, 1.25])
 
 
-@pytest.mark.parametrize("name, text", [
-    ("short.txt", "1\n2\n"), ("negative.json", "[1, -2, 3]"), ("words.txt", "1\nheavy\n3\n"),
-    ("zeros.yaml", "[0, 0, 0]"), ("nan.txt", "1\nnan\n3\n"), ("broken.json", "[1, 2,"),
-    ("strings.json", '["1", "2", "3"]'), ("mapping.yaml", "road: 1\n"),
-    ("bad_report.json", json.dumps({"classes": [{"pixels": 1}, {"pixels": 2}, {"pixels": 3}]})),
-    ("report_len.json", json.dumps({"classes": [{"pixels": 1, "image_pixels": 4}]})),
-    ("inconsistent.json", json.dumps({"classes": [{"pixels": 9, "image_pixels": 4}] * 3})),
-])
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        ("short.txt", "1\n2\n"),
+        ("negative.json", "[1, -2, 3]"),
+        ("words.txt", "1\nheavy\n3\n"),
+        ("zeros.yaml", "[0, 0, 0]"),
+        ("nan.txt", "1\nnan\n3\n"),
+        ("broken.json", "[1, 2,"),
+        ("strings.json", '["1", "2", "3"]'),
+        ("mapping.yaml", "road: 1\n"),
+        ("bad_report.json", json.dumps({"classes": [{"pixels": 1}, {"pixels": 2}, {"pixels": 3}]})),
+        ("report_len.json", json.dumps({"classes": [{"pixels": 1, "image_pixels": 4}]})),
+        ("inconsistent.json", json.dumps({"classes": [{"pixels": 9, "image_pixels": 4}] * 3})),
+    ],
+)
 def test_load_class_weights_errors_name_the_file(tmp_path, name, text):
     path = tmp_path / name
     path.write_text(text)
@@ -386,10 +433,40 @@ def test_train_cli_with_loss_and_class_weights(tmp_path, caplog, one_thread, los
         (tmp_path / "w.txt").write_text("\n".join(str(1 + i) for i in range(len(SYNTHETIC_CLASSES))))
     out = tmp_path / "run"
     with caplog.at_level("INFO", logger="refineseg.train"):
-        assert cli_main(["train", "--model", "lw_refinenet_mbv2", "--dataset", "synthetic", "--crop", "48",
-                         "--synthetic-train", "4", "--synthetic-val", "1", "--synthetic-size", "48",
-                         "--workers", "0", "--batch-size", "2", "--iters", "3", "--log-interval", "1",
-                         "--loss", loss, "--class-weights", weights, "--out", str(out)]) == 0
+        assert (
+            cli_main(
+                [
+                    "train",
+                    "--model",
+                    "lw_refinenet_mbv2",
+                    "--dataset",
+                    "synthetic",
+                    "--crop",
+                    "48",
+                    "--synthetic-train",
+                    "4",
+                    "--synthetic-val",
+                    "1",
+                    "--synthetic-size",
+                    "48",
+                    "--workers",
+                    "0",
+                    "--batch-size",
+                    "2",
+                    "--iters",
+                    "3",
+                    "--log-interval",
+                    "1",
+                    "--loss",
+                    loss,
+                    "--class-weights",
+                    weights,
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)

@@ -42,8 +42,15 @@ def reference_metrics(pred: np.ndarray, target: np.ndarray, num_classes: int) ->
         xs = [x for x in xs if not math.isnan(x)]
         return sum(xs) / len(xs) if xs else math.nan
 
-    return {"aAcc": (p == t).mean(), "mAcc": nanmean(acc), "mIoU": nanmean(iou), "mDice": nanmean(dice),
-            "IoU": iou, "Acc": acc, "Dice": dice}
+    return {
+        "aAcc": (p == t).mean(),
+        "mAcc": nanmean(acc),
+        "mIoU": nanmean(iou),
+        "mDice": nanmean(dice),
+        "IoU": iou,
+        "Acc": acc,
+        "Dice": dice,
+    }
 
 
 def assert_metrics_close(got: dict, want: dict) -> None:
@@ -187,11 +194,7 @@ def test_summarize_is_json_ready_and_table_lists_every_class():
 def test_fwiou_and_mfscore_match_numpy_from_the_matrix():
     # Rows = ground truth. Class 2: in GT, never predicted (TP 0); class 3: predicted, not in GT;
     # class 4: absent everywhere.
-    mat = np.array([[50, 3, 0, 2, 0],
-                    [4, 30, 0, 1, 0],
-                    [6, 2, 0, 0, 0],
-                    [0, 0, 0, 0, 0],
-                    [0, 0, 0, 0, 0]], np.int64)
+    mat = np.array([[50, 3, 0, 2, 0], [4, 30, 0, 1, 0], [6, 2, 0, 0, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]], np.int64)
     target = np.repeat(np.arange(5), mat.sum(1))
     pred = np.concatenate([np.repeat(np.arange(5), row) for row in mat])
     cm = ConfusionMatrix(5)
@@ -249,8 +252,13 @@ def numpy_scores(mat: np.ndarray) -> dict:
         scores["Precision"][k] = precision
         scores["Fscore"][k] = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     out = dict(scores)
-    for key, mean in (("IoU", "mIoU"), ("Acc", "mAcc"), ("Dice", "mDice"), ("Precision", "mPrecision"),
-                      ("Fscore", "mFscore")):
+    for key, mean in (
+        ("IoU", "mIoU"),
+        ("Acc", "mAcc"),
+        ("Dice", "mDice"),
+        ("Precision", "mPrecision"),
+        ("Fscore", "mFscore"),
+    ):
         defined = [x for x in scores[key] if not math.isnan(x)]
         out[mean] = sum(defined) / len(defined) if defined else math.nan
     return out
@@ -273,8 +281,10 @@ def assert_rule(got: dict, mat: np.ndarray) -> None:
     for key in ("IoU", "Acc", "Dice", "Precision", "Fscore"):
         np.testing.assert_allclose(got[key], want[key], rtol=1e-12, atol=1e-12, equal_nan=True, err_msg=key)
     # One rule: every mean counts the same classes, so no mean can hide a class another counts.
-    counted = [{i for i, x in enumerate(got[key]) if not math.isnan(x)} for key in ("IoU", "Acc", "Dice",
-                                                                                    "Precision", "Fscore")]
+    counted = [
+        {i for i, x in enumerate(got[key]) if not math.isnan(x)}
+        for key in ("IoU", "Acc", "Dice", "Precision", "Fscore")
+    ]
     present = set(np.flatnonzero(mat.sum(0) + mat.sum(1)).tolist())
     assert all(c == present for c in counted)
     assert got["mFscore"] == pytest.approx(got["mDice"], rel=1e-12)  # F1 = Dice per class

@@ -52,8 +52,18 @@ def test_seed_decoder_parameter_count():
     assert count(model.decoder) + count(model.head) == 111_804_800
 
 
-@pytest.mark.parametrize("name", ["refinenet50", "refinenet101", "refinenet152", "lw_refinenet50",
-                                  "lw_refinenet101", "lw_refinenet152", "lw_refinenet_mbv2"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "refinenet50",
+        "refinenet101",
+        "refinenet152",
+        "lw_refinenet50",
+        "lw_refinenet101",
+        "lw_refinenet152",
+        "lw_refinenet_mbv2",
+    ],
+)
 def test_reference_key_sets_match_manifests(name):
     ref = manifest(name)
     with torch.device("meta"):
@@ -93,8 +103,11 @@ def test_fcn32_baseline_classifies_the_stride_32_features():
     # expand step of the first block (1x1 conv 32->32 + BN), plus a 1x1 conv 320 -> 5 with bias.
     shapes = manifest("torchvision_mobilenet_v2")["state_dict"]
     buffers = ("running_mean", "running_var", "num_batches_tracked")
-    trunk = sum(math.prod(s) for k, s in shapes.items()
-                if not k.startswith(("classifier.", "features.18.")) and not k.endswith(buffers))
+    trunk = sum(
+        math.prod(s)
+        for k, s in shapes.items()
+        if not k.startswith(("classifier.", "features.18.")) and not k.endswith(buffers)
+    )
     assert count(model) == trunk + (32 * 32 + 2 * 32) + (320 * 5 + 5)
     assert count(model.decoder) == 0 and count(model.head) == 320 * 5 + 5
     x = torch.randn(1, 3, 97, 130)
@@ -109,8 +122,9 @@ def test_fcn32_baseline_classifies_the_stride_32_features():
     weight, bias = model.head.conv.weight[:, :, 0, 0], model.head.conv.bias
     expected = torch.einsum("kc,nchw->nkhw", weight, features) + bias[:, None, None]
     torch.testing.assert_close(native, expected, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(out, torch.nn.functional.interpolate(expected, size=(97, 130), mode="bilinear"),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        out, torch.nn.functional.interpolate(expected, size=(97, 130), mode="bilinear"), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_rejects_tiny_or_malformed_inputs():
@@ -149,13 +163,16 @@ def test_torchvision_mobilenet_checkpoint_loads_with_identity_expand(tmp_path):
     save_file(state, str(path))
     model = refineseg.create_model("lw_refinenet_mbv2", num_classes=4, backbone_weights=path).eval()
     loaded = model.encoder.state_dict()
-    shift = {"features.1.conv.0.": "features.1.conv.1.", "features.1.conv.1.": "features.1.conv.2.",
-             "features.1.conv.2.": "features.1.conv.3."}
+    shift = {
+        "features.1.conv.0.": "features.1.conv.1.",
+        "features.1.conv.1.": "features.1.conv.2.",
+        "features.1.conv.2.": "features.1.conv.3.",
+    }
     for key, value in state.items():
         if key.startswith(("classifier.", "features.18.")):
             continue
         prefix = next((p for p in shift if key.startswith(p)), None)
-        ours = shift[prefix] + key[len(prefix):] if prefix else key
+        ours = shift[prefix] + key[len(prefix) :] if prefix else key
         assert torch.equal(loaded[ours], value), key
     # The inserted expand step (1x1 conv + BN + ReLU6) must leave the ReLU6-bounded stem output unchanged.
     stem_out = model.encoder.features[0](torch.randn(1, 3, 64, 64))
@@ -179,8 +196,9 @@ def test_backbone_checkpoint_with_wrong_keys_names_them(tmp_path):
 @pytest.mark.parametrize("name", ["lw_refinenet18", "lw_refinenet_mbv2", "refinenet18"])
 def test_save_and_load_round_trip_gives_identical_outputs(tmp_path, name):
     torch.manual_seed(0)
-    model = refineseg.create_model(name, num_classes=3, class_names=["bg", "cat", "dog"],
-                                   palette=[(0, 0, 0), (10, 20, 30), (200, 100, 0)])
+    model = refineseg.create_model(
+        name, num_classes=3, class_names=["bg", "cat", "dog"], palette=[(0, 0, 0), (10, 20, 30), (200, 100, 0)]
+    )
     model.train()
     model(torch.randn(2, 3, 64, 64))  # move BN running statistics away from their init
     model.eval()
@@ -200,13 +218,16 @@ def test_from_pretrained_missing_directory_is_a_clear_error(tmp_path):
         refineseg.from_pretrained(tmp_path / "empty")
 
 
-@pytest.mark.parametrize("name", ["refinenet18", "lw_refinenet18", "lw_refinenet_mbv2", "seed_refinenet50",
-                                  "fcn32_mbv2"])
+@pytest.mark.parametrize(
+    "name", ["refinenet18", "lw_refinenet18", "lw_refinenet_mbv2", "seed_refinenet50", "fcn32_mbv2"]
+)
 def test_gradients_reach_every_trainable_parameter(name):
     model = refineseg.create_model(name, num_classes=3, dropout=0.0).train()
     out = model(torch.randn(2, 3, 64, 64))
     out.square().mean().backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
+    missing = [
+        n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)
+    ]
     assert not missing
 
 
@@ -255,8 +276,9 @@ def test_multi_resolution_fusion_matches_its_definition():
     torch.testing.assert_close(mrf([fine, coarse]), mrf.convs[0](fine) + up)
 
 
-@pytest.mark.parametrize("name", ["refinenet18", "lw_refinenet18", "lw_refinenet_mbv2", "seed_refinenet50",
-                                  "fcn32_mbv2"])
+@pytest.mark.parametrize(
+    "name", ["refinenet18", "lw_refinenet18", "lw_refinenet_mbv2", "seed_refinenet50", "fcn32_mbv2"]
+)
 def test_dropout_option_reaches_every_family(name):
     model = refineseg.create_model(name, num_classes=3, dropout=0.3)
     rates = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
@@ -273,8 +295,16 @@ def test_dropout_option_reaches_every_family(name):
     assert not any(isinstance(m, torch.nn.Dropout) for m in off.modules())
 
 
-@pytest.mark.parametrize("name,default", [("refinenet50", 0.5), ("lw_refinenet50", 0.5), ("lw_refinenet_mbv2", None),
-                                          ("seed_refinenet50", None), ("fcn32_mbv2", None)])
+@pytest.mark.parametrize(
+    "name,default",
+    [
+        ("refinenet50", 0.5),
+        ("lw_refinenet50", 0.5),
+        ("lw_refinenet_mbv2", None),
+        ("seed_refinenet50", None),
+        ("fcn32_mbv2", None),
+    ],
+)
 def test_default_dropout_per_family(name, default):
     with torch.device("meta"):
         model = refineseg.create_model(name, num_classes=3)

@@ -20,8 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "refineseg", *args], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "refineseg", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -46,24 +50,83 @@ def test_make_synthetic_train_evaluate_predict(tmp_path):
     assert len(list((data / "images").glob("*.png"))) == 10
 
     run = tmp_path / "run"
-    cli("train", "--model", "lw_refinenet_mbv2", "--dataset", "folder", "--data-root", str(data),
-        "--out", str(run), "--iters", "3", "--batch-size", "2", "--crop", "64", "--lr", "0.001", "--seed", "0",
-        "--workers", "0", "--val-interval", "3", "--ckpt-interval", "3", "--log-interval", "1")
-    for name in ("last/model.safetensors", "last/config.json", "last/training_state.pt", "best/model.safetensors",
-                 "metrics.jsonl", "plots/loss.png", "plots/lr.png", "plots/miou.png", "config.yaml"):
+    cli(
+        "train",
+        "--model",
+        "lw_refinenet_mbv2",
+        "--dataset",
+        "folder",
+        "--data-root",
+        str(data),
+        "--out",
+        str(run),
+        "--iters",
+        "3",
+        "--batch-size",
+        "2",
+        "--crop",
+        "64",
+        "--lr",
+        "0.001",
+        "--seed",
+        "0",
+        "--workers",
+        "0",
+        "--val-interval",
+        "3",
+        "--ckpt-interval",
+        "3",
+        "--log-interval",
+        "1",
+    )
+    for name in (
+        "last/model.safetensors",
+        "last/config.json",
+        "last/training_state.pt",
+        "best/model.safetensors",
+        "metrics.jsonl",
+        "plots/loss.png",
+        "plots/lr.png",
+        "plots/miou.png",
+        "config.yaml",
+    ):
         assert (run / name).is_file(), name
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in records if "loss" in r] == [1, 2, 3]
     model = refineseg.from_pretrained(run / "best")
     assert model.num_classes == 6 and model.config.class_names[0] == "background"
 
-    cli("evaluate", "--checkpoint", str(run / "best"), "--dataset", "folder", "--data-root", str(data),
-        "--split", "val", "--out", str(tmp_path / "eval"), "--mode", "slide", "--crop", "48", "--stride", "32")
+    cli(
+        "evaluate",
+        "--checkpoint",
+        str(run / "best"),
+        "--dataset",
+        "folder",
+        "--data-root",
+        str(data),
+        "--split",
+        "val",
+        "--out",
+        str(tmp_path / "eval"),
+        "--mode",
+        "slide",
+        "--crop",
+        "48",
+        "--stride",
+        "32",
+    )
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert set(metrics) >= {"aAcc", "mAcc", "mIoU", "mDice", "per_class"}
     assert len(metrics["per_class"]) == 6 and all(0 <= metrics[k] <= 1 for k in ("aAcc", "mAcc", "mIoU", "mDice"))
 
-    cli("predict", "--checkpoint", str(run / "best"), "--out", str(tmp_path / "pred"), str(data / "images" / "val_*.png"))
+    cli(
+        "predict",
+        "--checkpoint",
+        str(run / "best"),
+        "--out",
+        str(tmp_path / "pred"),
+        str(data / "images" / "val_*.png"),
+    )
     labels = sorted((tmp_path / "pred").glob("val_*[0-9].png"))
     assert len(labels) == 2
     label = Image.open(labels[0])

@@ -19,10 +19,10 @@ from conftest import make_model
 from PIL import Image
 
 from refineseg.cli.app import main as cli_main
+from refineseg.cli.evaluate import EvalConfig, run_evaluate
 from refineseg.cli.predict import EXIT_SOME_FAILED
 from refineseg.data import SYNTHETIC_CLASSES, read_image, write_image, write_label_png
 from refineseg.data import io as data_io
-from refineseg.cli.evaluate import EvalConfig, run_evaluate
 from refineseg.inference.predictor import segment
 from refineseg.utils import files
 from refineseg.utils.files import remove_dead_temporaries
@@ -54,8 +54,9 @@ def temporaries(folder: Path) -> list[str]:
 
 def predict(checkpoint: Path, out: Path, *args: str) -> int:
     # fp32: the labels are compared with segment()'s (--precision auto may pick bf16 on this CPU)
-    return cli_main(["predict", "--checkpoint", str(checkpoint), "--out", str(out), "--device", "cpu",
-                     "--precision", "fp32", *args])
+    return cli_main(
+        ["predict", "--checkpoint", str(checkpoint), "--out", str(out), "--device", "cpu", "--precision", "fp32", *args]
+    )
 
 
 @pytest.fixture
@@ -85,16 +86,18 @@ def test_bad_inputs_are_listed_and_the_rest_written(checkpoint, model, mixed_fol
         assert (out / f"{name}_overlay.png").is_file()
     bad = [mixed_folder / "b.png", mixed_folder / "c.jpg"]
     lines = (out / "errors.txt").read_text().splitlines()
-    assert len(lines) == 2 and all(line.startswith(f"{path}: ") and len(line) > len(f"{path}: ")
-                                   for line, path in zip(lines, bad)), lines
+    assert len(lines) == 2 and all(
+        line.startswith(f"{path}: ") and len(line) > len(f"{path}: ") for line, path in zip(lines, bad)
+    ), lines
     assert sorted(os.listdir(out)) == ["a.png", "a_overlay.png", "d.png", "d_overlay.png", "errors.txt", "manifest.csv"]
     for name in os.listdir(out):  # usual permissions under umask 022, not tempfile's 0600
         assert (out / name).stat().st_mode & 0o777 == 0o644, name
 
     summary = captured.out.strip().splitlines()[-1]
     assert summary.startswith("2 written, 2 failed") and str(out / "errors.txt") in summary
-    assert [line.split(": ")[1] for line in captured.err.splitlines() if line.startswith("error: ")] == \
-        [str(p) for p in bad]
+    assert [line.split(": ")[1] for line in captured.err.splitlines() if line.startswith("error: ")] == [
+        str(p) for p in bad
+    ]
     assert "Traceback" not in captured.err
 
 
@@ -129,8 +132,9 @@ def test_skip_existing_resumes_and_a_clean_run_removes_errors_txt(checkpoint, mo
     assert (out / "a.png").read_bytes() == sentinel
     assert not (out / "errors.txt").exists()  # stale from the first run
     for name in ("b", "c", "d"):
-        assert np.array_equal(labels_of(out / f"{name}.png"),
-                              segment(model, read_image(next(mixed_folder.glob(f"{name}.*")))))
+        assert np.array_equal(
+            labels_of(out / f"{name}.png"), segment(model, read_image(next(mixed_folder.glob(f"{name}.*"))))
+        )
         assert (out / f"{name}_overlay.png").is_file()
 
 
@@ -152,8 +156,12 @@ def test_tiny_images_segment_to_their_size_in_every_mode(checkpoint, tmp_path):
     sizes = {"dot": (1, 1), "strip": (300, 5), "almost": (31, 31)}
     for name, size in sizes.items():
         write_image(tmp_path / "in" / f"{name}.png", photo(6, *size))
-    modes = {"whole": [], "slide": ["--mode", "slide", "--crop", "64"], "tiled": ["--tile", "64", "--overlap", "16"],
-             "multiscale": ["--mode", "multiscale", "--scales", "0.5", "1"]}
+    modes = {
+        "whole": [],
+        "slide": ["--mode", "slide", "--crop", "64"],
+        "tiled": ["--tile", "64", "--overlap", "16"],
+        "multiscale": ["--mode", "multiscale", "--scales", "0.5", "1"],
+    }
     for mode, flags in modes.items():
         out = tmp_path / mode
         assert predict(checkpoint, out, str(tmp_path / "in"), *flags) == 0, mode
@@ -169,7 +177,7 @@ def animated_gif(path: Path, colours: list[tuple[int, int, int]], size: tuple[in
     for k, colour in enumerate(colours):
         frame = np.zeros((*size, 3), np.uint8)
         frame[:, : size[1] // 2] = colour
-        frame[:, size[1] // 2:] = colours[(k + 1) % len(colours)]
+        frame[:, size[1] // 2 :] = colours[(k + 1) % len(colours)]
         frames.append(frame)
     path.parent.mkdir(parents=True, exist_ok=True)
     first, *rest = [Image.fromarray(f) for f in frames]
@@ -235,8 +243,9 @@ def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
     target = tmp_path / "labels.png"
     write_label_png(target, np.zeros((4, 4), np.uint8), [(0, 0, 0)])
     before = target.read_bytes()
-    monkeypatch.setattr(Image.Image, "save", lambda self, fp, format=None, **kw: PartialWriter(
-        OSError(errno.EIO, "I/O error")).save(fp))
+    monkeypatch.setattr(
+        Image.Image, "save", lambda self, fp, format=None, **kw: PartialWriter(OSError(errno.EIO, "I/O error")).save(fp)
+    )
     with pytest.raises(OSError):
         write_label_png(target, np.ones((4, 4), np.uint8), [(0, 0, 0), (9, 9, 9)])
     assert target.read_bytes() == before and os.listdir(tmp_path) == ["labels.png"]
@@ -263,8 +272,14 @@ def test_evaluate_outputs_are_written_atomically(synthetic_checkpoint, tmp_path,
     out = tmp_path / "eval"
     out.mkdir()
     (out / "metrics.json").write_text('{"from": "an earlier run"}\n')
-    config = EvalConfig(checkpoint=str(synthetic_checkpoint), dataset="synthetic", out=str(out), device="cpu",
-                        synthetic_val=1, synthetic_size=48)
+    config = EvalConfig(
+        checkpoint=str(synthetic_checkpoint),
+        dataset="synthetic",
+        out=str(out),
+        device="cpu",
+        synthetic_val=1,
+        synthetic_size=48,
+    )
 
     real_fsync = os.fsync
 

@@ -55,16 +55,33 @@ def batch(tmp_path_factory) -> tuple[Path, Path, Path]:
     for k in range(5):
         write_image(root / "in" / f"img{k}.png", photo(k, 48, 64))
     (root / "in" / "bad.png").write_bytes(b"not a png at all")
-    code = cli_main(["predict", "--checkpoint", str(root / "ckpt"), "--out", str(root / "reference"), *FLAGS,
-                     str(root / "in")])
+    code = cli_main(
+        ["predict", "--checkpoint", str(root / "ckpt"), "--out", str(root / "reference"), *FLAGS, str(root / "in")]
+    )
     assert code == EXIT_SOME_FAILED
     return root / "ckpt", root / "in", root / "reference"
 
 
-def torchrun(script: list[str], checkpoint: Path, inputs: Path, out: Path, *extra: str,
-             env: dict | None = None) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *script,
-               "predict", "--checkpoint", str(checkpoint), "--out", str(out), *FLAGS, *extra, str(inputs)]
+def torchrun(
+    script: list[str], checkpoint: Path, inputs: Path, out: Path, *extra: str, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        *script,
+        "predict",
+        "--checkpoint",
+        str(checkpoint),
+        "--out",
+        str(out),
+        *FLAGS,
+        *extra,
+        str(inputs),
+    ]
     return subprocess.run(command, env=env or ENV, capture_output=True, text=True, timeout=300)
 
 
@@ -92,8 +109,13 @@ def test_a_killed_rank_then_skip_existing_completes_the_set(batch, tmp_path):
     for log in logs:
         log.mkdir()
 
-    killed = torchrun([str(tmp_path / "counter.py")], checkpoint, inputs, out,
-                      env={**ENV, "READ_LOG": str(logs[0]), "KILL_RANK1_AT": "2"})
+    killed = torchrun(
+        [str(tmp_path / "counter.py")],
+        checkpoint,
+        inputs,
+        out,
+        env={**ENV, "READ_LOG": str(logs[0]), "KILL_RANK1_AT": "2"},
+    )
     assert killed.returncode != 0 and "(SIGKILL)" in killed.stderr, killed.stderr
     reads = {rank: (logs[0] / rank).read_text().splitlines() for rank in ("0", "1") if (logs[0] / rank).exists()}
     assert len(reads["1"]) == 2  # killed reading its second image
@@ -101,10 +123,16 @@ def test_a_killed_rank_then_skip_existing_completes_the_set(batch, tmp_path):
     assert len(everything) == len(set(everything))  # no image read by both
     assert len([n for n in os.listdir(out) if n.endswith(".png") and not n.startswith(".")]) < 10
 
-    finished = {n[:-len("_overlay.png")] for n in os.listdir(out) if n.endswith("_overlay.png")}
+    finished = {n[: -len("_overlay.png")] for n in os.listdir(out) if n.endswith("_overlay.png")}
     finished = {stem for stem in finished if (out / f"{stem}.png").is_file()}
-    rerun = torchrun([str(tmp_path / "counter.py")], checkpoint, inputs, out, "--skip-existing",
-                     env={**ENV, "READ_LOG": str(logs[1])})
+    rerun = torchrun(
+        [str(tmp_path / "counter.py")],
+        checkpoint,
+        inputs,
+        out,
+        "--skip-existing",
+        env={**ENV, "READ_LOG": str(logs[1])},
+    )
     assert "exitcode  : 3" in rerun.stderr, rerun.stderr
     again = [path for rank in ("0", "1") if (logs[1] / rank).exists() for path in (logs[1] / rank).read_text().split()]
     assert sorted(again) == sorted(str(p) for p in inputs.iterdir() if p.stem not in finished)  # once each

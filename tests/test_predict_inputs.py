@@ -73,8 +73,9 @@ def test_a_named_symlink_loop_is_a_one_line_error(tmp_path, capsys):
 
 def test_recursive_globs_never_loop_and_report_links_back(tmp_path):
     root = tmp_path / "in"
-    write_photos(root / "a.png", root / "sub" / "b.png", root / "sub" / "deep" / "c.png",
-                 tmp_path / "elsewhere" / "d.png")
+    write_photos(
+        root / "a.png", root / "sub" / "b.png", root / "sub" / "deep" / "c.png", tmp_path / "elsewhere" / "d.png"
+    )
     os.symlink("..", root / "sub" / "up")  # back to in/: a loop
     os.symlink(".", root / "sub" / "deep" / "here")  # to itself: a loop
     os.symlink("../elsewhere", root / "ext")  # a linked folder outside: followed, as glob does
@@ -83,7 +84,8 @@ def test_recursive_globs_never_loop_and_report_links_back(tmp_path):
     assert found == [root / "a.png", root / "ext" / "d.png", root / "sub" / "b.png", root / "sub" / "deep" / "c.png"]
     assert dict(found.problems) == {
         root / "sub" / "up": f"symlink loop: leads back to {root}; not followed",
-        root / "sub" / "deep" / "here": f"symlink loop: leads back to {root / 'sub' / 'deep'}; not followed"}
+        root / "sub" / "deep" / "here": f"symlink loop: leads back to {root / 'sub' / 'deep'}; not followed",
+    }
     assert expand_inputs([f"{root}/**"]) == found  # '**' last: every file below
 
 
@@ -98,42 +100,94 @@ def test_recursive_walks_are_bounded(tmp_path, monkeypatch):
 
 def test_patterns_match_like_glob_without_loops(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    write_photos(*(Path(p) for p in ("x1.png", "x2.jpg", ".hidden.png", "a/x3.png", "a/.h/x4.png", "a/b/y5.gif",
-                                     "a/b/c/x6.tiff", "[ab]/x7.png")))
+    write_photos(
+        *(
+            Path(p)
+            for p in (
+                "x1.png",
+                "x2.jpg",
+                ".hidden.png",
+                "a/x3.png",
+                "a/.h/x4.png",
+                "a/b/y5.gif",
+                "a/b/c/x6.tiff",
+                "[ab]/x7.png",
+            )
+        )
+    )
     Path("a/notes.txt").write_text("no image")
-    for pattern in ("*.png", "**/*.png", "**/x*", "a/**", "a/*/*", "*/x?.png", "**/.h*/*.png", ".*.png",
-                    f"{tmp_path}/**/*.gif", "a/**/b/**/*.tiff", "[[]ab]/*.png"):
-        expected = [Path(p) for p in sorted(glob.glob(pattern, recursive=True)) if os.path.isfile(p)
-                    and Path(p).suffix.lower() in (".png", ".jpg", ".gif", ".tiff")]
+    for pattern in (
+        "*.png",
+        "**/*.png",
+        "**/x*",
+        "a/**",
+        "a/*/*",
+        "*/x?.png",
+        "**/.h*/*.png",
+        ".*.png",
+        f"{tmp_path}/**/*.gif",
+        "a/**/b/**/*.tiff",
+        "[[]ab]/*.png",
+    ):
+        expected = [
+            Path(p)
+            for p in sorted(glob.glob(pattern, recursive=True))
+            if os.path.isfile(p) and Path(p).suffix.lower() in (".png", ".jpg", ".gif", ".tiff")
+        ]
         assert expand_inputs([pattern]) == expected, pattern
 
 
 def test_output_names_keep_same_stems_apart_by_the_rule(tmp_path):
     d, a, b, out = (tmp_path / n for n in ("d", "a", "b", "out"))
-    paths = [d / "photo.jpg", d / "photo.png", a / "x.png", b / "x.png", a / "y.png", b / "y.png", a / "y.jpg",
-             d / "Photo_JPG.tif", tmp_path / "z.png", a / "z.png", out / "q.png", d / "solo.png", d / "noext"]
+    paths = [
+        d / "photo.jpg",
+        d / "photo.png",
+        a / "x.png",
+        b / "x.png",
+        a / "y.png",
+        b / "y.png",
+        a / "y.jpg",
+        d / "Photo_JPG.tif",
+        tmp_path / "z.png",
+        a / "z.png",
+        out / "q.png",
+        d / "solo.png",
+        d / "noext",
+    ]
     assert output_names(paths, out) == [
-        "photo_jpg", "photo_png",  # 1. extensions differ
-        "a__x", "b__x",  # 2. folders from the common one
-        "a__y_png", "b__y_png", "a__y_jpg",  # 3. both
+        "photo_jpg",
+        "photo_png",  # 1. extensions differ
+        "a__x",
+        "b__x",  # 2. folders from the common one
+        "a__y_png",
+        "b__y_png",
+        "a__y_jpg",  # 3. both
         "Photo_JPG_1",  # its files would be photo_jpg's on a case-insensitive file system
-        "z", "a__z",  # in the common folder itself: the stem
+        "z",
+        "a__z",  # in the common folder itself: the stem
         "q_1",  # out/q.png is an input: never overwritten
-        "solo", "noext"]
+        "solo",
+        "noext",
+    ]
     assert output_names(paths[::-1], out)[::-1][2:7] == output_names(paths, out)[2:7]  # order-free
 
 
 def test_same_stems_cli_outputs_and_manifest(checkpoint, model, tmp_path):
-    inputs = [tmp_path / "d" / "photo.jpg", tmp_path / "d" / "photo.png", tmp_path / "a" / "x.png",
-              tmp_path / "b" / "x.png"]
+    inputs = [
+        tmp_path / "d" / "photo.jpg",
+        tmp_path / "d" / "photo.png",
+        tmp_path / "a" / "x.png",
+        tmp_path / "b" / "x.png",
+    ]
     write_photos(*inputs)
     out = tmp_path / "out"
     assert predict(checkpoint, out, str(tmp_path / "d"), f"{tmp_path}/*/x.png") == 0
     with open(out / "manifest.csv", newline="") as f:
         rows = list(csv.reader(f))
     names = ["photo_jpg", "photo_png", "a__x", "b__x"]
-    assert rows == [["input", "label", "overlay"]] + [[str(p), f"{n}.png", f"{n}_overlay.png"]
-                                                      for p, n in zip(inputs, names)]
+    assert rows == [["input", "label", "overlay"]] + [
+        [str(p), f"{n}.png", f"{n}_overlay.png"] for p, n in zip(inputs, names)
+    ]
     for source, name in zip(inputs, names):  # each output is its own input's
         assert np.array_equal(labels_of(out / f"{name}.png"), segment(model, read_image(source)))
     outputs = [f"{n}{tail}" for n in names for tail in (".png", "_overlay.png")]
@@ -146,8 +200,21 @@ def test_same_stems_cli_outputs_and_manifest(checkpoint, model, tmp_path):
 @pytest.mark.parametrize("tile", ["16", "31", "0"])
 def test_tile_below_32_px_is_a_one_line_error_before_any_work(tmp_path, capsys, tile):
     out = tmp_path / "out"
-    assert cli_main(["predict", "--checkpoint", str(tmp_path / "none"), "--out", str(out), "--tile", tile,
-                     str(tmp_path / "missing.png")]) == 2
+    assert (
+        cli_main(
+            [
+                "predict",
+                "--checkpoint",
+                str(tmp_path / "none"),
+                "--out",
+                str(out),
+                "--tile",
+                tile,
+                str(tmp_path / "missing.png"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and "tile" in err and ">= 32" in err, err
     assert not out.exists()

@@ -38,8 +38,9 @@ def test_expand_inputs_files_folders_globs(tmp_path):
     single = tmp_path / "single.bmp"
     write_image(single, photo(2, 40, 40))
 
-    found = expand_inputs([str(single), str(folder), str(folder / "*.png"), str(folder / "a.png"),
-                           str(tmp_path / "**" / "d.png")])
+    found = expand_inputs(
+        [str(single), str(folder), str(folder / "*.png"), str(folder / "a.png"), str(tmp_path / "**" / "d.png")]
+    )
     assert found == [single, folder / "a.png", folder / "b.jpg", folder / "c.PNG", folder / "sub" / "d.png"]
     assert expand_inputs([folder / "sub"]) == [folder / "sub" / "d.png"]
 
@@ -48,8 +49,12 @@ def test_expand_inputs_files_folders_globs(tmp_path):
 def test_expand_inputs_errors_name_the_input(tmp_path, what):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("x")
-    item = {"missing": tmp_path / "nope.jpg", "pattern": tmp_path / "*.jpg", "empty_folder": tmp_path / "empty",
-            "nothing": None}[what]
+    item = {
+        "missing": tmp_path / "nope.jpg",
+        "pattern": tmp_path / "*.jpg",
+        "empty_folder": tmp_path / "empty",
+        "nothing": None,
+    }[what]
     with pytest.raises(DataError) as err:
         expand_inputs([] if item is None else [str(item)])
     if item is not None:
@@ -59,19 +64,30 @@ def test_expand_inputs_errors_name_the_input(tmp_path, what):
 def test_run_predict_writes_segment_results_and_overlays(checkpoint, tmp_path, capsys):
     (tmp_path / "x").mkdir()
     (tmp_path / "y").mkdir()
-    images = {tmp_path / "x" / "scene.png": photo(0), tmp_path / "y" / "scene.jpg": photo(1, 72, 64),
-              tmp_path / "y" / "other.png": photo(2)}
+    images = {
+        tmp_path / "x" / "scene.png": photo(0),
+        tmp_path / "y" / "scene.jpg": photo(1, 72, 64),
+        tmp_path / "y" / "other.png": photo(2),
+    }
     for path, image in images.items():
         write_image(path, image)
     out = tmp_path / "out"
-    written = run_predict(PredictConfig(checkpoint=str(checkpoint), out=str(out), device="cpu", precision="fp32",
-                                        inputs=[str(tmp_path / "x"), str(tmp_path / "y" / "*")]))
+    written = run_predict(
+        PredictConfig(
+            checkpoint=str(checkpoint),
+            out=str(out),
+            device="cpu",
+            precision="fp32",
+            inputs=[str(tmp_path / "x"), str(tmp_path / "y" / "*")],
+        )
+    )
     # Same stem twice: both get their extension (the rule of refineseg.inference.predict). Globs come back sorted.
     assert written == [out / "scene_png.png", out / "other.png", out / "scene_jpg.png"]
     assert (out / "manifest.csv").read_text().splitlines()[1:] == [
         f"{tmp_path / 'x' / 'scene.png'},scene_png.png,scene_png_overlay.png",
         f"{tmp_path / 'y' / 'other.png'},other.png,other_overlay.png",
-        f"{tmp_path / 'y' / 'scene.jpg'},scene_jpg.png,scene_jpg_overlay.png"]
+        f"{tmp_path / 'y' / 'scene.jpg'},scene_jpg.png,scene_jpg_overlay.png",
+    ]
 
     model = make_model()
     sources = [tmp_path / "x" / "scene.png", tmp_path / "y" / "other.png", tmp_path / "y" / "scene.jpg"]
@@ -98,8 +114,17 @@ def test_run_predict_writes_segment_results_and_overlays(checkpoint, tmp_path, c
 def test_run_predict_slide_mode_without_overlay(checkpoint, tmp_path):
     source = tmp_path / "big.png"
     write_image(source, photo(3, 96, 96))
-    config = PredictConfig(checkpoint=str(checkpoint), inputs=[str(source)], out=str(tmp_path / "out"),
-                           mode="slide", crop=64, stride=32, overlay=False, device="cpu", precision="fp32")
+    config = PredictConfig(
+        checkpoint=str(checkpoint),
+        inputs=[str(source)],
+        out=str(tmp_path / "out"),
+        mode="slide",
+        crop=64,
+        stride=32,
+        overlay=False,
+        device="cpu",
+        precision="fp32",
+    )
     [label_path] = run_predict(config)
     expected = segment(make_model(), read_image(source), mode="slide", crop=64, stride=32)
     assert np.array_equal(np.asarray(Image.open(label_path)), expected)
@@ -112,8 +137,9 @@ def test_run_predict_never_overwrites_inputs_in_out_folder(checkpoint, tmp_path)
     source = tmp_path / "photo.png"
     write_image(source, photo(4))
     before = source.read_bytes()
-    [label_path] = run_predict(PredictConfig(checkpoint=str(checkpoint), inputs=[str(source)], out=str(tmp_path),
-                                             device="cpu"))
+    [label_path] = run_predict(
+        PredictConfig(checkpoint=str(checkpoint), inputs=[str(source)], out=str(tmp_path), device="cpu")
+    )
     assert label_path == tmp_path / "photo_1.png" and source.read_bytes() == before
 
 
@@ -126,8 +152,11 @@ def test_corrupt_image_raises_data_error_naming_it(checkpoint, tmp_path, content
         bad = tmp_path / "bad.png"
     bad.write_bytes(content)
     with pytest.raises(DataError, match="bad") as err:  # --fail-fast; by default it is skipped (test_predict_batch)
-        run_predict(PredictConfig(checkpoint=str(checkpoint), inputs=[str(bad)], out=str(tmp_path / "out"),
-                                  device="cpu", fail_fast=True))
+        run_predict(
+            PredictConfig(
+                checkpoint=str(checkpoint), inputs=[str(bad)], out=str(tmp_path / "out"), device="cpu", fail_fast=True
+            )
+        )
     assert str(err.value).startswith(f"{bad}: ")
 
 
@@ -143,9 +172,22 @@ def test_cli_corrupt_image_is_one_line_error(checkpoint, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
     result = subprocess.run(
-        [sys.executable, "-m", "refineseg", "predict", "--checkpoint", str(checkpoint), "--out",
-         str(tmp_path / "out"), "--device", "cpu", str(bad)],
-        capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "refineseg",
+            "predict",
+            "--checkpoint",
+            str(checkpoint),
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            str(bad),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "bad.jpg" in lines[0], result.stderr

@@ -13,8 +13,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import conftest
 import pytest
@@ -34,11 +34,39 @@ sys.exit(main(["train", *sys.argv[1:]]))
 
 # A tiny, stable run: LW-RefineNet-MobileNetV2 on 64-pixel synthetic images, a log line per step,
 # validation only at the end, no periodic checkpoint (so `last/` can only come from the stop).
-TINY = ["--model", "lw_refinenet_mbv2", "--dataset", "synthetic", "--crop", "64", "--batch-size", "2",
-        "--lr", "0.001", "--decoder-lr-mult", "1", "--warmup-iters", "0", "--synthetic-train", "16",
-        "--synthetic-val", "2", "--synthetic-size", "64", "--workers", "0", "--log-interval", "1",
-        "--val-interval", "0", "--ckpt-interval", "1000", "--seed", "5"]
-TINY_DEFAULT_WORKERS = TINY[:TINY.index("--workers")] + TINY[TINY.index("--workers") + 2:]  # 2 workers
+TINY = [
+    "--model",
+    "lw_refinenet_mbv2",
+    "--dataset",
+    "synthetic",
+    "--crop",
+    "64",
+    "--batch-size",
+    "2",
+    "--lr",
+    "0.001",
+    "--decoder-lr-mult",
+    "1",
+    "--warmup-iters",
+    "0",
+    "--synthetic-train",
+    "16",
+    "--synthetic-val",
+    "2",
+    "--synthetic-size",
+    "64",
+    "--workers",
+    "0",
+    "--log-interval",
+    "1",
+    "--val-interval",
+    "0",
+    "--ckpt-interval",
+    "1000",
+    "--seed",
+    "5",
+]
+TINY_DEFAULT_WORKERS = TINY[: TINY.index("--workers")] + TINY[TINY.index("--workers") + 2 :]  # 2 workers
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -73,15 +101,28 @@ def run_train(script: Path, *args: str) -> subprocess.CompletedProcess:
     return proc
 
 
-def preempt(cmd: list[str], sig: signal.Signals, rng: random.Random, after: str = "step 2/",
-            target: Callable[[subprocess.Popen], int] | None = None, group: bool = False) -> tuple[int, str]:
+def preempt(
+    cmd: list[str],
+    sig: signal.Signals,
+    rng: random.Random,
+    after: str = "step 2/",
+    target: Callable[[subprocess.Popen], int] | None = None,
+    group: bool = False,
+) -> tuple[int, str]:
     """Start ``cmd``; once a stdout line starts with ``after``, wait a random moment and send ``sig``.
 
     The signal goes to the process ``target(proc)`` names, else to the started one, or with
     ``group`` to its whole process group (as Ctrl-C does). Returns the exit status and the output.
     """
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
-                            preexec_fn=default_signals, start_new_session=group)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=ENV,
+        preexec_fn=default_signals,
+        start_new_session=group,
+    )
     lines = []
     try:
         for line in proc.stdout:
@@ -109,6 +150,7 @@ def stopped_step(output: str, reason: str, iters: int) -> int:
 
 
 # --- StopSignals and the stop agreement -------------------------------------------------------
+
 
 @pytest.fixture
 def saved_handlers():
@@ -178,15 +220,31 @@ def test_any_process_is_true_everywhere_when_one_process_says_so(tmp_path):
 
 # --- train() stopped at a known step -----------------------------------------------------------
 
+
 @pytest.mark.usefixtures("one_thread")
 def test_stop_at_a_validation_step_then_resume_gives_the_same_log_and_checkpoints(tmp_path, monkeypatch):
     # Stop after step 4: validation is due there (skipped, then run first on resume) and the log
     # window (every 3 steps) is half full, so the step-6 record must still average steps 4-6.
     # The default training path (channels-last, --amp auto: bf16 on CPUs with native bf16).
-    config = TrainConfig(model="lw_refinenet_mbv2", dataset="synthetic", crop=64, batch_size=2, lr=0.001,
-                         decoder_lr_mult=1.0, warmup_iters=0, synthetic_train=16, synthetic_val=2, synthetic_size=64,
-                         workers=0, iters=6, seed=2, val_interval=4, ckpt_interval=100, log_interval=3,
-                         out=str(tmp_path / "straight"))
+    config = TrainConfig(
+        model="lw_refinenet_mbv2",
+        dataset="synthetic",
+        crop=64,
+        batch_size=2,
+        lr=0.001,
+        decoder_lr_mult=1.0,
+        warmup_iters=0,
+        synthetic_train=16,
+        synthetic_val=2,
+        synthetic_size=64,
+        workers=0,
+        iters=6,
+        seed=2,
+        val_interval=4,
+        ckpt_interval=100,
+        log_interval=3,
+        out=str(tmp_path / "straight"),
+    )
     straight = train(config)
     assert (straight["preempted"], straight["exit_code"], straight["step"]) == (False, 0, 6)
 
@@ -221,6 +279,7 @@ def test_stop_at_a_validation_step_then_resume_gives_the_same_log_and_checkpoint
 
 
 # --- refineseg train, signalled from outside ---------------------------------------------------
+
 
 @pytest.mark.slow
 def test_sigterm_at_a_random_moment_then_resume_is_bit_identical(tmp_path, train_script):
@@ -267,8 +326,9 @@ def test_sigterm_to_the_process_group_with_data_workers_stops_and_resumes_bit_id
     iters = 16  # two epochs of 8 batches: the workers are started anew mid-run
     args = [*TINY_DEFAULT_WORKERS, "--iters", str(iters)]
     out = tmp_path / "preempted"
-    status, output = preempt([sys.executable, str(train_script), *args, "--out", str(out)], signal.SIGTERM,
-                             random.Random(20), group=True)
+    status, output = preempt(
+        [sys.executable, str(train_script), *args, "--out", str(out)], signal.SIGTERM, random.Random(20), group=True
+    )
     assert status == PREEMPTED_EXIT_CODE, output[-3000:]
     assert "Traceback" not in output and "DataLoader worker" not in output
     step = stopped_step(output, "SIGTERM", iters)
@@ -306,8 +366,15 @@ print(stop.received.name, batches, flush=True)
 def test_data_workers_starting_when_a_group_signal_comes_survive_it(tmp_path):
     script = tmp_path / "slow_start.py"
     script.write_text(SLOW_WORKER_START)
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=ENV, timeout=120,
-                          preexec_fn=default_signals, start_new_session=True)
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+        preexec_fn=default_signals,
+        start_new_session=True,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "SIGTERM [[0, 1], [2, 3], [4, 5], [6, 7]]"
 
@@ -316,9 +383,20 @@ def test_data_workers_starting_when_a_group_signal_comes_survive_it(tmp_path):
 def test_a_data_worker_killed_by_the_stop_signal_still_ends_the_run_as_a_stop(tmp_path, monkeypatch):
     # Where workers start without the blocked mask (start methods other than fork), the signal can kill
     # one before it ignores it; the step in progress is then lost, but the run stops as asked, exit 75.
-    config = TrainConfig(model="lw_refinenet_mbv2", dataset="synthetic", crop=64, batch_size=2, synthetic_train=8,
-                         synthetic_val=2, synthetic_size=64, workers=0, iters=6, val_interval=0, ckpt_interval=2,
-                         out=str(tmp_path / "run"))
+    config = TrainConfig(
+        model="lw_refinenet_mbv2",
+        dataset="synthetic",
+        crop=64,
+        batch_size=2,
+        synthetic_train=8,
+        synthetic_val=2,
+        synthetic_size=64,
+        workers=0,
+        iters=6,
+        val_interval=0,
+        ckpt_interval=2,
+        out=str(tmp_path / "run"),
+    )
     step_once = trainer.optimizer_step
 
     def worker_dies_in_step_3(*args, **kwargs):
@@ -331,8 +409,11 @@ def test_a_data_worker_killed_by_the_stop_signal_still_ends_the_run_as_a_stop(tm
     result = train(config)
     assert (result["preempted"], result["exit_code"], result["step"]) == (True, PREEMPTED_EXIT_CODE, 2)
     assert load_training_state(tmp_path / "run" / "last")["step"] == 2
-    monkeypatch.setattr(trainer, "optimizer_step", lambda *a, **k: (_ for _ in ()).throw(RuntimeError(
-        "DataLoader worker (pid 4242) exited unexpectedly")))
+    monkeypatch.setattr(
+        trainer,
+        "optimizer_step",
+        lambda *a, **k: (_ for _ in ()).throw(RuntimeError("DataLoader worker (pid 4242) exited unexpectedly")),
+    )
     with pytest.raises(RuntimeError, match="exited unexpectedly"):  # without a stop signal it stays an error
         train(dataclasses.replace(config, resume=True))
 
@@ -356,8 +437,19 @@ def test_ddp_ranks_stop_after_the_same_step_when_one_is_signalled(tmp_path, trai
     # Only rank 1 gets SIGUSR1; rank 0 (which writes last/ and prints) must stop after the same step.
     iters = 40
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(train_script),
-           *TINY, "--iters", str(iters), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(train_script),
+        *TINY,
+        "--iters",
+        str(iters),
+        "--out",
+        str(out),
+    ]
     status, output = preempt(cmd, signal.SIGUSR1, random.Random(7), target=lambda p: _rank_pid(p, 1))
     step = stopped_step(output, "a signal to another process", iters)
     assert 2 <= step < iters

@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from refineseg.cli.app import build_parser
+from refineseg.cli.evaluate import EvalConfig
 from refineseg.data import (
     ADE20K_CLASSES,
     CITYSCAPES_CLASSES,
@@ -30,7 +31,6 @@ from refineseg.data import (
     SYNTHETIC_CLASSES,
     VOC_CLASSES,
 )
-from refineseg.cli.evaluate import EvalConfig
 from refineseg.models import create_model, model_spec
 from refineseg.training.config import TrainConfig
 from refineseg.utils.config import build_config
@@ -39,11 +39,28 @@ REPO = Path(__file__).resolve().parents[1]
 PRESETS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglob("*.yaml"))
 
 # Class lists of the readers, and the class counts the papers use for these datasets.
-CLASSES = {"voc": VOC_CLASSES, "coco_voc": VOC_CLASSES, "cityscapes": CITYSCAPES_CLASSES, "ade20k": ADE20K_CLASSES,
-           "nyudv2": NYUDV2_CLASSES, "person_part": PERSON_PART_CLASSES, "pascal_context": PASCAL_CONTEXT_CLASSES,
-           "sunrgbd": SUNRGBD_CLASSES, "synthetic": SYNTHETIC_CLASSES}
-PAPER_CLASS_COUNTS = {"voc": 21, "coco_voc": 21, "cityscapes": 19, "ade20k": 150, "nyudv2": 40, "person_part": 7,
-                      "pascal_context": 60, "sunrgbd": 37, "synthetic": 6}
+CLASSES = {
+    "voc": VOC_CLASSES,
+    "coco_voc": VOC_CLASSES,
+    "cityscapes": CITYSCAPES_CLASSES,
+    "ade20k": ADE20K_CLASSES,
+    "nyudv2": NYUDV2_CLASSES,
+    "person_part": PERSON_PART_CLASSES,
+    "pascal_context": PASCAL_CONTEXT_CLASSES,
+    "sunrgbd": SUNRGBD_CLASSES,
+    "synthetic": SYNTHETIC_CLASSES,
+}
+PAPER_CLASS_COUNTS = {
+    "voc": 21,
+    "coco_voc": 21,
+    "cityscapes": 19,
+    "ade20k": 150,
+    "nyudv2": 40,
+    "person_part": 7,
+    "pascal_context": 60,
+    "sunrgbd": 37,
+    "synthetic": 6,
+}
 
 
 def header(path: str) -> dict[str, str]:
@@ -71,7 +88,7 @@ def parse_command(line: str, command: str) -> argparse.Namespace:
     return build_parser().parse_args(argv[1:])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def output_shape(model: str, num_classes: int, output_stride: int) -> tuple[int, ...]:
     """Logit shape of ``model`` built on the meta device for a (1, 3, 64, 64) input."""
     with torch.device("meta"):
@@ -88,8 +105,9 @@ def test_preset_loads_and_builds(path):
     config = build_config(TrainConfig, argparse.Namespace(), str(REPO / path))  # unknown keys, types, bounds
     values = yaml.safe_load((REPO / path).read_text())
     assert set(values) <= {f for f in TrainConfig.__dataclass_fields__}
-    assert all(not isinstance(v, str) or not re.fullmatch(r"[\d.]+e-?\d+", v) for v in values.values()), \
+    assert all(not isinstance(v, str) or not re.fullmatch(r"[\d.]+e-?\d+", v) for v in values.values()), (
         "a number PyYAML reads as a string (write 0.00005, not 5e-05)"
+    )
     model_spec(config.model)
     assert config.dataset in DATASETS
     num_classes = len(CLASSES[config.dataset])

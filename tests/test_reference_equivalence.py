@@ -35,6 +35,7 @@ BN_EPS = 1e-5
 # ---------------------------------------------------------------------------------------------
 # Functional reference (no refineseg imports)
 
+
 class Calibrating(dict):
     """A state dict whose convolutions are rescaled, as they run, to give unit-std outputs."""
 
@@ -52,8 +53,15 @@ def _conv(sd, key, x, stride=1, groups=1):
 
 
 def _bn(sd, key, x):
-    return F.batch_norm(x, sd[key + ".running_mean"], sd[key + ".running_var"], sd[key + ".weight"],
-                        sd[key + ".bias"], training=False, eps=BN_EPS)
+    return F.batch_norm(
+        x,
+        sd[key + ".running_mean"],
+        sd[key + ".running_var"],
+        sd[key + ".weight"],
+        sd[key + ".bias"],
+        training=False,
+        eps=BN_EPS,
+    )
 
 
 def _relu6(x):
@@ -134,7 +142,15 @@ def ref_refinenet_decoder(sd, levels, light: bool):
     return _conv(sd, "clf_conv", x)
 
 
-MBV2_GROUPS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+MBV2_GROUPS = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+]
 
 
 def ref_mbv2_trunk(sd, x):
@@ -180,6 +196,7 @@ def reference_forward(name: str, sd, x):
 # ---------------------------------------------------------------------------------------------
 # Random reference state dicts and the models loaded from them
 
+
 def calibrated_state(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
     """``random_state`` with every conv rescaled (LSUV-style, on one fixed random batch) so that
     activations stay O(1) through the whole network instead of compounding through residual
@@ -191,7 +208,7 @@ def calibrated_state(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def loaded(name: str):
     """(calibrated reference state dict, model loaded from it by from_reference), built once per name."""
     state = calibrated_state(name, seed=NAMES.index(name))
@@ -207,6 +224,7 @@ def assert_close_scaled(actual, expected, tol=1e-4):
 
 # ---------------------------------------------------------------------------------------------
 # Tests
+
 
 @pytest.mark.parametrize("size", [(70, 90), (64, 96)], ids=["odd", "mult32"])
 @pytest.mark.parametrize("name", NAMES)
@@ -224,8 +242,11 @@ def test_forward_matches_functional_reference(name, size):
     assert_close_scaled(ours, ref)
 
 
-COARSEST_INPUT = {"refinenet50": "p_ims1d2_outl1_dimred.weight", "lw_refinenet50": "p_ims1d2_outl1_dimred.weight",
-                  "lw_refinenet_mbv2": "conv8.weight"}
+COARSEST_INPUT = {
+    "refinenet50": "p_ims1d2_outl1_dimred.weight",
+    "lw_refinenet50": "p_ims1d2_outl1_dimred.weight",
+    "lw_refinenet_mbv2": "conv8.weight",
+}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -238,8 +259,11 @@ def test_comparison_is_sensitive(name, monkeypatch):
     with torch.no_grad():
         base = reference_forward(name, state, x)
         no_coarse = reference_forward(name, dict(state, **{key: torch.zeros_like(state[key])}), x)
-        monkeypatch.setattr(sys.modules[__name__], "_resize",
-                            lambda t, like: F.interpolate(t, size=like.shape[-2:], mode="bilinear", align_corners=False))
+        monkeypatch.setattr(
+            sys.modules[__name__],
+            "_resize",
+            lambda t, like: F.interpolate(t, size=like.shape[-2:], mode="bilinear", align_corners=False),
+        )
         wrong_resize = reference_forward(name, state, x)
     scale = base.abs().max()
     assert 0.5 < base.std() < 50  # calibrated: O(1) logits

@@ -38,6 +38,7 @@ K = len(SYNTHETIC_CLASSES)
 
 # --- fixtures in the shared evaluate format --------------------------------------------------------------------
 
+
 def corrupt(mask: np.ndarray, index: int, variant: int) -> np.ndarray:
     """A fake prediction: the ground truth with a band of rows set to one class (wider for later images)."""
     pred = mask.copy()
@@ -67,26 +68,60 @@ def write_eval_fixture(folder: Path, n: int = 6, size: int = 40, variant: int = 
         mat, iou = iou_scores(gt, pred, K)
         total += mat
         miou = float(np.nanmean(iou))
-        rows.append([i, dataset.sample_name(i), f"{np.trace(mat) / mat.sum():.6f}", f"{miou:.6f}",
-                     "" if i == 1 else f"{0.8 * miou:.6f}"])  # one undefined boundary IoU
+        rows.append(
+            [
+                i,
+                dataset.sample_name(i),
+                f"{np.trace(mat) / mat.sum():.6f}",
+                f"{miou:.6f}",
+                "" if i == 1 else f"{0.8 * miou:.6f}",
+            ]
+        )  # one undefined boundary IoU
     with open(folder / "per_image.csv", "w", newline="") as f:
         csv.writer(f).writerows([["index", "name", "pixel_accuracy", "miou", "boundary_iou"], *rows])
     tp, g, p = np.diag(total), total.sum(1), total.sum(0)
     iou = tp / np.maximum(g + p - tp, 1)
-    per_class = [{"name": name, "IoU": float(iou[k]), "Acc": float(tp[k] / max(g[k], 1)),
-                  "boundary_iou": float(iou[k]) * 0.7, "fscore": float(2 * tp[k] / max(g[k] + p[k], 1)),
-                  "pixel_share": float(g[k] / g.sum()), "color": list(SYNTHETIC_PALETTE[k])}
-                 for k, name in enumerate(SYNTHETIC_CLASSES)]
+    per_class = [
+        {
+            "name": name,
+            "IoU": float(iou[k]),
+            "Acc": float(tp[k] / max(g[k], 1)),
+            "boundary_iou": float(iou[k]) * 0.7,
+            "fscore": float(2 * tp[k] / max(g[k] + p[k], 1)),
+            "pixel_share": float(g[k] / g.sum()),
+            "color": list(SYNTHETIC_PALETTE[k]),
+        }
+        for k, name in enumerate(SYNTHETIC_CLASSES)
+    ]
     per_class[-1]["boundary_iou"] = None  # undefined shows as a dash
     metrics = {
-        "aAcc": float(tp.sum() / total.sum()), "mAcc": float(np.mean(tp / np.maximum(g, 1))), "mIoU": float(iou.mean()),
-        "mDice": 0.5, "fwIoU": 0.6, "mFscore": 0.55, "mBoundaryIoU": 0.4, "boundary_ratio": 0.02,
-        "per_class": per_class, "trimap": {"widths": [1, 2, 4, 8, 16], "accuracy": [0.5, 0.6, 0.7, 0.8, 0.9]},
-        "confusion_matrix": total.tolist(), "class_names": SYNTHETIC_CLASSES,
-        "palette": [list(c) for c in SYNTHETIC_PALETTE], "ignore_index": 255,
-        "mode": "whole", "checkpoint": f"runs/model{variant}/best", "dataset": "synthetic", "split": "val",
-        "num_images": n, "config": {"dataset": "synthetic", "data_root": None, "split": "val", "synthetic_val": n,
-                                    "synthetic_size": size, "binary_masks": False},
+        "aAcc": float(tp.sum() / total.sum()),
+        "mAcc": float(np.mean(tp / np.maximum(g, 1))),
+        "mIoU": float(iou.mean()),
+        "mDice": 0.5,
+        "fwIoU": 0.6,
+        "mFscore": 0.55,
+        "mBoundaryIoU": 0.4,
+        "boundary_ratio": 0.02,
+        "per_class": per_class,
+        "trimap": {"widths": [1, 2, 4, 8, 16], "accuracy": [0.5, 0.6, 0.7, 0.8, 0.9]},
+        "confusion_matrix": total.tolist(),
+        "class_names": SYNTHETIC_CLASSES,
+        "palette": [list(c) for c in SYNTHETIC_PALETTE],
+        "ignore_index": 255,
+        "mode": "whole",
+        "checkpoint": f"runs/model{variant}/best",
+        "dataset": "synthetic",
+        "split": "val",
+        "num_images": n,
+        "config": {
+            "dataset": "synthetic",
+            "data_root": None,
+            "split": "val",
+            "synthetic_val": n,
+            "synthetic_size": size,
+            "binary_masks": False,
+        },
     }
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return folder
@@ -150,6 +185,7 @@ def without_time(text: str) -> str:
 
 
 # --- evaluate report ------------------------------------------------------------------------------------------
+
 
 def test_eval_report_has_the_scores_pictures_and_links(tmp_path):
     folder = write_eval_fixture(tmp_path / "eval", n=6, size=40)
@@ -231,6 +267,7 @@ def test_report_command_errors_are_one_line(tmp_path, capsys):
 
 # --- compare ---------------------------------------------------------------------------------------------------
 
+
 def test_compare_shows_deltas_and_the_most_different_images(tmp_path, capsys):
     a = write_eval_fixture(tmp_path / "a", n=8, size=32, variant=0)
     b = write_eval_fixture(tmp_path / "b", n=8, size=32, variant=1)
@@ -255,7 +292,8 @@ def test_compare_shows_deltas_and_the_most_different_images(tmp_path, capsys):
     assert len(classes) == K
     for row, ca, cb in zip(classes, ma["per_class"], mb["per_class"]):
         assert row[4][0] == f"{100 * (cb['IoU'] - ca['IoU']):+.2f}".replace("+0.00", "\u00b10.00").replace(
-            "-0.00", "\u00b10.00")
+            "-0.00", "\u00b10.00"
+        )
     summary = {r[0][0]: r[3][0] for r in page.tables["summary"]}
     assert summary["mIoU"] == f"{100 * (mb['mIoU'] - ma['mIoU']):+.2f}"
 
@@ -272,23 +310,31 @@ def test_compare_refuses_different_classes(tmp_path, capsys):
 
 # --- training report -------------------------------------------------------------------------------------------
 
+
 def write_training_fixture(out: Path, steps: int = 40, every: int = 10) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(f"model: lw_refinenet_mbv2\ndataset: synthetic\ntrain_split: train\n"
-                                     f"val_split: val\niters: {steps}\n")
+    (out / "config.yaml").write_text(
+        f"model: lw_refinenet_mbv2\ndataset: synthetic\ntrain_split: train\nval_split: val\niters: {steps}\n"
+    )
     records = []
     for step in range(5, steps + 1, 5):
         records.append({"iter": step, "loss": 2.0 / step, "lr": 0.01 * (1 - step / steps) ** 0.9, "it/s": 3.0})
         if step % every == 0:
-            records.append({"iter": step, "mIoU": 0.6 * step / steps, "aAcc": 0.5 + 0.4 * step / steps,
-                            "mAcc": 0.7 * step / steps})
+            records.append(
+                {"iter": step, "mIoU": 0.6 * step / steps, "aAcc": 0.5 + 0.4 * step / steps, "mAcc": 0.7 * step / steps}
+            )
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 def validation_summary() -> dict:
     """What evaluate_model returns, with per-class IoUs in no particular order."""
-    return {"aAcc": 0.7, "mAcc": 0.4, "mIoU": 0.4, "mDice": 0.5,
-            "per_class": [{"name": n, "IoU": (5 * k % 6) / 10, "Acc": k / 8} for k, n in enumerate(SYNTHETIC_CLASSES)]}
+    return {
+        "aAcc": 0.7,
+        "mAcc": 0.4,
+        "mIoU": 0.4,
+        "mDice": 0.5,
+        "per_class": [{"name": n, "IoU": (5 * k % 6) / 10, "Acc": k / 8} for k, n in enumerate(SYNTHETIC_CLASSES)],
+    }
 
 
 def test_training_report_curves_and_last_validation(tmp_path):
@@ -336,6 +382,7 @@ def test_training_report_never_stops_training_but_a_full_disk_does(tmp_path, mon
 
 # --- pictures and charts ---------------------------------------------------------------------------------------
 
+
 def test_error_map_marks_wrong_and_ignored_pixels():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
@@ -361,27 +408,49 @@ def test_line_chart_and_ticks():
     ticks = nice_ticks(0.013, 0.87)
     assert ticks[0] <= 0.013 and ticks[-1] >= 0.87 and 4 <= len(ticks) <= 8
     assert np.allclose(np.diff(ticks), 0.2)
-    svg = line_chart([Series("a", [1, 2, 3], [5, float("nan"), 7], "#000")], title="T", x_label="x (px)",
-                     y_label="y (%)")
+    svg = line_chart(
+        [Series("a", [1, 2, 3], [5, float("nan"), 7], "#000")], title="T", x_label="x (px)", y_label="y (%)"
+    )
     assert svg.count("<circle") == 2 and "xmlns" not in svg and "x (px)" in svg
     assert "No data yet" in line_chart([Series("a", [], [], "#000")], title="T", x_label="x", y_label="y")
 
 
 # --- the real producers: `refineseg evaluate --report` and the trainer's validation ----------------------------
 
+
 def test_evaluate_report_end_to_end(tmp_path, one_thread, capsys):
     checkpoint = tmp_path / "ckpt"
     conftest.make_model(class_names=SYNTHETIC_CLASSES, palette=SYNTHETIC_PALETTE).save_pretrained(checkpoint)
     out = tmp_path / "eval"
-    assert main(["evaluate", "--checkpoint", str(checkpoint), "--dataset", "synthetic", "--synthetic-val", "3",
-                 "--synthetic-size", "40", "--out", str(out), "--device", "cpu", "--no-confusion-png",
-                 "--report"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(checkpoint),
+                "--dataset",
+                "synthetic",
+                "--synthetic-val",
+                "3",
+                "--synthetic-size",
+                "40",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--no-confusion-png",
+                "--report",
+            ]
+        )
+        == 0
+    )
     assert f"Report: {out / 'report.html'}" in capsys.readouterr().out
     text = (out / "report.html").read_text()
     metrics = json.loads((out / "metrics.json").read_text())
     page = Page(text)
     assert [row[2][0] for row in page.tables["per-class"]] == [
-        "\u2013" if c["IoU"] is None else f"{100 * c['IoU']:.2f}" for c in metrics["per_class"]]
+        "\u2013" if c["IoU"] is None else f"{100 * c['IoU']:.2f}" for c in metrics["per_class"]
+    ]
     assert len(page.tables["per-image"]) == 3 and len(page.images) == 3 * 4  # 3 images: all among the worst 6
     assert sorted(p.name for p in (out / "predictions").iterdir()) == [f"val_0000{i}.png" for i in range(3)]
     assert "http://" not in text and "https://" not in text
@@ -404,7 +473,8 @@ def test_trainer_validation_refreshes_the_run_report(tmp_path, one_thread):
     text = (tmp_path / "report.html").read_text()
     page = Page(text)
     assert [row[2][0] for row in page.tables["per-class"]] == [
-        "\u2013" if c["IoU"] is None else f"{100 * c['IoU']:.2f}" for c in summary["per_class"]]
+        "\u2013" if c["IoU"] is None else f"{100 * c['IoU']:.2f}" for c in summary["per_class"]
+    ]
     curves = 5 + ("trimap" in summary)  # loss, LR, 3 validation scores (+ the trimap curve)
     assert "Last validation (step 2)" in text and len(re.findall("<polyline", text)) == curves
     saved = json.loads((tmp_path / "last_validation.json").read_text())
@@ -419,11 +489,16 @@ def test_confusion_matrix_rows_are_normalized_and_large_ones_are_a_picture():
     share = matrix / matrix.sum(1, keepdims=True)
     tips = re.findall(r'title="ground truth (\w), predicted (\w): ([\d,]+) px', confusion_matrix(matrix, names, colors))
     assert [(t, p, int(n.replace(",", ""))) for t, p, n in tips] == [
-        (names[i], names[j], int(matrix[i, j])) for i in range(4) for j in range(4)]
+        (names[i], names[j], int(matrix[i, j])) for i in range(4) for j in range(4)
+    ]
     off = share - np.diag(np.diag(share))
     i, j = np.unravel_index(off.argmax(), off.shape)
-    assert [c[0] for c in page.tables["confused"][0]] == [names[i], names[j], f"{100 * off[i, j]:.2f}",
-                                                          f"{matrix[i, j]:,}"]
+    assert [c[0] for c in page.tables["confused"][0]] == [
+        names[i],
+        names[j],
+        f"{100 * off[i, j]:.2f}",
+        f"{matrix[i, j]:,}",
+    ]
     big = confusion_matrix(np.eye(40, dtype=np.int64) * 5 + 1, [f"c{k}" for k in range(40)], [(9, 9, 9)] * 40)
     image = Page(big).images
     assert len(image) == 1 and decode(image[0]["src"]).size == (640, 640) and "<td" in big  # pairs table

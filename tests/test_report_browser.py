@@ -34,8 +34,15 @@ def driver():
 
     options = webdriver.ChromeOptions()
     options.binary_location = BROWSER
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000",
-                "--disable-extensions", "--no-first-run"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+        "--disable-extensions",
+        "--no-first-run",
+    ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     browser = webdriver.Chrome(service=Service(DRIVER), options=options)
@@ -53,19 +60,24 @@ def pages(tmp_path_factory) -> dict[str, Path]:
     run = base / "run"
     write_training_fixture(run, steps=60, every=20)
     matrix = np.random.default_rng(0).integers(0, 500, (K, K))
-    return {"eval": write_eval_report(a, worst=3, best=2),
-            "training": write_training_report(run, validation_summary(), matrix, step=60, palette=SYNTHETIC_PALETTE),
-            "compare": write_compare_report(a, b, base / "compare.html", top=3)}
+    return {
+        "eval": write_eval_report(a, worst=3, best=2),
+        "training": write_training_report(run, validation_summary(), matrix, step=60, palette=SYNTHETIC_PALETTE),
+        "compare": write_compare_report(a, b, base / "compare.html", top=3),
+    }
 
 
 def column_keys(browser, column: int) -> list[float]:
     return browser.execute_script(
         "return Array.from(document.querySelectorAll('#per-class tbody tr'))"
-        ".map(r => r.cells[arguments[0]].getAttribute('data-sort'));", column)
+        ".map(r => r.cells[arguments[0]].getAttribute('data-sort'));",
+        column,
+    )
 
 
-@pytest.mark.parametrize("name, header, images", [("eval", "IoU %", 5 * 4), ("training", "IoU %", 0),
-                                                  ("compare", "\u0394 IoU (pp)", 3 * 4)])
+@pytest.mark.parametrize(
+    "name, header, images", [("eval", "IoU %", 5 * 4), ("training", "IoU %", 0), ("compare", "\u0394 IoU (pp)", 3 * 4)]
+)
 def test_page_in_chromium(driver, pages, tmp_path, name, header, images):
     from selenium.webdriver.common.by import By
 
@@ -88,7 +100,7 @@ def test_page_in_chromium(driver, pages, tmp_path, name, header, images):
     ascending = column_keys(driver, column)
     assert heads[column].get_attribute("aria-sort") == "ascending"
     numbers = [float(v) for v in ascending if v != ""]
-    assert numbers == sorted(numbers) and ascending[len(numbers):] == [""] * (K - len(numbers))
+    assert numbers == sorted(numbers) and ascending[len(numbers) :] == [""] * (K - len(numbers))
     heads[column].click()
     descending = column_keys(driver, column)
     numbers = [float(v) for v in descending if v != ""]

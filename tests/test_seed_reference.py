@@ -25,6 +25,7 @@ LAYERS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 # ---------------------------------------------------------------------------------------------
 # The document's code, re-implemented (ResNet with torchvision's module names)
 
+
 class TorchvisionBottleneck(nn.Module):
     def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
@@ -37,8 +38,9 @@ class TorchvisionBottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = None
         if stride != 1 or inplanes != planes * 4:
-            self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False),
-                                            nn.BatchNorm2d(planes * 4))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4)
+            )
 
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
@@ -90,16 +92,29 @@ class DocumentRefineNet(nn.Module):
         self.backbone = TorchvisionResNet(LAYERS[depth], with_fc)
         widths = (256, 512, 1024, 2048)
         self.ResidualConvUnit = nn.ModuleList(
-            nn.Sequential(nn.ReLU(), nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
-                          nn.Conv2d(c, c, 3, 1, 1, bias=False))
-            for c in widths)
+            nn.Sequential(
+                nn.ReLU(),
+                nn.Conv2d(c, c, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(c),
+                nn.ReLU(),
+                nn.Conv2d(c, c, 3, 1, 1, bias=False),
+            )
+            for c in widths
+        )
         self.MultiResolutionFusion = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(c, 256, 3, 1, 1, bias=True),
-                          nn.Upsample(scale_factor=2 ** i, mode="bilinear", align_corners=True))
-            for i, c in enumerate(widths))
+            nn.Sequential(
+                nn.Conv2d(c, 256, 3, 1, 1, bias=True),
+                nn.Upsample(scale_factor=2**i, mode="bilinear", align_corners=True),
+            )
+            for i, c in enumerate(widths)
+        )
         self.ChainedResidualPool = ChainedResidualPool(256)
-        self.final = nn.Sequential(nn.Conv2d(256, 128, 3, 1, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(),
-                                   nn.Conv2d(128, num_classes, 3, 1, 1, bias=False))
+        self.final = nn.Sequential(
+            nn.Conv2d(256, 128, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(128),
+            nn.ReLU(),
+            nn.Conv2d(128, num_classes, 3, 1, 1, bias=False),
+        )
 
     def forward(self, x):
         b = self.backbone
@@ -129,6 +144,7 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 # ---------------------------------------------------------------------------------------------
 # Tests
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("depth,with_fc", [(101, True), (50, False)], ids=["101-with-fc", "50-no-fc"])
@@ -164,8 +180,15 @@ def test_seed_layout_keys_cover_the_model():
     crp = sorted(v for v in mapping.values() if v.startswith("ChainedResidualPool"))
     assert crp == [f"ChainedResidualPool.{i}.1.weight" for i in range(1, 5)]
     assert {v.split(".")[0] for v in mapping.values()} == {
-        "backbone", "ResidualConvUnit", "MultiResolutionFusion", "ChainedResidualPool", "final"}
-    assert mapping["head.conv.weight"] == "final.3.weight" and mapping["head.proj.1.running_var"] == "final.1.running_var"
+        "backbone",
+        "ResidualConvUnit",
+        "MultiResolutionFusion",
+        "ChainedResidualPool",
+        "final",
+    }
+    assert (
+        mapping["head.conv.weight"] == "final.3.weight" and mapping["head.proj.1.running_var"] == "final.1.running_var"
+    )
     assert mapping["decoder.block.path_rcus.3.0.bn.weight"] == "ResidualConvUnit.3.2.weight"
 
 

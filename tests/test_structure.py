@@ -57,7 +57,10 @@ def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
 
 def test_no_import_cycles():
     graph = import_graph()
-    assert len(graph) > 30 and graph["refineseg.models.registry"] >= {"refineseg.models.weights", "refineseg.models.backbones"}
+    assert len(graph) > 30 and graph["refineseg.models.registry"] >= {
+        "refineseg.models.weights",
+        "refineseg.models.backbones",
+    }
     try:
         graphlib.TopologicalSorter(graph).prepare()
     except graphlib.CycleError as e:
@@ -89,14 +92,43 @@ ALLOWED_IMPORTS = {
     "refineseg.data": {*LOWER, "refineseg.utils", "refineseg.models"},
     "refineseg.report": {*LOWER, "refineseg.utils", "refineseg.models", "refineseg.data"},
     "refineseg.inference": {*LOWER, "refineseg.utils", "refineseg.models", "refineseg.data", "refineseg.report"},
-    "refineseg.evaluation": {*LOWER, "refineseg.utils", "refineseg.models", "refineseg.data", "refineseg.report",
-                             "refineseg.inference"},
-    "refineseg.training": {*LOWER, "refineseg.utils", "refineseg.models", "refineseg.data", "refineseg.report",
-                           "refineseg.inference", "refineseg.evaluation"},
-    "refineseg.serve": {*LOWER, "refineseg.utils", "refineseg.models", "refineseg.data", "refineseg.report",
-                        "refineseg.inference", "refineseg.evaluation"},
-    "refineseg.cli": {*LOWER, "refineseg.utils", "refineseg.models", "refineseg.data", "refineseg.report",
-                      "refineseg.inference", "refineseg.evaluation", "refineseg.training", "refineseg.serve"},
+    "refineseg.evaluation": {
+        *LOWER,
+        "refineseg.utils",
+        "refineseg.models",
+        "refineseg.data",
+        "refineseg.report",
+        "refineseg.inference",
+    },
+    "refineseg.training": {
+        *LOWER,
+        "refineseg.utils",
+        "refineseg.models",
+        "refineseg.data",
+        "refineseg.report",
+        "refineseg.inference",
+        "refineseg.evaluation",
+    },
+    "refineseg.serve": {
+        *LOWER,
+        "refineseg.utils",
+        "refineseg.models",
+        "refineseg.data",
+        "refineseg.report",
+        "refineseg.inference",
+        "refineseg.evaluation",
+    },
+    "refineseg.cli": {
+        *LOWER,
+        "refineseg.utils",
+        "refineseg.models",
+        "refineseg.data",
+        "refineseg.report",
+        "refineseg.inference",
+        "refineseg.evaluation",
+        "refineseg.training",
+        "refineseg.serve",
+    },
 }
 ALLOWED_IMPORTS["refineseg"] = set(ALLOWED_IMPORTS) - {"refineseg.cli"}
 ALLOWED_IMPORTS["refineseg.__main__"] = {"refineseg.cli"}

@@ -46,14 +46,35 @@ from refineseg.training.run_state import (
 from refineseg.utils.config import add_dataclass_arguments, build_config
 
 # A tiny, fast run: LW-RefineNet on MobileNetV2, 64-pixel synthetic images.
-TINY = ["--model", "lw_refinenet_mbv2", "--dataset", "synthetic", "--crop", "64", "--lr", "0.002",
-        "--synthetic-train", "16", "--synthetic-val", "2", "--synthetic-size", "64", "--workers", "0",
-        "--log-interval", "1"]
+TINY = [
+    "--model",
+    "lw_refinenet_mbv2",
+    "--dataset",
+    "synthetic",
+    "--crop",
+    "64",
+    "--lr",
+    "0.002",
+    "--synthetic-train",
+    "16",
+    "--synthetic-val",
+    "2",
+    "--synthetic-size",
+    "64",
+    "--workers",
+    "0",
+    "--log-interval",
+    "1",
+]
 
 
 def run_cli(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "refineseg", *args], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    proc = subprocess.run(
+        [sys.executable, "-m", "refineseg", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stderr[-3000:]}")
     return proc
@@ -64,7 +85,7 @@ def test_poly_schedule_with_warmup():
     f = poly_lr_lambda(config)
     assert f(0) == pytest.approx(0.1)
     assert f(5) == pytest.approx((1 - 0.05) ** 0.9 * (0.1 + 0.9 * 0.5))
-    assert f(10) == pytest.approx(0.9 ** 0.9)
+    assert f(10) == pytest.approx(0.9**0.9)
     assert f(100) == 0.0
 
 
@@ -104,14 +125,16 @@ def test_atomic_directory_survives_an_interrupted_swap(tmp_path):
 
 @pytest.mark.slow
 def test_resume_after_kill_is_bit_identical(tmp_path):
-    common = [*TINY, "--iters", "8", "--batch-size", "2", "--seed", "3", "--val-interval", "3",
-              "--ckpt-interval", "2"]
+    common = [*TINY, "--iters", "8", "--batch-size", "2", "--seed", "3", "--val-interval", "3", "--ckpt-interval", "2"]
     run_cli("train", *common, "--out", str(tmp_path / "straight"))
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "refineseg", "train", *common, "--out", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "refineseg", "train", *common, "--out", str(killed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     deadline = time.time() + 300
     while not (killed / "last").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -127,13 +150,15 @@ def test_resume_after_kill_is_bit_identical(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
     # The log was rewound to the checkpoint, so every step appears once.
     import json
+
     steps = [r["iter"] for r in map(json.loads, (killed / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     assert steps == list(range(1, 9))
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
-    proc = run_cli("train", *TINY, "--iters", "1", "--batch-size", "2", "--out", str(tmp_path / "none"),
-                   "--resume", check=False)
+    proc = run_cli(
+        "train", *TINY, "--iters", "1", "--batch-size", "2", "--out", str(tmp_path / "none"), "--resume", check=False
+    )
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("error:") and "last" in proc.stderr
@@ -143,11 +168,38 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
 def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     # fp32 (--amp none): bf16, the default on CPUs with native bf16, sums gradients of other batch
     # splits with ~1e-3 rounding; its training is tested in test_convergence.py. Channels-last stays on.
-    common = [*TINY, "--iters", "3", "--seed", "1", "--freeze-bn", "--dropout", "0", "--val-interval", "0",
-              "--ckpt-interval", "3", "--amp", "none"]
+    common = [
+        *TINY,
+        "--iters",
+        "3",
+        "--seed",
+        "1",
+        "--freeze-bn",
+        "--dropout",
+        "0",
+        "--val-interval",
+        "0",
+        "--ckpt-interval",
+        "3",
+        "--amp",
+        "none",
+    ]
     run_cli("train", *common, "--batch-size", "4", "--out", str(tmp_path / "single"))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "refineseg", "train", *common, "--batch-size", "2", "--out", str(tmp_path / "ddp")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "refineseg",
+        "train",
+        *common,
+        "--batch-size",
+        "2",
+        "--out",
+        str(tmp_path / "ddp"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     single, ddp = weights(tmp_path / "single" / "last"), weights(tmp_path / "ddp" / "last")
@@ -165,8 +217,26 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     # Frozen BN and no dropout: two micro-batches of 2 must equal one batch of 4. Scales >= 1 keep
     # every crop pixel valid, so per-micro-batch means average to the big batch's mean.
-    common = [*TINY, "--iters", "2", "--seed", "2", "--freeze-bn", "--dropout", "0", "--val-interval", "0",
-              "--ckpt-interval", "2", "--scale-min", "1.0", "--scale-max", "1.5", "--amp", "none"]  # fp32: see above
+    common = [
+        *TINY,
+        "--iters",
+        "2",
+        "--seed",
+        "2",
+        "--freeze-bn",
+        "--dropout",
+        "0",
+        "--val-interval",
+        "0",
+        "--ckpt-interval",
+        "2",
+        "--scale-min",
+        "1.0",
+        "--scale-max",
+        "1.5",
+        "--amp",
+        "none",
+    ]  # fp32: see above
     run_cli("train", *common, "--batch-size", "4", "--out", str(tmp_path / "big"))
     run_cli("train", *common, "--batch-size", "2", "--accum-steps", "2", "--out", str(tmp_path / "accum"))
     big, accum = weights(tmp_path / "big" / "last"), weights(tmp_path / "accum" / "last")
@@ -177,16 +247,33 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
 
 
 def test_bf16_mixed_precision_trains(tmp_path):
-    run_cli("train", *TINY, "--iters", "2", "--batch-size", "2", "--amp", "bf16", "--val-interval", "0",
-            "--out", str(tmp_path / "bf16"))
+    run_cli(
+        "train",
+        *TINY,
+        "--iters",
+        "2",
+        "--batch-size",
+        "2",
+        "--amp",
+        "bf16",
+        "--val-interval",
+        "0",
+        "--out",
+        str(tmp_path / "bf16"),
+    )
     import json
-    losses = [r["loss"] for r in map(json.loads, (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines())
-              if "loss" in r]
+
+    losses = [
+        r["loss"]
+        for r in map(json.loads, (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines())
+        if "loss" in r
+    ]
     assert len(losses) == 2 and all(math.isfinite(loss) and loss > 0 for loss in losses)
     assert all(v.dtype == torch.float32 for v in weights(tmp_path / "bf16" / "last").values() if v.is_floating_point())
 
 
 # --- The training loop's parts, one at a time -------------------------------------------------
+
 
 def tiny_model() -> refineseg.SegmentationModel:
     """LW-RefineNet-MobileNetV2 for the 6 synthetic classes, without dropout."""
@@ -241,8 +328,9 @@ def test_save_last_writes_a_loadable_checkpoint_with_the_training_state(tmp_path
     rng = capture_rng_state()
     config = TrainConfig(model="lw_refinenet_mbv2", iters=10, out=str(tmp_path))
 
-    last = save_last(tmp_path, model, optimizer, scheduler, scaler, step=3, best_miou=0.25, rng_state=rng,
-                     config=config)
+    last = save_last(
+        tmp_path, model, optimizer, scheduler, scaler, step=3, best_miou=0.25, rng_state=rng, config=config
+    )
 
     assert last == tmp_path / "last"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]  # no temporary directories left over
@@ -291,12 +379,18 @@ def test_validate_and_save_best_writes_best_only_when_miou_improves(tmp_path, mo
 
 # --- --resume auto ----------------------------------------------------------------------------
 
+
 def test_resume_accepts_true_false_and_auto_from_flags_and_yaml(tmp_path):
     parser = argparse.ArgumentParser()
     add_dataclass_arguments(parser, TrainConfig)
-    for flags, expected in [([], False), (["--resume"], True), (["--resume", "auto"], "auto"),
-                            (["--resume", "false"], False), (["--resume", "auto", "--no-resume"], False),
-                            (["--resume", "--iters", "3"], True)]:
+    for flags, expected in [
+        ([], False),
+        (["--resume"], True),
+        (["--resume", "auto"], "auto"),
+        (["--resume", "false"], False),
+        (["--resume", "auto", "--no-resume"], False),
+        (["--resume", "--iters", "3"], True),
+    ]:
         assert build_config(TrainConfig, parser.parse_args(flags)).resume == expected, flags
     for text, expected in [("true", True), ("false", False), ("auto", "auto")]:
         (tmp_path / "c.yaml").write_text(f"resume: {text}\n")
@@ -322,8 +416,19 @@ def test_bad_resume_value_is_a_one_line_cli_error(tmp_path, capsys, how):
 @pytest.mark.slow
 def test_resume_auto_starts_fresh_then_continues_from_the_saved_step(tmp_path):
     out = tmp_path / "run"
-    common = [*TINY, "--batch-size", "2", "--val-interval", "0", "--ckpt-interval", "1", "--out", str(out),
-              "--resume", "auto"]
+    common = [
+        *TINY,
+        "--batch-size",
+        "2",
+        "--val-interval",
+        "0",
+        "--ckpt-interval",
+        "1",
+        "--out",
+        str(out),
+        "--resume",
+        "auto",
+    ]
     first = run_cli("train", *common, "--iters", "2")
     assert f"no checkpoint in {out / 'last'}: starting a new run" in first.stdout
     assert torch.load(out / "last" / "training_state.pt", weights_only=True)["step"] == 2
@@ -358,10 +463,12 @@ def test_init_from_copies_a_checkpoint_and_reinitializes_a_classifier_of_other_c
 
 # --- --resume reads OUT/config.yaml; nothing is written into OUT before every check passed -------------
 
+
 def tree_bytes(directory) -> dict[str, bytes | None]:
     """Everything under ``directory``: path -> bytes, None for a folder ("left exactly as it was" compares these)."""
-    return {str(p.relative_to(directory)): p.read_bytes() if p.is_file() else None
-            for p in sorted(directory.rglob("*"))}
+    return {
+        str(p.relative_to(directory)): p.read_bytes() if p.is_file() else None for p in sorted(directory.rglob("*"))
+    }
 
 
 def one_error_line(capsys) -> str:
@@ -374,8 +481,19 @@ def one_error_line(capsys) -> str:
 def stopped_run(tmp_path_factory, one_thread):
     """``(straight, stopped)``: a 4-step run, and the same run stopped by SIGTERM after step 2 (exit 75)."""
     root = tmp_path_factory.mktemp("resume")
-    common = [*TINY, "--batch-size", "2", "--iters", "4", "--seed", "4", "--val-interval", "0",
-              "--ckpt-interval", "100"]
+    common = [
+        *TINY,
+        "--batch-size",
+        "2",
+        "--iters",
+        "4",
+        "--seed",
+        "4",
+        "--val-interval",
+        "0",
+        "--ckpt-interval",
+        "100",
+    ]
     assert cli_main(["train", *common, "--out", str(root / "straight")]) == 0
     step_once = trainer.optimizer_step
 
@@ -414,8 +532,22 @@ def test_resume_with_a_changed_crop_is_refused_in_one_line_and_out_is_untouched(
     assert cli_main(["train", "--out", str(out), "--resume", "--override", "--model", "lw_refinenet18"]) == 2
     assert "--model lw_refinenet18 differs from the run's lw_refinenet_mbv2" in one_error_line(capsys)
     # A resume that passes the option check but fails later (no such data) writes nothing either.
-    assert cli_main(["train", "--out", str(out), "--resume", "--override", "--dataset", "folder",
-                     "--data-root", str(tmp_path / "missing")]) == 2
+    assert (
+        cli_main(
+            [
+                "train",
+                "--out",
+                str(out),
+                "--resume",
+                "--override",
+                "--dataset",
+                "folder",
+                "--data-root",
+                str(tmp_path / "missing"),
+            ]
+        )
+        == 2
+    )
     assert str(tmp_path / "missing") in one_error_line(capsys)
     assert tree_bytes(out) == before
 
@@ -426,8 +558,12 @@ def test_resume_with_override_applies_and_records_the_change(stopped_run, tmp_pa
     out = tmp_path / "run"
     shutil.copytree(stopped_run[1], out)
     caplog.set_level(logging.INFO, logger="refineseg.train")
-    assert cli_main(["train", "--out", str(out), "--resume", "--crop", "96", "--lr", "0.004", "--iters", "5",
-                     "--override"]) == 0
+    assert (
+        cli_main(
+            ["train", "--out", str(out), "--resume", "--crop", "96", "--lr", "0.004", "--iters", "5", "--override"]
+        )
+        == 0
+    )
     logged = caplog.text
     assert "with --crop 96 instead of the run's 64 (--override)" in logged
     assert "with --iters 5 instead of the run's 4 (the poly schedule is stretched to end at step 5)" in logged
@@ -435,8 +571,11 @@ def test_resume_with_override_applies_and_records_the_change(stopped_run, tmp_pa
     assert (saved["crop"], saved["lr"], saved["iters"], saved["model"]) == (96, 0.004, 5, "lw_refinenet_mbv2")
     [entry] = yaml.safe_load((out / "config_changes.yaml").read_text())
     assert entry["step"] == 2 and entry["override"] is True
-    assert entry["changes"] == {"iters": {"from": 4, "to": 5}, "crop": {"from": 64, "to": 96},
-                                "lr": {"from": 0.002, "to": 0.004}}
+    assert entry["changes"] == {
+        "iters": {"from": 4, "to": 5},
+        "crop": {"from": 64, "to": 96},
+        "lr": {"from": 0.002, "to": 0.004},
+    }
     records = {r["iter"]: r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "lr" in r}
     assert records[3]["lr"] == pytest.approx(0.004 * (1 - 3 / 5) ** 0.9)  # the new LR, on the stretched schedule
     assert load_training_state(out / "last")["step"] == 5
@@ -445,8 +584,11 @@ def test_resume_with_override_applies_and_records_the_change(stopped_run, tmp_pa
 def test_a_failed_start_leaves_out_as_it_was_and_the_corrected_command_runs(stopped_run, tmp_path, capsys, one_thread):
     out = tmp_path / "new"
     common = [*TINY, "--batch-size", "2", "--iters", "1", "--val-interval", "0"]
-    for bad in (["--crop", "16"], ["--backbone-weights", str(tmp_path / "missing.pth")],
-                ["--dataset", "folder", "--data-root", str(tmp_path / "no_data")]):
+    for bad in (
+        ["--crop", "16"],
+        ["--backbone-weights", str(tmp_path / "missing.pth")],
+        ["--dataset", "folder", "--data-root", str(tmp_path / "no_data")],
+    ):
         assert cli_main(["train", *common, *bad, "--out", str(out)]) == 2, bad
         one_error_line(capsys)
         assert not out.exists(), bad
@@ -454,8 +596,12 @@ def test_a_failed_start_leaves_out_as_it_was_and_the_corrected_command_runs(stop
     old = tmp_path / "old"
     shutil.copytree(stopped_run[1], old)
     before = tree_bytes(old)
-    assert cli_main(["train", *common, "--backbone-weights", str(tmp_path / "missing.pth"), "--out", str(old),
-                     "--overwrite"]) == 2
+    assert (
+        cli_main(
+            ["train", *common, "--backbone-weights", str(tmp_path / "missing.pth"), "--out", str(old), "--overwrite"]
+        )
+        == 2
+    )
     one_error_line(capsys)
     assert tree_bytes(old) == before and not list(tmp_path.glob("old.archived-*"))
     assert cli_main(["train", *common, "--out", str(out)]) == 0

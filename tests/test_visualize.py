@@ -21,10 +21,27 @@ from refineseg.report.visualize import (
 from refineseg.utils.palette import IGNORE_COLOR, color_palette
 
 VOC_FIRST = [
-    (0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (128, 0, 128), (0, 128, 128),
-    (128, 128, 128), (64, 0, 0), (192, 0, 0), (64, 128, 0), (192, 128, 0), (64, 0, 128),
-    (192, 0, 128), (64, 128, 128), (192, 128, 128), (0, 64, 0), (128, 64, 0), (0, 192, 0),
-    (128, 192, 0), (0, 64, 128),
+    (0, 0, 0),
+    (128, 0, 0),
+    (0, 128, 0),
+    (128, 128, 0),
+    (0, 0, 128),
+    (128, 0, 128),
+    (0, 128, 128),
+    (128, 128, 128),
+    (64, 0, 0),
+    (192, 0, 0),
+    (64, 128, 0),
+    (192, 128, 0),
+    (64, 0, 128),
+    (192, 0, 128),
+    (64, 128, 128),
+    (192, 128, 128),
+    (0, 64, 0),
+    (128, 64, 0),
+    (0, 192, 0),
+    (128, 192, 0),
+    (0, 64, 128),
 ]
 
 
@@ -111,7 +128,7 @@ def test_overlay_legend_scales_with_image_height():
         img = np.full((height, height * 4 // 3, 3), 100, dtype=np.uint8)
         lab = np.asarray(Image.fromarray(labels).resize((img.shape[1], height), Image.NEAREST))
         arr = np.asarray(overlay(img, lab, color_palette(21), ["a", "b", "c", "d"], alpha=0.0))
-        legend = arr[:, img.shape[1]:]
+        legend = arr[:, img.shape[1] :]
         return int(np.all(legend == (128, 128, 0), axis=2).any(axis=1).sum())  # class 3 swatch height
 
     small, large = swatch_rows(240), swatch_rows(3000)

@@ -15,9 +15,9 @@ from PIL import Image
 
 import refineseg
 from refineseg.cli.app import main
+from refineseg.cli.evaluate import EvalConfig, run_evaluate
 from refineseg.data.synthetic import SYNTHETIC_CLASSES
 from refineseg.errors import CheckpointError, RefineSegError
-from refineseg.cli.evaluate import EvalConfig, run_evaluate
 from refineseg.models import zoo
 from refineseg.models.hub import sha256_file
 from refineseg.training.setup import init_from_checkpoint
@@ -33,8 +33,17 @@ def trained(tmp_path_factory) -> tuple[Path, Path, Path]:
     root = tmp_path_factory.mktemp("trained")
     checkpoint = root / "best"
     make_model(class_names=SYNTHETIC_CLASSES, palette=None, warm_batch_norm=True).save_pretrained(checkpoint)
-    run_evaluate(EvalConfig(checkpoint=str(checkpoint), dataset="synthetic", synthetic_val=3, synthetic_size=64,
-                            out=str(root / "eval"), confusion_png=False, device="cpu"))
+    run_evaluate(
+        EvalConfig(
+            checkpoint=str(checkpoint),
+            dataset="synthetic",
+            synthetic_val=3,
+            synthetic_size=64,
+            out=str(root / "eval"),
+            confusion_png=False,
+            device="cpu",
+        )
+    )
     recipe = root / f"{NAME}.yaml"
     recipe.write_text("model: lw_refinenet_mbv2\ndataset: synthetic\niters: 10\n")
     return checkpoint, root / "eval" / "metrics.json", recipe
@@ -52,8 +61,15 @@ def add(trained, fp16_shift: float | None = 0.0, replace: bool = False, **option
     checkpoint, metrics_path, recipe = trained
     metrics = json.loads(metrics_path.read_text())
     fp16 = None if fp16_shift is None else {**metrics, "mIoU": metrics["mIoU"] + fp16_shift / 100}
-    source = zoo.EntrySource(checkpoint=checkpoint, metrics=metrics, recipe_file=recipe, fp16_metrics=fp16,
-                             commit="abc123", licence=LICENCE, **options)
+    source = zoo.EntrySource(
+        checkpoint=checkpoint,
+        metrics=metrics,
+        recipe_file=recipe,
+        fp16_metrics=fp16,
+        commit="abc123",
+        licence=LICENCE,
+        **options,
+    )
     return zoo.add_entry(source, replace=replace)
 
 
@@ -84,8 +100,10 @@ def test_added_entry_is_listed_with_its_data(trained, zoo_root):
     assert stored["encoder.features.0.1.running_var"].dtype == torch.float32  # BN statistics stay float32
 
 
-@pytest.mark.parametrize(("shift", "expected"), [(0.0, "float16"), (-0.09, "float16"), (0.1, "float32"),
-                                                 (-0.3, "float32"), (None, "float32")])
+@pytest.mark.parametrize(
+    ("shift", "expected"),
+    [(0.0, "float16"), (-0.09, "float16"), (0.1, "float32"), (-0.3, "float32"), (None, "float32")],
+)
 def test_float16_only_when_miou_moves_by_less_than_a_tenth_of_a_point(shift, expected):
     fp32 = {"mIoU": 0.6123}
     fp16 = None if shift is None else {"mIoU": 0.6123 + shift / 100}
@@ -145,8 +163,10 @@ def test_unknown_name_lists_the_zoo(trained, zoo_root, capsys):
     with pytest.raises(CheckpointError, match=f"nope: not found .*model-zoo name; model-zoo names: {NAME}\\)$"):
         refineseg.from_pretrained("nope")
     assert main(["zoo", "nope"]) == 2
-    assert capsys.readouterr().err.strip() == f"error: nope: not a model-zoo name; model-zoo names: {NAME} " \
-                                              "(see `refineseg zoo`)"
+    assert (
+        capsys.readouterr().err.strip() == f"error: nope: not a model-zoo name; model-zoo names: {NAME} "
+        "(see `refineseg zoo`)"
+    )
 
 
 def test_a_folder_of_that_name_wins(trained, zoo_root, tmp_path, monkeypatch):
@@ -165,8 +185,20 @@ def test_cli_zoo_lists_entries_with_their_numbers(trained, zoo_root, capsys):
     out = capsys.readouterr().out
     header, rule, row = out.splitlines()[:3]
     columns = [cell.strip() for cell in header.strip("|").split("|")]
-    assert columns == ["name", "model", "dataset", "classes", "split", "mIoU", "aAcc", "mAcc", "mBoundaryIoU",
-                       "precision", "MB", "licence"]
+    assert columns == [
+        "name",
+        "model",
+        "dataset",
+        "classes",
+        "split",
+        "mIoU",
+        "aAcc",
+        "mAcc",
+        "mBoundaryIoU",
+        "precision",
+        "MB",
+        "licence",
+    ]
     assert row.startswith(f"| {NAME} | lw_refinenet_mbv2 | synthetic |")
     assert f" {100 * entry.metrics['mIoU']:.2f} |" in row and " float16 " in row and LICENCE in row
     assert main(["zoo", NAME]) == 0
@@ -180,11 +212,44 @@ def test_predict_and_evaluate_take_a_zoo_name(trained, zoo_root, tmp_path):
     image = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(image)
     for source, out in ((NAME, "by_name"), (str(trained[0]), "by_folder")):
-        assert main(["predict", str(image), "--checkpoint", source, "--out", str(tmp_path / out), "--no-overlay",
-                     "--device", "cpu"]) == 0
+        assert (
+            main(
+                [
+                    "predict",
+                    str(image),
+                    "--checkpoint",
+                    source,
+                    "--out",
+                    str(tmp_path / out),
+                    "--no-overlay",
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
     assert (tmp_path / "by_name" / "photo.png").read_bytes() == (tmp_path / "by_folder" / "photo.png").read_bytes()
-    assert main(["evaluate", "--checkpoint", NAME, "--dataset", "synthetic", "--synthetic-val", "2", "--synthetic-size",
-                 "64", "--out", str(tmp_path / "eval"), "--no-confusion-png", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                NAME,
+                "--dataset",
+                "synthetic",
+                "--synthetic-val",
+                "2",
+                "--synthetic-size",
+                "64",
+                "--out",
+                str(tmp_path / "eval"),
+                "--no-confusion-png",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["checkpoint"] == NAME
 
 
@@ -219,8 +284,19 @@ def load_zoo_add():
 def test_zoo_add_script_evaluates_float16_and_writes_the_entry(trained, tmp_path, capsys):
     checkpoint, metrics_path, recipe = trained
     zoo_add, root = load_zoo_add(), tmp_path / "zoo"
-    args = [str(checkpoint), "--metrics", str(metrics_path), "--recipe", str(recipe), "--zoo-dir", str(root),
-            "--licence", LICENCE, "--commit", "deadbeef"]
+    args = [
+        str(checkpoint),
+        "--metrics",
+        str(metrics_path),
+        "--recipe",
+        str(recipe),
+        "--zoo-dir",
+        str(root),
+        "--licence",
+        LICENCE,
+        "--commit",
+        "deadbeef",
+    ]
     assert zoo_add.main(args) == 0
     entry = zoo.load_index(root)[NAME]
     fp32 = json.loads(metrics_path.read_text())
@@ -233,8 +309,9 @@ def test_zoo_add_script_evaluates_float16_and_writes_the_entry(trained, tmp_path
     assert zoo_add.main([*args, "--replace", "--keep-fp32"]) == 0
     replaced = zoo.load_index(root)[NAME]
     assert replaced.precision == "float32" and "fp16_mIoU" not in replaced.evaluation
-    assert_same_state(refineseg.from_pretrained(root / NAME).state_dict(),
-                      refineseg.from_pretrained(checkpoint).state_dict())
+    assert_same_state(
+        refineseg.from_pretrained(root / NAME).state_dict(), refineseg.from_pretrained(checkpoint).state_dict()
+    )
 
 
 def test_the_package_ships_a_valid_index_and_declares_the_zoo_files():

@@ -26,8 +26,9 @@ COMMANDS = [models, zoo, train, evaluate, report, check_data, predict, export, s
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="refineseg", description="RefineNet semantic segmentation toolkit.",
-                                     allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        prog="refineseg", description="RefineNet semantic segmentation toolkit.", allow_abbrev=False
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.register(sub)

@@ -10,8 +10,9 @@ from refineseg.utils.config import add_dataclass_arguments
 Handler = Callable[[argparse.Namespace], int | None]
 
 
-def dataclass_command(sub, name: str, help_text: str, cls: type, handler: Handler,
-                      positional: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+def dataclass_command(
+    sub, name: str, help_text: str, cls: type, handler: Handler, positional: tuple[str, ...] = ()
+) -> argparse.ArgumentParser:
     """A sub-command whose flags are the fields of the config dataclass ``cls`` (plus ``--config FILE``)."""
     p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
     for field_name in positional:

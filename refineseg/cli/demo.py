@@ -14,9 +14,9 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from refineseg.cli.evaluate import EvalConfig, run_evaluate
 from refineseg.cli.predict import PredictConfig, run_predict
 from refineseg.data import SyntheticSegmentation, write_image
-from refineseg.cli.evaluate import EvalConfig, run_evaluate
 from refineseg.training import TrainConfig, train
 from refineseg.utils.config import config_from_values, load_yaml
 
@@ -35,10 +35,18 @@ def run_demo(config_file: str | Path, out: str | None = None, num_samples: int =
     result = train(config)
 
     print("[2/3] evaluating the best checkpoint on the validation split (2x scale + flip)")
-    summary = run_evaluate(EvalConfig(checkpoint=str(result["best"]), dataset=config.dataset,
-                                      data_root=config.data_root, split=config.val_split, out=str(run_dir),
-                                      **TEST_TIME, synthetic_val=config.synthetic_val,
-                                      synthetic_size=config.synthetic_size))
+    summary = run_evaluate(
+        EvalConfig(
+            checkpoint=str(result["best"]),
+            dataset=config.dataset,
+            data_root=config.data_root,
+            split=config.val_split,
+            out=str(run_dir),
+            **TEST_TIME,
+            synthetic_val=config.synthetic_val,
+            synthetic_size=config.synthetic_size,
+        )
+    )
 
     print(f"[3/3] segmenting {num_samples} validation images")
     samples_dir = run_dir / "samples"
@@ -47,8 +55,11 @@ def run_demo(config_file: str | Path, out: str | None = None, num_samples: int =
     for i in range(num_samples):
         image, _ = val.load_sample(i)
         write_image(samples_dir / f"{val.sample_name(i)}.png", image)
-    run_predict(PredictConfig(checkpoint=str(result["best"]), inputs=[str(samples_dir)],
-                              out=str(run_dir / "predictions"), **TEST_TIME))
+    run_predict(
+        PredictConfig(
+            checkpoint=str(result["best"]), inputs=[str(samples_dir)], out=str(run_dir / "predictions"), **TEST_TIME
+        )
+    )
 
     print()
     print(f"val mIoU {summary['mIoU']:.4f} (aAcc {summary['aAcc']:.4f}, mDice {summary['mDice']:.4f})")
@@ -64,8 +75,9 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="train, evaluate and predict on the synthetic dataset (what `make demo` runs)",
-                       allow_abbrev=False)
+    p = sub.add_parser(
+        "demo", help="train, evaluate and predict on the synthetic dataset (what `make demo` runs)", allow_abbrev=False
+    )
     p.add_argument("--config", default="configs/demo.yaml", help="training config (default configs/demo.yaml)")
     p.add_argument("--out", default=None, help="run directory (default: the config's `out`)")
     p.set_defaults(handler=_run)

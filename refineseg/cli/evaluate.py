@@ -40,32 +40,53 @@ class EvalConfig(InferenceOptions):
     dataset: str = required("dataset type", choices=list(DATASETS))
     data_root: str | None = option(None, "dataset root folder (not needed for synthetic)")
     split: str = option("val", "split to evaluate")
-    backend: str = option("torch", "inference engine; onnxruntime runs a file from `refineseg export` "
-                                   "(fp32 or --int8) given as --checkpoint", choices=["torch", "onnxruntime"])
+    backend: str = option(
+        "torch",
+        "inference engine; onnxruntime runs a file from `refineseg export` (fp32 or --int8) given as --checkpoint",
+        choices=["torch", "onnxruntime"],
+    )
     out: str = option("runs/eval", "output directory for metrics.json and confusion_matrix.png")
     scales: list[float] = option([0.5, 0.75, 1.0, 1.25, 1.5, 1.75], "image scales for multiscale inference")
     flip: bool = option(True, "also average horizontally flipped passes (multiscale only)")
-    resize: int | None = option(None, "resize the shorter image side to this before inference; "
-                                    "metrics are computed at that size (default: as is)")
+    resize: int | None = option(
+        None,
+        "resize the shorter image side to this before inference; metrics are computed at that size (default: as is)",
+    )
     confusion_png: bool = option(True, "write confusion_matrix.png")
-    save_predictions: bool = option(False, "also write OUT/predictions/<name>.png, the predicted label map "
-                                           "of every image (palette PNG at the evaluated resolution)")
-    report: bool = option(False, "write OUT/report.html, one self-contained page (scores, per-class table, "
-                                 "confusion matrix, trimap, worst and best images); implies --save-predictions")
-    boundary_ratio: float = option(0.02, "Boundary IoU band width as a fraction of the image diagonal "
-                                         "(at least 1 px), as in Cheng et al. 2021")
+    save_predictions: bool = option(
+        False,
+        "also write OUT/predictions/<name>.png, the predicted label map "
+        "of every image (palette PNG at the evaluated resolution)",
+    )
+    report: bool = option(
+        False,
+        "write OUT/report.html, one self-contained page (scores, per-class table, "
+        "confusion matrix, trimap, worst and best images); implies --save-predictions",
+    )
+    boundary_ratio: float = option(
+        0.02, "Boundary IoU band width as a fraction of the image diagonal (at least 1 px), as in Cheng et al. 2021"
+    )
     synthetic_val: int = option(64, "synthetic dataset: number of images")
     synthetic_size: int = option(128, "synthetic dataset: image side")
-    binary_masks: bool = option(False, "folder dataset: masks are 0/255 background/foreground "
-                                       "(0 -> 0; 1 and 128..255 -> 1), as `binary: true` in classes.yaml")
+    binary_masks: bool = option(
+        False,
+        "folder dataset: masks are 0/255 background/foreground "
+        "(0 -> 0; 1 and 128..255 -> 1), as `binary: true` in classes.yaml",
+    )
     workers: int = option(0, "data-loading worker processes")
     skip_data_check: bool = option(False, "start without checking every image and mask of the split first")
-    class_map: str | None = option(None, "YAML file matching the checkpoint's classes to the dataset's when their "
-                                         "names or order differ: a mapping `checkpoint name: dataset name` "
-                                         "(unlisted names stay as they are) or a list of dataset class names, one "
-                                         "per checkpoint class in the checkpoint's order")
-    ignore_class_names: bool = option(False, "evaluate even though the checkpoint's class names differ from the "
-                                             "dataset's, taking class i of the checkpoint as class i of the dataset")
+    class_map: str | None = option(
+        None,
+        "YAML file matching the checkpoint's classes to the dataset's when their "
+        "names or order differ: a mapping `checkpoint name: dataset name` "
+        "(unlisted names stay as they are) or a list of dataset class names, one "
+        "per checkpoint class in the checkpoint's order",
+    )
+    ignore_class_names: bool = option(
+        False,
+        "evaluate even though the checkpoint's class names differ from the "
+        "dataset's, taking class i of the checkpoint as class i of the dataset",
+    )
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -83,7 +104,6 @@ class EvalConfig(InferenceOptions):
             raise ValueError("give class_map or ignore_class_names, not both")
 
 
-
 def load_for_evaluation(config: EvalConfig) -> tuple[Any, Any, torch.device, Any, list[int] | None]:
     """The model, what runs it (the same object: fast-path model or ONNX session), its device, the dataset
     and the class order.
@@ -94,15 +114,24 @@ def load_for_evaluation(config: EvalConfig) -> tuple[Any, Any, torch.device, Any
     runner = load_predictor(config)  # the fast-path model, or an ONNX session (logits on the CPU)
     model, device = runner, model_device(runner)
     transform = eval_transform(model.config.mean, model.config.std, resize=config.resize)
-    dataset = build_dataset(config.dataset, config.data_root, config.split, transform,
-                            synthetic_samples=config.synthetic_val, synthetic_size=config.synthetic_size,
-                            binary_masks=config.binary_masks)
+    dataset = build_dataset(
+        config.dataset,
+        config.data_root,
+        config.split,
+        transform,
+        synthetic_samples=config.synthetic_val,
+        synthetic_size=config.synthetic_size,
+        binary_masks=config.binary_masks,
+    )
     if dataset.num_classes != model.config.num_classes:
-        raise file_error(CheckpointError, config.checkpoint,
-                         f"model has {model.config.num_classes} classes but the {config.dataset} dataset "
-                         f"has {dataset.num_classes}")
-    order = match_classes(model.config.class_names, dataset.class_names, config.checkpoint, config.class_map,
-                          config.ignore_class_names)
+        raise file_error(
+            CheckpointError,
+            config.checkpoint,
+            f"model has {model.config.num_classes} classes but the {config.dataset} dataset has {dataset.num_classes}",
+        )
+    order = match_classes(
+        model.config.class_names, dataset.class_names, config.checkpoint, config.class_map, config.ignore_class_names
+    )
     return model, runner, device, dataset, order
 
 
@@ -118,21 +147,38 @@ def run_evaluate(config: EvalConfig) -> dict[str, Any]:
     save_predictions = config.save_predictions or config.report
     # The checkpoint's colours; with a class map, each moved to the dataset class its class became.
     palette = [list(model.config.palette[order.index(j) if order else j]) for j in range(dataset.num_classes)]
-    summary, matrix = evaluate_model(runner, dataset, **config.inference_kwargs(), device=device,
-                                     workers=config.workers, boundary_ratio=config.boundary_ratio, per_image=True,
-                                     predictions_dir=out / "predictions" if save_predictions else None,
-                                     palette=palette, class_map=order)
+    summary, matrix = evaluate_model(
+        runner,
+        dataset,
+        **config.inference_kwargs(),
+        device=device,
+        workers=config.workers,
+        boundary_ratio=config.boundary_ratio,
+        per_image=True,
+        predictions_dir=out / "predictions" if save_predictions else None,
+        palette=palette,
+        class_map=order,
+    )
     rows = summary.pop("per_image")
-    summary.update(mode=config.mode, checkpoint=str(config.checkpoint), dataset=config.dataset,
-                   split=config.split, num_images=len(dataset), confusion_matrix=matrix.tolist(),
-                   class_names=list(dataset.class_names), palette=palette, ignore_index=dataset.ignore_index)
+    summary.update(
+        mode=config.mode,
+        checkpoint=str(config.checkpoint),
+        dataset=config.dataset,
+        split=config.split,
+        num_images=len(dataset),
+        confusion_matrix=matrix.tolist(),
+        class_names=list(dataset.class_names),
+        palette=palette,
+        ignore_index=dataset.ignore_index,
+    )
     if distributed.rank() == 0:
         write_outputs(config, summary, rows, matrix, dataset)
     return summary
 
 
-def write_outputs(config: EvalConfig, summary: dict[str, Any], rows: list[dict[str, Any]], matrix: np.ndarray,
-                  dataset: Any) -> None:
+def write_outputs(
+    config: EvalConfig, summary: dict[str, Any], rows: list[dict[str, Any]], matrix: np.ndarray, dataset: Any
+) -> None:
     """metrics.json, per_image.csv, the console table, confusion_matrix.png and report.html (rank 0)."""
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -159,5 +205,4 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def register(sub) -> None:
-    dataclass_command(sub, "evaluate", "measure mIoU and friends of a checkpoint on a dataset split", EvalConfig,
-                      _run)
+    dataclass_command(sub, "evaluate", "measure mIoU and friends of a checkpoint on a dataset split", EvalConfig, _run)

@@ -77,24 +77,38 @@ Job = tuple[Path, "Path | None"]  # (label file, overlay file or None) of one in
 class PredictConfig(InferenceOptions):
     """Everything ``refineseg predict`` needs; one CLI flag / YAML key per field."""
 
-    checkpoint: str = required("checkpoint directory written by save_pretrained (e.g. runs/train/best), "
-                               "or an .onnx file with --backend onnxruntime")
+    checkpoint: str = required(
+        "checkpoint directory written by save_pretrained (e.g. runs/train/best), "
+        "or an .onnx file with --backend onnxruntime"
+    )
     inputs: list[str] = required("image files, folders (their images, not recursive) or glob patterns")
     out: str = option("runs/predict", "output directory for label PNGs, overlays and manifest.csv")
-    tile: int | None = option(None, "tiled mode for images of any size: tile side in pixels (e.g. 1024, at least "
-                                    f"{MIN_SIDE}); memory is bounded by the tile, not the image", min=MIN_SIDE)
+    tile: int | None = option(
+        None,
+        "tiled mode for images of any size: tile side in pixels (e.g. 1024, at least "
+        f"{MIN_SIDE}); memory is bounded by the tile, not the image",
+        min=MIN_SIDE,
+    )
     overlap: int = option(128, "tiled mode: overlap between neighbouring tiles, blended smoothly")
-    tile_batch: int = option(1, "tiled mode: tiles of equal size per forward pass (e.g. 4 on a GPU with room); "
-                                "memory grows to about tile_batch x one tile's")
+    tile_batch: int = option(
+        1,
+        "tiled mode: tiles of equal size per forward pass (e.g. 4 on a GPU with room); "
+        "memory grows to about tile_batch x one tile's",
+    )
     overlay: bool = option(True, "also write <name>_overlay.png (photo + colours + legend)")
     alpha: float = option(0.5, "overlay opacity of the label colours, 0..1")
-    backend: str = option("torch", "inference engine; onnxruntime runs a file from `refineseg export`",
-                          choices=["torch", "onnxruntime"])
-    skip_existing: bool = option(False, "skip inputs whose outputs (label file, and overlay if enabled) exist: "
-                                        "continues an interrupted batch")
-    fail_fast: bool = option(False, "stop at the first bad input with a one-line error (exit status 2); by default "
-                                    f"bad inputs are skipped, listed in OUT/{ERRORS_FILE}, and the run exits with "
-                                    f"status {EXIT_SOME_FAILED}")
+    backend: str = option(
+        "torch", "inference engine; onnxruntime runs a file from `refineseg export`", choices=["torch", "onnxruntime"]
+    )
+    skip_existing: bool = option(
+        False, "skip inputs whose outputs (label file, and overlay if enabled) exist: continues an interrupted batch"
+    )
+    fail_fast: bool = option(
+        False,
+        "stop at the first bad input with a one-line error (exit status 2); by default "
+        f"bad inputs are skipped, listed in OUT/{ERRORS_FILE}, and the run exits with "
+        f"status {EXIT_SOME_FAILED}",
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.inputs, str):
@@ -136,8 +150,9 @@ def manifest_text(inputs: Inputs, jobs: list[Job]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["input", "label", "overlay"])
-    writer.writerows([str(path), label.name, overlay.name if overlay else ""]
-                     for path, (label, overlay) in zip(inputs, jobs))
+    writer.writerows(
+        [str(path), label.name, overlay.name if overlay else ""] for path, (label, overlay) in zip(inputs, jobs)
+    )
     return buffer.getvalue()
 
 
@@ -167,15 +182,24 @@ def _prepare(out: Path, inputs: Inputs, jobs: list[Job], skip_existing: bool) ->
     return [i for i, job in enumerate(jobs) if not (skip_existing and all(p.is_file() for p in job if p is not None))]
 
 
-def _predict_shard(model, config: PredictConfig, inputs: Inputs, jobs: list[Job], mine: list[int],
-                   done: list[tuple[int, str | None]]) -> None:
+def _predict_shard(
+    model, config: PredictConfig, inputs: Inputs, jobs: list[Job], mine: list[int], done: list[tuple[int, str | None]]
+) -> None:
     """Predict the inputs ``mine``; appends ``(index, None)`` when written, ``(index, line)`` when failed."""
     # disable=None: no bar when stderr is not a terminal; closing it on errors keeps them on their own line.
     with tqdm(mine, desc="predict", unit="img", disable=None if dist_utils.rank() == 0 else True) as bar:
         for i in bar:
             try:
-                predict_file(model, inputs[i], *jobs[i], options=config, tile=config.tile, overlap=config.overlap,
-                             tile_batch=config.tile_batch, alpha=config.alpha)
+                predict_file(
+                    model,
+                    inputs[i],
+                    *jobs[i],
+                    options=config,
+                    tile=config.tile,
+                    overlap=config.overlap,
+                    tile_batch=config.tile_batch,
+                    alpha=config.alpha,
+                )
             except Exception as e:
                 if config.fail_fast or not is_input_failure(e):
                     raise
@@ -185,8 +209,9 @@ def _predict_shard(model, config: PredictConfig, inputs: Inputs, jobs: list[Job]
             done.append((i, None))
 
 
-def _result(inputs: Inputs, jobs: list[Job], done: list[tuple[int, str | None]], skipped: list[int],
-            problems: bool = True) -> PredictResult:
+def _result(
+    inputs: Inputs, jobs: list[Job], done: list[tuple[int, str | None]], skipped: list[int], problems: bool = True
+) -> PredictResult:
     """The result of ``done`` (from any processes), in input order; expansion problems first when ``problems``."""
     result = PredictResult()
     if problems:
@@ -214,8 +239,9 @@ def _write_errors(result: PredictResult, out: Path, stopped: BaseException | Non
         print(f"could not write {errors}: {one_line(e)}", file=sys.stderr)
 
 
-def _finish(result: PredictResult, total: int, out: Path, stopped: BaseException | None = None,
-            prefix: str = "") -> None:
+def _finish(
+    result: PredictResult, total: int, out: Path, stopped: BaseException | None = None, prefix: str = ""
+) -> None:
     """Write OUT/errors.txt and print the summary line; ``prefix`` (``rank R: ``): one process's
     summary of a multi-process run that stopped, which leaves errors.txt alone."""
     if not prefix:
@@ -236,14 +262,26 @@ def _finish(result: PredictResult, total: int, out: Path, stopped: BaseException
     print(prefix + line, flush=True)
 
 
-def _stopped(inputs: Inputs, jobs: list[Job], done: list[tuple[int, str | None]], skipped: list[int],
-             mine: list[int], out: Path, error: BaseException) -> None:
+def _stopped(
+    inputs: Inputs,
+    jobs: list[Job],
+    done: list[tuple[int, str | None]],
+    skipped: list[int],
+    mine: list[int],
+    out: Path,
+    error: BaseException,
+) -> None:
     """The summary of a run that stopped (with one process: its errors.txt; with several: this process's line)."""
     rank, world = dist_utils.rank(), dist_utils.world_size()
     first = rank == 0
     total = len(mine) + (len(skipped) + len(inputs.problems) if first else 0)
-    _finish(_result(inputs, jobs, done, skipped if first else [], problems=first), total, out, stopped=error,
-            prefix=f"rank {rank}: " if world > 1 else "")
+    _finish(
+        _result(inputs, jobs, done, skipped if first else [], problems=first),
+        total,
+        out,
+        stopped=error,
+        prefix=f"rank {rank}: " if world > 1 else "",
+    )
 
 
 def _together(collective: Callable[[Any], Any], obj: Any) -> Any:
@@ -251,8 +289,10 @@ def _together(collective: Callable[[Any], Any], obj: Any) -> Any:
     try:
         return collective(obj)
     except RuntimeError:  # gloo: "Connection closed by peer"
-        raise RefineSegError(f"rank {dist_utils.rank()}: another process of this run stopped before the end; "
-                             "the outputs written are complete: continue with --skip-existing") from None
+        raise RefineSegError(
+            f"rank {dist_utils.rank()}: another process of this run stopped before the end; "
+            "the outputs written are complete: continue with --skip-existing"
+        ) from None
 
 
 def _run_shards(config: PredictConfig, inputs: Inputs, jobs: list[Job]) -> PredictResult:
@@ -286,8 +326,10 @@ def _plan(config: PredictConfig) -> tuple[Inputs, list[Job]]:
     if config.fail_fast and inputs.problems:
         raise file_error(DataError, *inputs.problems[0])
     out = Path(config.out)
-    return inputs, [output_paths(path, name, out, tiled=bool(config.tile), overlay=config.overlay)
-                    for path, name in zip(inputs, output_names(inputs, out))]
+    return inputs, [
+        output_paths(path, name, out, tiled=bool(config.tile), overlay=config.overlay)
+        for path, name in zip(inputs, output_names(inputs, out))
+    ]
 
 
 def run_predict(config: PredictConfig) -> PredictResult:
@@ -317,5 +359,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    dataclass_command(sub, "predict", "segment images; writes label PNGs, overlays and manifest.csv", PredictConfig,
-                      _run, positional=("inputs",))
+    dataclass_command(
+        sub,
+        "predict",
+        "segment images; writes label PNGs, overlays and manifest.csv",
+        PredictConfig,
+        _run,
+        positional=("inputs",),
+    )

@@ -13,8 +13,9 @@ def run_make_synthetic(args: argparse.Namespace) -> None:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("make-synthetic", help="write the built-in synthetic dataset in the folder layout",
-                       allow_abbrev=False)
+    p = sub.add_parser(
+        "make-synthetic", help="write the built-in synthetic dataset in the folder layout", allow_abbrev=False
+    )
     p.add_argument("dir", help="output folder")
     p.add_argument("--num-train", type=int, default=512)
     p.add_argument("--num-val", type=int, default=64)

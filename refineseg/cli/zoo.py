@@ -19,10 +19,16 @@ def zoo_rows(entries: list[ZooEntry]) -> tuple[list[dict[str, Any]], list[str]]:
     rows = []
     for e in entries:
         weights = zoo_dir() / e.file
-        row: dict[str, Any] = {"name": e.name, "model": e.model, "dataset": e.dataset, "classes": len(e.classes),
-                               "split": e.evaluation.get("split") or "?", "precision": e.precision,
-                               "MB": round(weights.stat().st_size / 1e6, 1) if weights.is_file() else None,
-                               "licence": e.licence}
+        row: dict[str, Any] = {
+            "name": e.name,
+            "model": e.model,
+            "dataset": e.dataset,
+            "classes": len(e.classes),
+            "split": e.evaluation.get("split") or "?",
+            "precision": e.precision,
+            "MB": round(weights.stat().st_size / 1e6, 1) if weights.is_file() else None,
+            "licence": e.licence,
+        }
         row.update({key: round(100 * e.metrics[key], 2) for key in shown if key in e.metrics})
         rows.append(row)
     columns = ["name", "model", "dataset", "classes", "split", *shown, "precision", "MB", "licence"]
@@ -47,11 +53,14 @@ def run_zoo(args: argparse.Namespace) -> None:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("zoo", allow_abbrev=False,
-                       help="list the trained models shipped with refineseg (--checkpoint NAME) and their scores",
-                       description="List the model zoo: trained weights packaged with refineseg, loaded offline "
-                                   "by name (refineseg.from_pretrained(NAME), --checkpoint NAME) after a SHA-256 "
-                                   "check. With names, print every field of those entries: dataset, classes, "
-                                   "recipe, commit, metrics, licence.")
+    p = sub.add_parser(
+        "zoo",
+        allow_abbrev=False,
+        help="list the trained models shipped with refineseg (--checkpoint NAME) and their scores",
+        description="List the model zoo: trained weights packaged with refineseg, loaded offline "
+        "by name (refineseg.from_pretrained(NAME), --checkpoint NAME) after a SHA-256 "
+        "check. With names, print every field of those entries: dataset, classes, "
+        "recipe, commit, metrics, licence.",
+    )
     p.add_argument("names", nargs="*", metavar="NAME", help="entries to show in full (default: the table of all)")
     p.set_defaults(handler=run_zoo)

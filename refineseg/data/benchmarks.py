@@ -93,8 +93,12 @@ class NYUDv2(SegmentationDataset):
             hint = ""
             if os.path.isfile(os.path.join(root, "nyu_depth_v2_labeled.mat")):
                 hint = " (found nyu_depth_v2_labeled.mat: convert it with refineseg.data.prepare_nyudv2)"
-            raise file_error(DataError, root, "not an NYUDv2 folder: expected train.nyu/val.nyu "
-                             "(Light-Weight RefineNet layout) or labels40/ with train.txt/test.txt" + hint)
+            raise file_error(
+                DataError,
+                root,
+                "not an NYUDv2 folder: expected train.nyu/val.nyu "
+                "(Light-Weight RefineNet layout) or labels40/ with train.txt/test.txt" + hint,
+            )
         super().__init__(samples, NYUDV2_CLASSES, NYUDV2_PALETTE, transform, label_lut=lut)
         self.root, self.split = root, split
 
@@ -130,8 +134,9 @@ def _loadmat(path: PathLike, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
     return {k: np.asarray(data[k]).ravel() for k in keys}
 
 
-def prepare_nyudv2(mat_path: PathLike, mapping_path: PathLike, splits_path: PathLike,
-                   out_dir: PathLike) -> dict[str, int]:
+def prepare_nyudv2(
+    mat_path: PathLike, mapping_path: PathLike, splits_path: PathLike, out_dir: PathLike
+) -> dict[str, int]:
     """Convert the official NYUDv2 release once into the folder layout :class:`NYUDv2` reads.
 
     ``mat_path``: ``nyu_depth_v2_labeled.mat`` (MATLAB v7.3 = HDF5: ``images`` stored as
@@ -164,8 +169,7 @@ def prepare_nyudv2(mat_path: PathLike, mapping_path: PathLike, splits_path: Path
         images, labels = mat["images"], mat["labels"]
         total = images.shape[0]
         if images.ndim != 4 or images.shape[1] != 3 or labels.shape != (total, *images.shape[2:]):
-            raise file_error(DataError, mat_path,
-                             f"unexpected shapes: images {images.shape}, labels {labels.shape}")
+            raise file_error(DataError, mat_path, f"unexpected shapes: images {images.shape}, labels {labels.shape}")
         out_dir = os.fspath(out_dir)
         for name, indices in (("train", splits["trainNdxs"]), ("val", splits["testNdxs"])):
             indices = indices.astype(np.int64)
@@ -175,8 +179,12 @@ def prepare_nyudv2(mat_path: PathLike, mapping_path: PathLike, splits_path: Path
             for index in indices.tolist():
                 raw = np.asarray(labels[index - 1]).T  # (W, H) -> (H, W)
                 if raw.max(initial=0) >= lut.size:
-                    raise file_error(DataError, mat_path, f"image {index}: label {int(raw.max())} "
-                                     f"has no entry in {mapping_path} ({lut.size - 1} classes)")
+                    raise file_error(
+                        DataError,
+                        mat_path,
+                        f"image {index}: label {int(raw.max())} "
+                        f"has no entry in {mapping_path} ({lut.size - 1} classes)",
+                    )
                 image_rel, label_rel = f"{name}_images/{index:06d}.png", f"{name}_labels/{index:06d}.png"
                 write_image(os.path.join(out_dir, image_rel), np.asarray(images[index - 1]).transpose(2, 1, 0))
                 write_label_png(os.path.join(out_dir, label_rel), lut[raw], NYUDV2_PALETTE)
@@ -206,18 +214,29 @@ class PascalPersonPart(SegmentationDataset):
             base = root
         list_dir = os.path.join(base, "pascal_person_part_trainval_list")
         _require_dir(list_dir, "PASCAL-Person-Part list folder")
-        mask_dir = next((os.path.join(base, d) for d in ("pascal_person_part_gt", "SegmentationPart")
-                         if os.path.isdir(os.path.join(base, d))), None)
+        mask_dir = next(
+            (
+                os.path.join(base, d)
+                for d in ("pascal_person_part_gt", "SegmentationPart")
+                if os.path.isdir(os.path.join(base, d))
+            ),
+            None,
+        )
         if mask_dir is None:
             raise file_error(DataError, base, "no mask folder (pascal_person_part_gt/ or SegmentationPart/)")
         parent = os.path.dirname(os.path.abspath(base))
-        places = [base, root, parent] + [os.path.join(p, "VOCdevkit", v) for p in (root, parent)
-                                         for v in ("VOC2010", "VOC2012")]
-        image_dir = next((os.path.join(p, "JPEGImages") for p in places
-                          if os.path.isdir(os.path.join(p, "JPEGImages"))), None)
+        places = [base, root, parent] + [
+            os.path.join(p, "VOCdevkit", v) for p in (root, parent) for v in ("VOC2010", "VOC2012")
+        ]
+        image_dir = next(
+            (os.path.join(p, "JPEGImages") for p in places if os.path.isdir(os.path.join(p, "JPEGImages"))), None
+        )
         if image_dir is None:
-            raise file_error(DataError, base, "no JPEGImages/ folder with the VOC photos found next to, "
-                             "above or in VOCdevkit/VOC2010 (or VOC2012)")
+            raise file_error(
+                DataError,
+                base,
+                "no JPEGImages/ folder with the VOC photos found next to, above or in VOCdevkit/VOC2010 (or VOC2012)",
+            )
         id_list, pair_list = (os.path.join(list_dir, f"{split}{s}.txt") for s in ("_id", ""))
         if os.path.isfile(id_list) or not os.path.isfile(pair_list):
             ids = _read_list(id_list)
@@ -243,13 +262,16 @@ class PascalContext(SegmentationDataset):
         root = os.fspath(root)
         base = _voc_base(root, "2010", "SegmentationClassContext", "PASCAL-Context")
         ids = _read_list(os.path.join(base, "ImageSets", "SegmentationContext", f"{split}.txt"))
-        samples = [(os.path.join(base, "JPEGImages", f"{i}.jpg"),
-                    os.path.join(base, "SegmentationClassContext", f"{i}.png")) for i in ids]
+        samples = [
+            (os.path.join(base, "JPEGImages", f"{i}.jpg"), os.path.join(base, "SegmentationClassContext", f"{i}.png"))
+            for i in ids
+        ]
         if self.with_background:
             super().__init__(samples, PASCAL_CONTEXT_CLASSES, PASCAL_CONTEXT_PALETTE, transform)
         else:
-            super().__init__(samples, PASCAL_CONTEXT_CLASSES[1:], PASCAL_CONTEXT_PALETTE[1:], transform,
-                             label_lut=zero_void_lut())
+            super().__init__(
+                samples, PASCAL_CONTEXT_CLASSES[1:], PASCAL_CONTEXT_PALETTE[1:], transform, label_lut=zero_void_lut()
+            )
         self.root, self.split = base, split
 
 
@@ -290,8 +312,9 @@ class SUNRGBD(SegmentationDataset):
             numbered = sorted((int(m.group(1)), n) for n in os.listdir(image_dir) if (m := self._NUMBER.match(n)))
             if not numbered:
                 raise file_error(DataError, image_dir, "no images found (img-NNNNNN.jpg)")
-            samples = [(os.path.join(image_dir, n), os.path.join(label_dir, f"img-{k + offset:06d}.png"))
-                       for k, n in numbered]
+            samples = [
+                (os.path.join(image_dir, n), os.path.join(label_dir, f"img-{k + offset:06d}.png")) for k, n in numbered
+            ]
         super().__init__(samples, SUNRGBD_CLASSES, SUNRGBD_PALETTE, transform, label_lut=zero_void_lut())
         self.root, self.split = root, split
 
@@ -324,8 +347,7 @@ def _camvid_split(root: str, name: str) -> list[tuple[str, str]]:
         files = sorted(f for f in os.listdir(image_dir) if f.lower().endswith((".png", ".jpg", ".jpeg")))
         if not files:
             raise file_error(DataError, image_dir, "no CamVid frames (.png) found")
-        return [(os.path.join(image_dir, f), os.path.join(label_dir, os.path.splitext(f)[0] + ".png"))
-                for f in files]
+        return [(os.path.join(image_dir, f), os.path.join(label_dir, os.path.splitext(f)[0] + ".png")) for f in files]
     list_file = os.path.join(root, f"{name}.txt")
     if not os.path.isfile(list_file):
         raise file_error(DataError, root, f"not a CamVid folder: expected {name}/ and {name}annot/, or {name}.txt")
@@ -335,4 +357,4 @@ def _camvid_split(root: str, name: str) -> list[tuple[str, str]]:
 def _after_camvid(path: str) -> str:
     """A SegNet list path relative to the CamVid root: ``/SegNet/CamVid/train/a.png`` -> ``train/a.png``."""
     parts = path.replace("\\", "/").split("/")
-    return "/".join(parts[parts.index("CamVid") + 1:]) if "CamVid" in parts else path
+    return "/".join(parts[parts.index("CamVid") + 1 :]) if "CamVid" in parts else path

@@ -30,9 +30,17 @@ DATASETS = {
 }
 
 
-def build_dataset(name: str, root: PathLike | None, split: str, transform: Transform | None = None, *,
-                  synthetic_samples: int | None = None, synthetic_size: int = 128, binary_masks: bool = False,
-                  **kwargs: Any) -> SegmentationDataset:
+def build_dataset(
+    name: str,
+    root: PathLike | None,
+    split: str,
+    transform: Transform | None = None,
+    *,
+    synthetic_samples: int | None = None,
+    synthetic_size: int = 128,
+    binary_masks: bool = False,
+    **kwargs: Any,
+) -> SegmentationDataset:
     """Create dataset ``name`` (one of :data:`DATASETS`, e.g. voc, nyudv2, coco_voc, folder) for ``split``.
 
     ``root`` is ignored for ``synthetic``, which takes ``synthetic_samples`` images (default: its
@@ -49,8 +57,9 @@ def build_dataset(name: str, root: PathLike | None, split: str, transform: Trans
             raise DataError(f"binary masks are a folder-dataset option, not one of {key}")
         kwargs["binary_masks"] = True
     if key == "synthetic":
-        return SyntheticSegmentation(split=split, num_samples=synthetic_samples, size=synthetic_size,
-                                     transform=transform, **kwargs)
+        return SyntheticSegmentation(
+            split=split, num_samples=synthetic_samples, size=synthetic_size, transform=transform, **kwargs
+        )
     if root is None or not os.path.isdir(root):
         shown = "<none>" if root is None else root
         raise file_error(DataError, shown, f"{key} dataset root folder not found")

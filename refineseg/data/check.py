@@ -41,7 +41,7 @@ from refineseg.utils import distributed
 
 log = logging.getLogger("refineseg.data")
 
-CHUNK = 64            # samples per task sent to a worker process
+CHUNK = 64  # samples per task sent to a worker process
 VERIFY, DECODE = 1, 2  # check levels remembered in the cache: header + verify(), or a full image decode
 SKIP_HINT = "fix or remove these samples, or pass --skip-data-check to train anyway"
 
@@ -62,11 +62,11 @@ class Totals:
     """Label statistics of the scanned masks; arrays are indexed by label value 0..255."""
 
     samples: int = 0
-    pixels: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))        # pixels per label
-    images: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))        # masks holding it
+    pixels: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))  # pixels per label
+    images: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))  # masks holding it
     image_pixels: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))  # their pixels
-    sizes: Counter = field(default_factory=Counter)                                    # (w, h) -> images
-    label_files: dict[int, list[str]] = field(default_factory=dict)                    # bad label -> masks
+    sizes: Counter = field(default_factory=Counter)  # (w, h) -> images
+    label_files: dict[int, list[str]] = field(default_factory=dict)  # bad label -> masks
 
     def add(self, counts: np.ndarray, size: tuple[int, int] | None, bad: Sequence[int], mask_path: str) -> None:
         present = counts > 0
@@ -154,8 +154,9 @@ class _Scanner:
         self.level = level
         self.on_disk = on_disk(dataset)
 
-    def read_files(self, image_path: str, mask_path: str) -> tuple[list[str], tuple[int, int] | None,
-                                                                     np.ndarray | None]:
+    def read_files(
+        self, image_path: str, mask_path: str
+    ) -> tuple[list[str], tuple[int, int] | None, np.ndarray | None]:
         """(problem lines, image size, mask) of one sample's files; an absent file is named, not opened."""
         found = {p: os.path.exists(p) for p in (image_path, mask_path)}  # one entry when both are one file
         problems, size, mask = [absent_line(self.dataset, p) for p, ok in found.items() if not ok], None, None
@@ -191,8 +192,9 @@ class _Scanner:
         if mask.ndim != 2:
             return problems + [f"{mask_path}: mask has shape {mask.shape}, expected (H, W)"]
         if size is not None and (mask.shape[1], mask.shape[0]) != size:
-            problems.append(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but image {image_path} "
-                            f"is {size[0]}x{size[1]}")
+            problems.append(
+                f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but image {image_path} is {size[0]}x{size[1]}"
+            )
         if mask.dtype != np.uint8:
             if not np.issubdtype(mask.dtype, np.integer) or (mask.size and (mask.min() < 0 or mask.max() > 255)):
                 return problems + [f"{mask_path}: mask of {mask.dtype} is not class indices in 0..255"]
@@ -250,15 +252,17 @@ def _results(scanner: _Scanner, chunks: list[list[int]], workers: int):
             raise
 
 
-def _run_all(scanner: _Scanner, indices: list[int], workers: int | None,
-             desc: str) -> tuple[list[int], list[tuple[int, str]], Totals]:
+def _run_all(
+    scanner: _Scanner, indices: list[int], workers: int | None, desc: str
+) -> tuple[list[int], list[tuple[int, str]], Totals]:
     """Scan ``indices`` in chunks, in-process (workers 0/1, few samples) or on worker processes."""
     workers = min(default_workers() if workers is None else workers, math.ceil(len(indices) / 8))
     size = CHUNK if workers <= 1 else max(1, min(CHUNK, math.ceil(len(indices) / (4 * workers))))
-    chunks = [indices[i:i + size] for i in range(0, len(indices), size)]
+    chunks = [indices[i : i + size] for i in range(0, len(indices), size)]
     passed, problems, totals = [], [], Totals()
-    with tqdm(total=len(indices), desc=desc or "check data", unit="img",
-              disable=None if len(indices) >= 256 else True) as bar:
+    with tqdm(
+        total=len(indices), desc=desc or "check data", unit="img", disable=None if len(indices) >= 256 else True
+    ) as bar:
         for p, q, t in _results(scanner, chunks, workers):
             passed += p
             problems += q
@@ -270,8 +274,15 @@ def _run_all(scanner: _Scanner, indices: list[int], workers: int | None,
 # ----------------------------------------------------------------------------- public
 
 
-def scan_dataset(dataset: SegmentationDataset, *, full_decode: bool = False, use_cache: bool = True,
-                 update_cache: bool = True, workers: int | None = None, desc: str = "") -> Scan:
+def scan_dataset(
+    dataset: SegmentationDataset,
+    *,
+    full_decode: bool = False,
+    use_cache: bool = True,
+    update_cache: bool = True,
+    workers: int | None = None,
+    desc: str = "",
+) -> Scan:
     """Check the dataset's samples and collect label statistics of those read; never raises for bad data.
 
     ``use_cache``: skip samples unchanged since they passed (statistics then cover only the others);
@@ -313,16 +324,29 @@ def scan_dataset(dataset: SegmentationDataset, *, full_decode: bool = False, use
     return Scan(result, [p for _, p in problems], len({i for i, _ in problems}), totals)
 
 
-def check_dataset(dataset: SegmentationDataset, *, workers: int | None = None, cache: bool = True,
-                  full_decode: bool = False, desc: str = "", hint: str = "") -> CheckResult:
+def check_dataset(
+    dataset: SegmentationDataset,
+    *,
+    workers: int | None = None,
+    cache: bool = True,
+    full_decode: bool = False,
+    desc: str = "",
+    hint: str = "",
+) -> CheckResult:
     """Check every sample of ``dataset``; raise one :class:`DataCheckError` listing every problem.
 
     Skipped (``skipped=True``) for datasets made in memory. See :func:`scan_dataset` for the options.
     """
     if not on_disk(dataset):
         return CheckResult(total=len(dataset), skipped=True)
-    scan = scan_dataset(dataset, full_decode=full_decode, use_cache=cache, update_cache=cache, workers=workers,
-                        desc=desc or f"check {getattr(dataset, 'split', None) or 'data'}")
+    scan = scan_dataset(
+        dataset,
+        full_decode=full_decode,
+        use_cache=cache,
+        update_cache=cache,
+        workers=workers,
+        desc=desc or f"check {getattr(dataset, 'split', None) or 'data'}",
+    )
     if scan.problems:
         raise DataCheckError(scan.problems, scan.failed, len(dataset), describe(dataset), hint)
     return scan.result
@@ -344,8 +368,9 @@ def check_missing(datasets: Sequence[SegmentationDataset]) -> None:
         raise DataCheckError(list(dict.fromkeys(problems)), failed, total, ", ".join(names), hint)
 
 
-def check_before_run(datasets: Sequence[SegmentationDataset], *, skip: bool = False,
-                     workers: int | None = None) -> list[CheckResult]:
+def check_before_run(
+    datasets: Sequence[SegmentationDataset], *, skip: bool = False, workers: int | None = None
+) -> list[CheckResult]:
     """What ``train`` and ``evaluate`` run first: check the splits in use, raise one error for all of them.
 
     Under torch.distributed only rank 0 checks (its workers use the machine's cores); the other
@@ -367,8 +392,14 @@ def check_before_run(datasets: Sequence[SegmentationDataset], *, skip: bool = Fa
                 try:
                     results.append(check_dataset(ds, workers=workers))
                     r = results[-1]
-                    log.info("data check: %s: %d samples, %d checked, %d unchanged since they passed (%.1f s)",
-                             describe(ds), r.total, r.checked, r.cached, r.seconds)
+                    log.info(
+                        "data check: %s: %d samples, %d checked, %d unchanged since they passed (%.1f s)",
+                        describe(ds),
+                        r.total,
+                        r.checked,
+                        r.cached,
+                        r.seconds,
+                    )
                 except DataCheckError as e:
                     problems, failed = problems + e.problems, failed + e.failed
             if problems:

@@ -35,7 +35,8 @@ def cache_dir() -> Path:
 
 def _small(value: object) -> bool:
     return isinstance(value, (int, float, str, bool, type(None))) or (
-        isinstance(value, (dict, list, tuple)) and len(value) <= 4096)
+        isinstance(value, (dict, list, tuple)) and len(value) <= 4096
+    )
 
 
 def fingerprint(dataset: SegmentationDataset) -> str:
@@ -44,8 +45,10 @@ def fingerprint(dataset: SegmentationDataset) -> str:
     Taken from the dataset's attributes (arrays by their bytes, small containers by their repr), or
     from its ``check_fingerprint()`` method when it has one.
     """
-    h = hashlib.sha256(f"{CACHE_VERSION} {__version__} {type(dataset).__module__}.{type(dataset).__qualname__} "
-                       f"{dataset.num_classes} {dataset.ignore_index}".encode())
+    h = hashlib.sha256(
+        f"{CACHE_VERSION} {__version__} {type(dataset).__module__}.{type(dataset).__qualname__} "
+        f"{dataset.num_classes} {dataset.ignore_index}".encode()
+    )
     if hasattr(dataset, "check_fingerprint"):
         h.update(str(dataset.check_fingerprint()).encode())
         return h.hexdigest()
@@ -64,8 +67,13 @@ def fingerprint(dataset: SegmentationDataset) -> str:
 def cache_file(dataset: SegmentationDataset) -> Path:
     """The cache file of this dataset's root and split."""
     root = getattr(dataset, "root", None) or os.path.commonpath([os.path.abspath(p) for p, _ in dataset.samples])
-    key = json.dumps([f"{type(dataset).__module__}.{type(dataset).__qualname__}",
-                      os.path.abspath(os.fspath(root)), str(getattr(dataset, "split", ""))])
+    key = json.dumps(
+        [
+            f"{type(dataset).__module__}.{type(dataset).__qualname__}",
+            os.path.abspath(os.fspath(root)),
+            str(getattr(dataset, "split", "")),
+        ]
+    )
     return cache_dir() / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
 
 

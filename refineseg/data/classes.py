@@ -6,6 +6,8 @@ import numpy as np
 
 from refineseg.utils.palette import Color, color_palette
 
+# Tables of names and colours, kept as written (several per line):
+# fmt: off
 VOC_CLASSES = [
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
     "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
@@ -149,3 +151,4 @@ def camvid_lut(ignore_index: int = 255) -> np.ndarray:
     lut = np.full(256, ignore_index, np.uint8)
     lut[: len(CAMVID_CLASSES)] = np.arange(len(CAMVID_CLASSES), dtype=np.uint8)
     return lut
+# fmt: on

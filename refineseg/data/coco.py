@@ -118,12 +118,18 @@ class COCOVoc(SegmentationDataset):
     so smaller ones lying on them stay visible; crowd regions are drawn below all objects.
     """
 
-    def __init__(self, root: PathLike, split: str = "train", transform: Transform | None = None,
-                 keep_all: bool = False):
+    def __init__(
+        self, root: PathLike, split: str = "train", transform: Transform | None = None, keep_all: bool = False
+    ):
         root = os.fspath(root)
-        folder = split if split[-4:].isdigit() else next(
-            (f"{split}{year}" for year in ("2017", "2014") if os.path.isdir(os.path.join(root, f"{split}{year}"))),
-            f"{split}2017")
+        folder = (
+            split
+            if split[-4:].isdigit()
+            else next(
+                (f"{split}{year}" for year in ("2017", "2014") if os.path.isdir(os.path.join(root, f"{split}{year}"))),
+                f"{split}2017",
+            )
+        )
         image_dir = os.path.join(root, folder)
         _require_dir(image_dir, f"COCO image folder for split {split!r}")
         self.annotation_file = os.path.join(root, "annotations", f"instances_{folder}.json")
@@ -131,8 +137,11 @@ class COCOVoc(SegmentationDataset):
         names = {c.get("id"): c.get("name") for c in data.get("categories", [])}
         for cat_id, name in COCO_VOC_NAMES.items():
             if cat_id in names and names[cat_id] != name:
-                raise file_error(DataError, self.annotation_file, f"category {cat_id} is {names[cat_id]!r}, "
-                                 f"expected {name!r}: not COCO instances?")
+                raise file_error(
+                    DataError,
+                    self.annotation_file,
+                    f"category {cat_id} is {names[cat_id]!r}, expected {name!r}: not COCO instances?",
+                )
         objects: dict[int, list[tuple[int, float, Any]]] = {}
         for ann in data.get("annotations", []):
             voc = COCO_TO_VOC.get(ann.get("category_id"))
@@ -170,8 +179,9 @@ class COCOVoc(SegmentationDataset):
             try:
                 draw_segmentation(mask, segmentation, value)
             except (ValueError, KeyError, TypeError) as exc:
-                raise file_error(DataError, self.annotation_file,
-                                 f"image id {image_id}: bad segmentation ({exc})") from None
+                raise file_error(
+                    DataError, self.annotation_file, f"image id {image_id}: bad segmentation ({exc})"
+                ) from None
         return mask
 
     def check_fingerprint(self) -> tuple[Any, ...]:

@@ -44,9 +44,15 @@ class SegmentationDataset(torch.utils.data.Dataset):
     bad file, and reading such a sample raises a one-line :class:`DataError` naming the file.
     """
 
-    def __init__(self, samples: Sequence[tuple[str, str]], class_names: Sequence[str],
-                 palette: Sequence[Sequence[int]], transform: Transform | None = None,
-                 ignore_index: int = 255, label_lut: np.ndarray | None = None):
+    def __init__(
+        self,
+        samples: Sequence[tuple[str, str]],
+        class_names: Sequence[str],
+        palette: Sequence[Sequence[int]],
+        transform: Transform | None = None,
+        ignore_index: int = 255,
+        label_lut: np.ndarray | None = None,
+    ):
         if len(palette) != len(class_names):
             raise ValueError(f"palette has {len(palette)} colours for {len(class_names)} classes")
         if len(class_names) > 255:
@@ -86,13 +92,13 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.check_sample(image, mask, image_path, mask_path)
         return image, mask
 
-    def check_sample(self, image: np.ndarray, mask: np.ndarray, image_path: str = "<image>",
-                     mask_path: str = "<mask>") -> None:
+    def check_sample(
+        self, image: np.ndarray, mask: np.ndarray, image_path: str = "<image>", mask_path: str = "<mask>"
+    ) -> None:
         """Raise DataError unless sizes match and all labels are valid class indices or ignore."""
         if image.shape[:2] != mask.shape[:2]:
             (ih, iw), (mh, mw) = image.shape[:2], mask.shape[:2]
-            raise file_error(DataError, mask_path,
-                             f"mask is {mw}x{mh} but image {image_path} is {iw}x{ih}")
+            raise file_error(DataError, mask_path, f"mask is {mw}x{mh} but image {image_path} is {iw}x{ih}")
         values = np.unique(mask)
         bad = values[(values >= self.num_classes) & (values != self.ignore_index)]
         if bad.size:
@@ -101,8 +107,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def label_range_message(self, bad: Sequence[int]) -> str:
         """Why labels ``bad`` (sorted, out of range) are refused; datasets add how to fix it (folder: classes.yaml)."""
         shown = ", ".join(str(v) for v in bad[:10]) + (", ..." if len(bad) > 10 else "")
-        return (f"label values {shown} are out of range: {self.num_classes} classes "
-                f"(0..{self.num_classes - 1}) and {self.ignore_index} = ignore")
+        return (
+            f"label values {shown} are out of range: {self.num_classes} classes "
+            f"(0..{self.num_classes - 1}) and {self.ignore_index} = ignore"
+        )
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         image, mask = self.load_sample(index)
@@ -167,10 +175,13 @@ class VOCSegmentation(SegmentationDataset):
         base = _voc_base(root, "2012", "JPEGImages", "PASCAL VOC")
         mask_dir = "SegmentationClassAug" if split == "train_aug" else "SegmentationClass"
         # Lines are ids; some train_aug.txt copies hold "/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png".
-        ids = [os.path.splitext(os.path.basename(t))[0]
-               for t in _read_list(os.path.join(base, "ImageSets", "Segmentation", f"{split}.txt"))]
-        samples = [(os.path.join(base, "JPEGImages", f"{i}.jpg"), os.path.join(base, mask_dir, f"{i}.png"))
-                   for i in ids]
+        ids = [
+            os.path.splitext(os.path.basename(t))[0]
+            for t in _read_list(os.path.join(base, "ImageSets", "Segmentation", f"{split}.txt"))
+        ]
+        samples = [
+            (os.path.join(base, "JPEGImages", f"{i}.jpg"), os.path.join(base, mask_dir, f"{i}.png")) for i in ids
+        ]
         super().__init__(samples, VOC_CLASSES, VOC_PALETTE, transform)
         self.root, self.split = base, split
 
@@ -200,8 +211,10 @@ class Cityscapes(SegmentationDataset):
                 if not os.path.isfile(mask):
                     mask = stem + "_gtFine_labelIds.png"
                 if not os.path.isfile(mask):
-                    absent[mask] = (f"{mask}: no annotation found for image {os.path.join(city_dir, name)} "
-                                    f"(expected it or {os.path.basename(stem)}_gtFine_labelTrainIds.png)")
+                    absent[mask] = (
+                        f"{mask}: no annotation found for image {os.path.join(city_dir, name)} "
+                        f"(expected it or {os.path.basename(stem)}_gtFine_labelTrainIds.png)"
+                    )
                 samples.append((os.path.join(city_dir, name), mask))
         if not samples:
             raise file_error(DataError, image_root, f"no images found (*{suffix})")
@@ -218,8 +231,7 @@ class Cityscapes(SegmentationDataset):
 class ADE20K(SegmentationDataset):
     """ADE20K SceneParsing (ADEChallengeData2016), 150 classes; annotation 0 ("other") -> 255."""
 
-    SPLITS = {"train": "training", "training": "training", "val": "validation",
-              "validation": "validation"}
+    SPLITS = {"train": "training", "training": "training", "val": "validation", "validation": "validation"}
 
     def __init__(self, root: PathLike, split: str = "train", transform: Transform | None = None):
         root = os.fspath(root)
@@ -235,7 +247,6 @@ class ADE20K(SegmentationDataset):
         names = sorted(n for n in os.listdir(image_dir) if n.lower().endswith(".jpg"))
         if not names:
             raise file_error(DataError, image_dir, "no images found (*.jpg)")
-        samples = [(os.path.join(image_dir, n), os.path.join(ann_dir, os.path.splitext(n)[0] + ".png"))
-                   for n in names]
+        samples = [(os.path.join(image_dir, n), os.path.join(ann_dir, os.path.splitext(n)[0] + ".png")) for n in names]
         super().__init__(samples, ADE20K_CLASSES, ADE20K_PALETTE, transform, label_lut=ade20k_lut())
         self.root, self.split = base, split

@@ -54,8 +54,11 @@ class ClassSpec:
 def _parse_color(value: Any, source: str, what: str) -> Color | None:
     if value is None:
         return None
-    if (isinstance(value, (list, tuple)) and len(value) == 3
-            and all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= c <= 255 for c in value)):
+    if (
+        isinstance(value, (list, tuple))
+        and len(value) == 3
+        and all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= c <= 255 for c in value)
+    ):
         return (int(value[0]), int(value[1]), int(value[2]))
     raise file_error(DataError, source, f"colour of {what} must be [r, g, b] with 0..255, got {value!r}")
 
@@ -107,8 +110,12 @@ def _parse_map(spec: Any, num_classes: int, source: str) -> dict[int, int]:
             raise file_error(DataError, source, f"map: key {key!r} must be a mask value 0..255")
         label = IGNORE if isinstance(value, str) and value.strip().lower() == "ignore" else _parse_int(value)
         if label is None or not (0 <= label < num_classes or label == IGNORE):
-            raise file_error(DataError, source, f"map: {raw} -> {value!r} must be a class index 0..{num_classes - 1}, "
-                             f"255 or 'ignore' ({num_classes} classes listed)")
+            raise file_error(
+                DataError,
+                source,
+                f"map: {raw} -> {value!r} must be a class index 0..{num_classes - 1}, "
+                f"255 or 'ignore' ({num_classes} classes listed)",
+            )
         label_map[raw] = label
     return label_map
 
@@ -123,14 +130,16 @@ def parse_class_spec(spec: Any, source: str = "<classes>") -> ClassSpec:
     options: dict[str, Any] = {}
     if isinstance(spec, dict) and any(k in spec for k in OPTION_KEYS[1:]) and "classes" not in spec:
         if spec.get("binary") is not True:
-            raise file_error(DataError, source, "put the class list under `classes:` when using "
-                             "ignore_color, map or binary")
+            raise file_error(
+                DataError, source, "put the class list under `classes:` when using ignore_color, map or binary"
+            )
         spec = {**spec, "classes": None}
     if isinstance(spec, dict) and "classes" in spec:
         unknown = [str(k) for k in spec if k not in OPTION_KEYS]
         if unknown:
-            raise file_error(DataError, source, f"unknown key(s) {', '.join(unknown)}; "
-                             f"expected {', '.join(OPTION_KEYS)}")
+            raise file_error(
+                DataError, source, f"unknown key(s) {', '.join(unknown)}; expected {', '.join(OPTION_KEYS)}"
+            )
         options, spec = spec, spec["classes"]
     binary = options.get("binary", False)
     if not isinstance(binary, bool):
@@ -144,11 +153,16 @@ def parse_class_spec(spec: Any, source: str = "<classes>") -> ClassSpec:
     if not names:
         raise file_error(DataError, source, "no classes listed")
     if binary and len(names) != 2:
-        raise file_error(DataError, source, f"binary masks give 2 classes (background, foreground), "
-                         f"but {len(names)} are listed")
+        raise file_error(
+            DataError, source, f"binary masks give 2 classes (background, foreground), but {len(names)} are listed"
+        )
     if len(names) == 1:
-        raise file_error(DataError, source, f"only one class ({names[0]!r}) listed: a mask needs a background "
-                         "class too; list it first, or set `binary: true` for 0/255 foreground masks")
+        raise file_error(
+            DataError,
+            source,
+            f"only one class ({names[0]!r}) listed: a mask needs a background "
+            "class too; list it first, or set `binary: true` for 0/255 foreground masks",
+        )
     if len(set(names)) != len(names):
         raise file_error(DataError, source, "class names must be unique")
     ignore_color = _parse_color(options.get("ignore_color"), source, "ignore_color")
@@ -170,6 +184,7 @@ def _load_file(path: str) -> Any:
             if path.endswith(".json"):
                 return json.load(f)
             import yaml
+
             return yaml.safe_load(f)
     except OSError as exc:
         raise file_error(DataError, path, f"cannot read ({exc.strerror})") from None
@@ -216,14 +231,16 @@ def _list_images(folder: str) -> dict[str, str]:
         if ext.lower() not in IMAGE_SUFFIXES or not os.path.isfile(os.path.join(folder, name)):
             continue
         if stem in found:
-            raise file_error(DataError, os.path.join(folder, name),
-                             f"two images share the stem {stem!r} (also {found[stem]})")
+            raise file_error(
+                DataError, os.path.join(folder, name), f"two images share the stem {stem!r} (also {found[stem]})"
+            )
         found[stem] = os.path.join(folder, name)
     return found
 
 
-def _match_stems(stems: Sequence[str], images: Mapping[str, str], image_dir: str, mask_dir: str,
-                 listed_in: str) -> tuple[list[tuple[str, str]], dict[str, str]]:
+def _match_stems(
+    stems: Sequence[str], images: Mapping[str, str], image_dir: str, mask_dir: str, listed_in: str
+) -> tuple[list[tuple[str, str]], dict[str, str]]:
     """(image, mask) pairs of ``stems`` and the problem lines of their absent files, path -> line.
 
     A stem without an image keeps its place as ``<image_dir>/<stem>.*``, so the data check names it
@@ -249,9 +266,15 @@ class FolderDataset(SegmentationDataset):
     (``--binary-masks``) reads 0/255 masks as background/foreground, as ``binary: true`` does.
     """
 
-    def __init__(self, root: PathLike, split: str | None = None, classes: Any = None,
-                 transform: Transform | None = None, ignore_color: Color | None = None,
-                 binary_masks: bool = False):
+    def __init__(
+        self,
+        root: PathLike,
+        split: str | None = None,
+        classes: Any = None,
+        transform: Transform | None = None,
+        ignore_color: Color | None = None,
+        binary_masks: bool = False,
+    ):
         root = os.fspath(root)
         if not os.path.isdir(root):
             raise file_error(DataError, root, "dataset folder not found")
@@ -271,8 +294,7 @@ class FolderDataset(SegmentationDataset):
         samples, absent = _match_stems(stems, images, image_dir, mask_dir, split_file or image_dir)
         fallback = color_palette(len(spec.names))
         palette = [c if c is not None else fallback[i] for i, c in enumerate(spec.colors)]
-        super().__init__(samples, spec.names, palette, transform,
-                         label_lut=label_lut(spec.label_map, spec.binary))
+        super().__init__(samples, spec.names, palette, transform, label_lut=label_lut(spec.label_map, spec.binary))
         self.missing.update(absent)  # reported by the data check with every other bad file, not here
         self.root, self.split = root, split
         self.binary, self.label_map = spec.binary, dict(spec.label_map)
@@ -292,10 +314,13 @@ class FolderDataset(SegmentationDataset):
             if source is None and binary:
                 return parse_class_spec({"binary": True}, "--binary-masks"), "--binary-masks"
             if source is None:
-                raise file_error(DataError, os.path.join(root, "classes.yaml"),
-                                 "classes file not found; add one listing the classes in label order, "
-                                 "e.g. '- {name: background, color: [0, 0, 0]}' (or pass --binary-masks "
-                                 "for 0/255 masks)")
+                raise file_error(
+                    DataError,
+                    os.path.join(root, "classes.yaml"),
+                    "classes file not found; add one listing the classes in label order, "
+                    "e.g. '- {name: background, color: [0, 0, 0]}' (or pass --binary-masks "
+                    "for 0/255 masks)",
+                )
             content = _load_file(source)
         if binary:  # --binary-masks: as if the file said `binary: true`
             has_options = isinstance(content, dict) and any(k in content for k in OPTION_KEYS)
@@ -314,9 +339,11 @@ class FolderDataset(SegmentationDataset):
         sub = os.path.join(root, split)
         if os.path.isdir(os.path.join(sub, "images")):
             return os.path.join(sub, "images"), os.path.join(sub, "masks"), None, None
-        raise file_error(DataError, os.path.join(root, "splits", f"{split}.txt"),
-                         f"split file not found (also looked for {root}/{split}.txt and "
-                         f"{root}/{split}/images/)")
+        raise file_error(
+            DataError,
+            os.path.join(root, "splits", f"{split}.txt"),
+            f"split file not found (also looked for {root}/{split}.txt and {root}/{split}/images/)",
+        )
 
     def read_mask(self, mask_path: str) -> np.ndarray:
         """(H, W) uint8 labels: colour masks through the class colours, index masks through ``map``/binary."""
@@ -327,8 +354,12 @@ class FolderDataset(SegmentationDataset):
                 if self.color_to_label is not None:
                     return colors_to_labels(rgb, self.color_to_label, mask_path)
                 if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
-                    raise file_error(DataError, mask_path, f"mask is a colour ({img.mode}) image; expected a "
-                                     "single-channel PNG of class indices, or class colours in classes.yaml")
+                    raise file_error(
+                        DataError,
+                        mask_path,
+                        f"mask is a colour ({img.mode}) image; expected a "
+                        "single-channel PNG of class indices, or class colours in classes.yaml",
+                    )
                 raw = np.ascontiguousarray(rgb[..., 0])  # grey saved as RGB
         if not self.binary and IGNORE not in self.label_map:
             self._refuse_binary_mask(raw, mask_path)
@@ -337,12 +368,18 @@ class FolderDataset(SegmentationDataset):
     def _refuse_binary_mask(self, raw: np.ndarray, mask_path: str) -> None:
         """Stop on a 0/255-only mask: read as indices it is background + ignore, nothing to learn."""
         if raw.size and raw.max() == IGNORE and raw.min() == 0 and not np.any((raw != 0) & (raw != IGNORE)):
-            raise file_error(DataError, mask_path, "only 0 and 255, i.e. background and ignored pixels: "
-                             "0/255 foreground masks need --binary-masks (or `binary: true` in classes.yaml); "
-                             "if 255 does mean ignore, add `map: {255: ignore}`")
+            raise file_error(
+                DataError,
+                mask_path,
+                "only 0 and 255, i.e. background and ignored pixels: "
+                "0/255 foreground masks need --binary-masks (or `binary: true` in classes.yaml); "
+                "if 255 does mean ignore, add `map: {255: ignore}`",
+            )
 
     def label_range_message(self, bad: Sequence[int]) -> str:
         """The out-of-range message of :class:`SegmentationDataset`, plus what to change in the classes file."""
-        hint = ("add the missing classes, map the values with a `map:` entry (e.g. `map: {"
-                f"{bad[0]}: 1}}`), or pass --binary-masks for 0/255 masks")
+        hint = (
+            "add the missing classes, map the values with a `map:` entry (e.g. `map: {"
+            f"{bad[0]}: 1}}`), or pass --binary-masks for 0/255 masks"
+        )
         return f"{super().label_range_message(bad)}; classes from {self.classes_source}: {hint}"

@@ -53,8 +53,9 @@ def _open_loaded(path: PathLike) -> Image.Image:
     except UnidentifiedImageError:
         raise file_error(DataError, path, "not an image file (unknown or unsupported format)") from None
     except Image.DecompressionBombError as exc:
-        raise file_error(DataError, path, f"image too large for the normal reader ({exc}); "
-                         "use read_large_image") from None
+        raise file_error(
+            DataError, path, f"image too large for the normal reader ({exc}); use read_large_image"
+        ) from None
     except OSError as exc:
         raise file_error(DataError, path, f"cannot open image ({exc})") from None
     try:
@@ -140,16 +141,18 @@ def _mask_from_pil(img: Image.Image, path: PathLike) -> np.ndarray | None:
     if mode.startswith("I"):
         arr = np.asarray(img)
         if arr.size and (arr.min() < 0 or arr.max() > 255):
-            raise file_error(DataError, path, f"{mode} mask has values in {arr.min()}..{arr.max()}; "
-                             "expected class indices 0..255")
+            raise file_error(
+                DataError, path, f"{mode} mask has values in {arr.min()}..{arr.max()}; expected class indices 0..255"
+            )
         return arr.astype(np.uint8)
     if mode in ("RGB", "RGBA", "RGBX"):
         return None
     raise file_error(DataError, path, f"unsupported mask mode {mode!r}; expected an index or RGB PNG")
 
 
-def colors_to_labels(rgb: np.ndarray, color_to_label: Mapping[tuple[int, int, int], int],
-                     path: PathLike = "<array>") -> np.ndarray:
+def colors_to_labels(
+    rgb: np.ndarray, color_to_label: Mapping[tuple[int, int, int], int], path: PathLike = "<array>"
+) -> np.ndarray:
     """Map an (H, W, 3) colour mask to (H, W) uint8 labels; an unlisted colour raises DataError."""
     codes = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
     uniq, inverse = np.unique(codes.ravel(), return_inverse=True)
@@ -158,14 +161,17 @@ def colors_to_labels(rgb: np.ndarray, color_to_label: Mapping[tuple[int, int, in
         color = (code >> 16, (code >> 8) & 255, code & 255)
         if color not in color_to_label:
             count = int((inverse == i).sum())
-            raise file_error(DataError, path, f"colour {list(color)} ({count} pixels) is not one of the "
-                             "class colours; add it to classes.yaml or set ignore_color")
+            raise file_error(
+                DataError,
+                path,
+                f"colour {list(color)} ({count} pixels) is not one of the "
+                "class colours; add it to classes.yaml or set ignore_color",
+            )
         table[i] = color_to_label[color]
     return table[inverse].reshape(codes.shape)
 
 
-def read_mask(path: PathLike,
-              color_to_label: Mapping[tuple[int, int, int], int] | None = None) -> np.ndarray:
+def read_mask(path: PathLike, color_to_label: Mapping[tuple[int, int, int], int] | None = None) -> np.ndarray:
     """Read a label mask as (H, W) uint8 class indices.
 
     Palette PNGs give their palette indices (not the colours), 'L' masks their grey values and
@@ -177,8 +183,12 @@ def read_mask(path: PathLike,
         if labels is not None:
             return labels
         if color_to_label is None:
-            raise file_error(DataError, path, f"mask is a colour ({img.mode}) image; expected a "
-                             "single-channel PNG of class indices, or class colours in classes.yaml")
+            raise file_error(
+                DataError,
+                path,
+                f"mask is a colour ({img.mode}) image; expected a "
+                "single-channel PNG of class indices, or class colours in classes.yaml",
+            )
         return colors_to_labels(np.asarray(img.convert("RGB")), color_to_label, path)
 
 
@@ -198,8 +208,9 @@ def _tifffile(path: PathLike):
     try:
         import tifffile
     except ImportError:
-        raise file_error(MissingDependencyError, path, "TIFF files need tifffile "
-                         "(pip install 'refineseg[train]')") from None
+        raise file_error(
+            MissingDependencyError, path, "TIFF files need tifffile (pip install 'refineseg[train]')"
+        ) from None
     return tifffile
 
 
@@ -240,7 +251,7 @@ def _palette_bytes(palette: Sequence[Sequence[int]]) -> list[int]:
     flat = [int(c) for color in palette for c in color[:3]]
     flat += [0] * (768 - len(flat))
     if len(palette) <= 255:
-        flat[255 * 3:256 * 3] = IGNORE_COLOR
+        flat[255 * 3 : 256 * 3] = IGNORE_COLOR
     return flat
 
 
@@ -269,8 +280,15 @@ def write_label_tiff(path: PathLike, labels: np.ndarray, palette: Sequence[Seque
     tifffile = _tifffile(path)
     colormap = np.asarray(_palette_bytes(palette), np.uint16).reshape(256, 3).T * 257  # 8 -> 16 bit
     with atomic_write(path) as tmp:
-        tifffile.imwrite(tmp, labels, photometric="palette", colormap=colormap, compression="zlib",
-                         tile=(512, 512), bigtiff=labels.size > 2**31)
+        tifffile.imwrite(
+            tmp,
+            labels,
+            photometric="palette",
+            colormap=colormap,
+            compression="zlib",
+            tile=(512, 512),
+            bigtiff=labels.size > 2**31,
+        )
 
 
 def write_image(path: PathLike, image: np.ndarray) -> None:

@@ -39,8 +39,13 @@ def _sizes_summary(sizes: dict[tuple[int, int], int]) -> dict[str, Any]:
         mean = sum(s[axis] * n for s, n in sizes.items()) / count
         ranges[name] = {"min": min(values), "max": max(values), "mean": round(mean, 2)}
     common = sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0]))[:20]
-    return {"distinct": len(sizes), "min": list(keys[0]), "max": list(keys[-1]), **ranges,
-            "most_common": [{"width": w, "height": h, "images": n} for (w, h), n in common]}
+    return {
+        "distinct": len(sizes),
+        "min": list(keys[0]),
+        "max": list(keys[-1]),
+        **ranges,
+        "most_common": [{"width": w, "height": h, "images": n} for (w, h), n in common],
+    }
 
 
 def statistics_report(totals: Totals, dataset: SegmentationDataset, problems: Sequence[str]) -> dict[str, Any]:
@@ -48,21 +53,37 @@ def statistics_report(totals: Totals, dataset: SegmentationDataset, problems: Se
     c, ignore = dataset.num_classes, dataset.ignore_index
     labelled = int(totals.pixels[:c].sum())
     everything = int(totals.pixels.sum())
-    classes = [{"index": i, "name": name, "pixels": int(totals.pixels[i]), "images": int(totals.images[i]),
-                "image_pixels": int(totals.image_pixels[i]),
-                "share": float(totals.pixels[i] / labelled) if labelled else 0.0}
-               for i, name in enumerate(dataset.class_names)]
-    out_of_range = [{"label": label, "pixels": int(totals.pixels[label]), "files": sorted(files)}
-                    for label, files in sorted(totals.label_files.items())]
+    classes = [
+        {
+            "index": i,
+            "name": name,
+            "pixels": int(totals.pixels[i]),
+            "images": int(totals.images[i]),
+            "image_pixels": int(totals.image_pixels[i]),
+            "share": float(totals.pixels[i] / labelled) if labelled else 0.0,
+        }
+        for i, name in enumerate(dataset.class_names)
+    ]
+    out_of_range = [
+        {"label": label, "pixels": int(totals.pixels[label]), "files": sorted(files)}
+        for label, files in sorted(totals.label_files.items())
+    ]
     ignore_pixels = int(totals.pixels[ignore]) if 0 <= ignore < len(totals.pixels) else 0
-    return {"num_samples": totals.samples, "num_classes": c, "ignore_index": ignore,
-            "ignore_share": ignore_pixels / everything if everything else 0.0,
-            "classes": classes, "out_of_range": out_of_range, "image_sizes": _sizes_summary(totals.sizes),
-            "problems": list(problems)}
+    return {
+        "num_samples": totals.samples,
+        "num_classes": c,
+        "ignore_index": ignore,
+        "ignore_share": ignore_pixels / everything if everything else 0.0,
+        "classes": classes,
+        "out_of_range": out_of_range,
+        "image_sizes": _sizes_summary(totals.sizes),
+        "problems": list(problems),
+    }
 
 
-def dataset_statistics(datasets: SegmentationDataset | Sequence[SegmentationDataset], workers: int | None = None,
-                       *, remember: bool = True) -> dict[str, Any]:
+def dataset_statistics(
+    datasets: SegmentationDataset | Sequence[SegmentationDataset], workers: int | None = None, *, remember: bool = True
+) -> dict[str, Any]:
     """Decode and check every sample of one or several datasets (same classes); return summed statistics.
 
     Bad samples do not stop the scan: they are listed under ``"problems"`` (and their readable
@@ -74,8 +95,14 @@ def dataset_statistics(datasets: SegmentationDataset | Sequence[SegmentationData
     for ds in datasets:
         if ds.class_names != datasets[0].class_names or ds.ignore_index != datasets[0].ignore_index:
             raise ValueError(f"{describe(ds)} has other classes than {describe(datasets[0])}")
-        scan = scan_dataset(ds, full_decode=True, use_cache=False, update_cache=remember, workers=workers,
-                            desc=f"check-data {getattr(ds, 'split', None) or ''}".strip())
+        scan = scan_dataset(
+            ds,
+            full_decode=True,
+            use_cache=False,
+            update_cache=remember,
+            workers=workers,
+            desc=f"check-data {getattr(ds, 'split', None) or ''}".strip(),
+        )
         totals.merge(scan.totals)
         problems += scan.problems
         failed += scan.failed

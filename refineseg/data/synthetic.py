@@ -34,8 +34,8 @@ SYNTHETIC_PALETTE = color_palette(len(SYNTHETIC_CLASSES))
 
 # Nominal image colours; each image jitters them a little (square and stripes together).
 _DISK_RGB = (40, 110, 220)
-_FLAT_RGB = (180, 170, 60)      # square colour == mean colour of the stripes
-_STRIPE_DELTA = 45              # stripes alternate FLAT + delta and FLAT - delta
+_FLAT_RGB = (180, 170, 60)  # square colour == mean colour of the stripes
+_STRIPE_DELTA = 45  # stripes alternate FLAT + delta and FLAT - delta
 _WIRE_RGB = (240, 240, 240)
 _DOT_RGB = (220, 40, 40)
 _JITTER = 12
@@ -58,8 +58,7 @@ def _draw_labels(rng: np.random.Generator, height: int, width: int) -> np.ndarra
     canvas = Image.new("L", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     s = min(height, width)
-    shapes = [DISK] * int(rng.integers(1, 3)) + [SQUARE] * int(rng.integers(1, 3)) \
-        + [STRIPES] * int(rng.integers(1, 3))
+    shapes = [DISK] * int(rng.integers(1, 3)) + [SQUARE] * int(rng.integers(1, 3)) + [STRIPES] * int(rng.integers(1, 3))
     rng.shuffle(shapes)
     for cls in shapes:
         cx, cy = rng.uniform(0.1, 0.9) * width, rng.uniform(0.1, 0.9) * height
@@ -74,8 +73,9 @@ def _draw_labels(rng: np.random.Generator, height: int, width: int) -> np.ndarra
             rx, ry = rng.uniform(0.1, 0.2) * s, rng.uniform(0.07, 0.14) * s
             draw.polygon(_rotated_polygon(cx, cy, rx, ry, angle, 48), fill=cls)
     for _ in range(int(rng.integers(1, 4))):
-        points = [(rng.uniform(-0.1, 1.1) * width, rng.uniform(-0.1, 1.1) * height)
-                  for _ in range(int(rng.integers(2, 5)))]
+        points = [
+            (rng.uniform(-0.1, 1.1) * width, rng.uniform(-0.1, 1.1) * height) for _ in range(int(rng.integers(2, 5)))
+        ]
         wire_width = int(rng.choice([1, 2, 3], p=[0.25, 0.35, 0.4]))
         draw.line(points, fill=WIRE, width=wire_width)
     for _ in range(int(rng.integers(3, 9))):
@@ -121,8 +121,9 @@ def sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), zlib.crc32(split.encode("utf-8")), int(index)])
 
 
-def make_synthetic_sample(seed: int, split: str, index: int,
-                          size: tuple[int, int] = (128, 128)) -> tuple[np.ndarray, np.ndarray]:
+def make_synthetic_sample(
+    seed: int, split: str, index: int, size: tuple[int, int] = (128, 128)
+) -> tuple[np.ndarray, np.ndarray]:
     """Generate sample ``index``: (H, W, 3) uint8 image and (H, W) uint8 labels."""
     rng = sample_rng(seed, split, index)
     labels = _draw_labels(rng, size[0], size[1])
@@ -135,9 +136,14 @@ class SyntheticSegmentation(SegmentationDataset):
     ``num_samples`` defaults to 500 for ``train`` and 100 for other splits; ``size`` is (H, W).
     """
 
-    def __init__(self, split: str = "train", num_samples: int | None = None,
-                 size: int | tuple[int, int] = (128, 128), seed: int = 0,
-                 transform: Transform | None = None):
+    def __init__(
+        self,
+        split: str = "train",
+        num_samples: int | None = None,
+        size: int | tuple[int, int] = (128, 128),
+        seed: int = 0,
+        transform: Transform | None = None,
+    ):
         super().__init__([], SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, transform)
         self.split = split
         self.num_samples = _DEFAULT_COUNTS.get(split, 100) if num_samples is None else int(num_samples)
@@ -156,8 +162,9 @@ class SyntheticSegmentation(SegmentationDataset):
         return make_synthetic_sample(self.seed, self.split, index, self.size)
 
 
-def write_synthetic(out_dir: PathLike, num_train: int = 200, num_val: int = 50,
-                    size: int | tuple[int, int] = (128, 128), seed: int = 0) -> str:
+def write_synthetic(
+    out_dir: PathLike, num_train: int = 200, num_val: int = 50, size: int | tuple[int, int] = (128, 128), seed: int = 0
+) -> str:
     """Write the synthetic dataset in the folder layout that :class:`FolderDataset` reads.
 
     Creates ``images/<split>_<i>.png``, ``masks/<split>_<i>.png`` (palette index PNGs),

@@ -39,13 +39,15 @@ def _albumentations() -> tuple[Any, Any]:
         import albumentations as A
         import cv2
     except ImportError as exc:
-        raise MissingDependencyError(f"data augmentation needs albumentations ({exc.name} is not installed): "
-                                     "pip install 'refineseg[train]'") from exc
+        raise MissingDependencyError(
+            f"data augmentation needs albumentations ({exc.name} is not installed): pip install 'refineseg[train]'"
+        ) from exc
     return A, cv2
 
 
-def normalize(image: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
-              std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+def normalize(
+    image: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> torch.Tensor:
     """(H, W, 3) uint8 RGB -> (3, H, W) float32 tensor ``(x / 255 - mean) / std``."""
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
     m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
@@ -53,8 +55,9 @@ def normalize(image: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
     return x.sub_(m).div_(s)
 
 
-def denormalize(tensor: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
-                std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
+def denormalize(
+    tensor: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> np.ndarray:
     """Undo :func:`normalize`: (3, H, W) -> (H, W, 3) uint8, or (N, 3, H, W) -> (N, H, W, 3)."""
     t = tensor.detach().float().cpu()
     m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
@@ -70,9 +73,14 @@ class PairTransform:
     See the module docstring for how ``seed``, ``set_epoch`` and ``set_sample_seed`` work.
     """
 
-    def __init__(self, augment: Any, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD, seed: int | None = None,
-                 randomized: bool = True):
+    def __init__(
+        self,
+        augment: Any,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        seed: int | None = None,
+        randomized: bool = True,
+    ):
         self.augment = augment
         self.randomized = randomized  # False: augment is deterministic, skip reseeding
         self.mean = tuple(float(v) for v in mean)
@@ -114,10 +122,14 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
-def train_transform(crop: int | Sequence[int], mean: Sequence[float] = IMAGENET_MEAN,
-                    std: Sequence[float] = IMAGENET_STD,
-                    scale_range: tuple[float, float] = (0.5, 2.0), ignore_index: int = 255,
-                    seed: int | None = None) -> PairTransform:
+def train_transform(
+    crop: int | Sequence[int],
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    scale_range: tuple[float, float] = (0.5, 2.0),
+    ignore_index: int = 255,
+    seed: int | None = None,
+) -> PairTransform:
     """Training augmentation: colour jitter, random scale, pad, random crop to ``crop``, flip.
 
     Scaling is bilinear for the image and nearest for the mask; regions padded to reach the crop
@@ -127,21 +139,37 @@ def train_transform(crop: int | Sequence[int], mean: Sequence[float] = IMAGENET_
     height, width = _pair(crop)
     lo, hi = scale_range
     fill = tuple(round(255 * v) for v in mean)
-    augment = A.Compose([
-        # Photometric jitter first, so padding below stays exactly the mean colour (0 once normalised).
-        A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=0.8),
-        A.RandomScale(scale_limit=(lo - 1.0, hi - 1.0), interpolation=cv2.INTER_LINEAR,
-                      mask_interpolation=cv2.INTER_NEAREST, p=1.0),
-        A.PadIfNeeded(min_height=height, min_width=width, position="random",
-                      border_mode=cv2.BORDER_CONSTANT, fill=fill, fill_mask=ignore_index),
-        A.RandomCrop(height=height, width=width),
-        A.HorizontalFlip(p=0.5),
-    ], mask_interpolation=cv2.INTER_NEAREST)
+    augment = A.Compose(
+        [
+            # Photometric jitter first, so padding below stays exactly the mean colour (0 once normalised).
+            A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=0.8),
+            A.RandomScale(
+                scale_limit=(lo - 1.0, hi - 1.0),
+                interpolation=cv2.INTER_LINEAR,
+                mask_interpolation=cv2.INTER_NEAREST,
+                p=1.0,
+            ),
+            A.PadIfNeeded(
+                min_height=height,
+                min_width=width,
+                position="random",
+                border_mode=cv2.BORDER_CONSTANT,
+                fill=fill,
+                fill_mask=ignore_index,
+            ),
+            A.RandomCrop(height=height, width=width),
+            A.HorizontalFlip(p=0.5),
+        ],
+        mask_interpolation=cv2.INTER_NEAREST,
+    )
     return PairTransform(augment, mean, std, seed)
 
 
-def eval_transform(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                   resize: int | Sequence[int] | None = None) -> PairTransform:
+def eval_transform(
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    resize: int | Sequence[int] | None = None,
+) -> PairTransform:
     """Evaluation transform: optional resize, then normalise.
 
     ``resize=int`` scales the shorter side to that length (aspect kept); ``resize=(h, w)`` resizes
@@ -151,8 +179,7 @@ def eval_transform(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] =
         return PairTransform(None, mean, std)
     A, cv2 = _albumentations()
     if isinstance(resize, int):
-        op = A.SmallestMaxSize(max_size=resize, interpolation=cv2.INTER_LINEAR,
-                               mask_interpolation=cv2.INTER_NEAREST)
+        op = A.SmallestMaxSize(max_size=resize, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST)
     else:
         h, w = _pair(resize)
         op = A.Resize(h, w, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST)

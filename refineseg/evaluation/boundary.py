@@ -43,7 +43,7 @@ TRIMAP_WIDTHS = tuple(range(1, 41))
 
 def boundary_width(height: int, width: int, ratio: float = 0.02) -> int:
     """Band width ``d`` in pixels for an image: ``ratio`` of its diagonal, rounded, at least 1."""
-    return max(1, int(round(ratio * math.sqrt(height ** 2 + width ** 2))))
+    return max(1, int(round(ratio * math.sqrt(height**2 + width**2))))
 
 
 def _window_extreme(x: Tensor, radius: int, dim: int, largest: bool) -> Tensor:
@@ -116,17 +116,18 @@ def label_boundary(labels: Tensor, dilation: int) -> Tensor:
     band = _square_extreme(x, dilation, largest=True) != _square_extreme(x, dilation, largest=False)
     h, w = band.shape[-2:]
     band[..., :dilation, :] = True  # within d px of the 1-pixel zero border
-    band[..., max(h - dilation, 0):, :] = True
+    band[..., max(h - dilation, 0) :, :] = True
     band[..., :, :dilation] = True
-    band[..., :, max(w - dilation, 0):] = True
+    band[..., :, max(w - dilation, 0) :] = True
     return band
 
 
 def _check_labels(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int) -> Tensor:
     """Validate a (pred, target) pair; return the non-ignored mask."""
     if pred.shape != target.shape or pred.dim() < 2:
-        raise ValueError(f"pred and target must be label maps of one shape, got {tuple(pred.shape)} "
-                         f"and {tuple(target.shape)}")
+        raise ValueError(
+            f"pred and target must be label maps of one shape, got {tuple(pred.shape)} and {tuple(target.shape)}"
+        )
     if pred.is_floating_point() or target.is_floating_point():
         raise ValueError("pred and target must be integer label maps (take argmax of the logits first)")
     valid = target != ignore_index
@@ -151,8 +152,9 @@ class BoundaryIoU:
     (they lie wholly on ignored pixels) scores 0.
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = 255, ratio: float = 0.02,
-                 device: torch.device | str | None = None):
+    def __init__(
+        self, num_classes: int, ignore_index: int = 255, ratio: float = 0.02, device: torch.device | str | None = None
+    ):
         if not 1 <= num_classes <= 255:
             raise ValueError(f"num_classes must be in [1, 255], got {num_classes}")
         if not ratio > 0:
@@ -229,8 +231,13 @@ class TrimapAccuracy:
     non-ignored pixels and of correct ones; the band of width w sums distances 0..w.
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = 255, max_width: int = TRIMAP_WIDTHS[-1],
-                 device: torch.device | str | None = None):
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int = 255,
+        max_width: int = TRIMAP_WIDTHS[-1],
+        device: torch.device | str | None = None,
+    ):
         if not 1 <= num_classes <= 255:
             raise ValueError(f"num_classes must be in [1, 255], got {num_classes}")
         self.num_classes, self.ignore_index, self.max_width = int(num_classes), int(ignore_index), int(max_width)
@@ -252,7 +259,7 @@ class TrimapAccuracy:
         # Histogram of (distance, correct) over the valid pixels; ignored ones go to a last bin.
         bins = self.max_width + 2
         code = torch.where(valid, dist * 2 + (pred == target).long(), 2 * bins)
-        counts = torch.bincount(code.reshape(-1), minlength=2 * bins + 1)[:2 * bins].reshape(bins, 2)[:-1]
+        counts = torch.bincount(code.reshape(-1), minlength=2 * bins + 1)[: 2 * bins].reshape(bins, 2)[:-1]
         self.total += counts.sum(1)
         self.correct += counts[:, 1]
 

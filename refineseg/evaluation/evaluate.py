@@ -10,8 +10,9 @@ from __future__ import annotations
 import csv
 import io
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -76,7 +77,8 @@ def evaluate_model(
     rank, world = distributed.rank(), distributed.world_size()
     indices = list(range(rank, len(dataset), world))
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(dataset, indices), batch_size=1, shuffle=False, num_workers=workers)
+        torch.utils.data.Subset(dataset, indices), batch_size=1, shuffle=False, num_workers=workers
+    )
     palette = list(palette or getattr(dataset, "palette", None) or color_palette(dataset.num_classes))
     relabel = torch.as_tensor(class_map, dtype=torch.int64, device=device) if class_map is not None else None
     counters = _Counters(dataset.num_classes, getattr(dataset, "ignore_index", 255), boundary_ratio, device)
@@ -89,8 +91,9 @@ def evaluate_model(
     try:
         with torch.inference_mode(), bar:
             for index, (image, mask) in zip(indices, bar):
-                probs = predict_probabilities(model, image.to(device), mode=mode, crop=crop, stride=stride,
-                                              scales=scales, flip=flip)
+                probs = predict_probabilities(
+                    model, image.to(device), mode=mode, crop=crop, stride=stride, scales=scales, flip=flip
+                )
                 pred, target = probs.argmax(1), mask.to(device)
                 if relabel is not None:
                     pred = relabel[pred]
@@ -99,8 +102,9 @@ def evaluate_model(
                 if per_image:
                     rows.append(_image_row(index, name, counts, band_counts))
                 if predictions_dir is not None:
-                    write_label_png(Path(predictions_dir) / f"{name}.png", pred[0].to("cpu", torch.uint8).numpy(),
-                                    palette)  # atomic
+                    write_label_png(
+                        Path(predictions_dir) / f"{name}.png", pred[0].to("cpu", torch.uint8).numpy(), palette
+                    )  # atomic
     finally:
         model.train(was_training)
     summary = counters.summary(list(dataset.class_names), palette)
@@ -113,8 +117,7 @@ class _Counters:
     """What an evaluation accumulates: the confusion matrix and, unless ``boundary_ratio`` is None,
     the Boundary IoU and trimap counts."""
 
-    def __init__(self, num_classes: int, ignore_index: int, boundary_ratio: float | None,
-                 device: torch.device) -> None:
+    def __init__(self, num_classes: int, ignore_index: int, boundary_ratio: float | None, device: torch.device) -> None:
         self.matrix = ConfusionMatrix(num_classes, ignore_index, device=device)
         self.boundary = self.trimap = None
         if boundary_ratio is not None:
@@ -135,13 +138,18 @@ class _Counters:
         if self.boundary is not None:
             self.boundary.all_reduce()
             self.trimap.all_reduce()
-        return summarize(self.matrix.compute(), class_names, palette=palette,
-                         boundary=self.boundary.compute() if self.boundary is not None else None,
-                         trimap=self.trimap.compute() if self.trimap is not None else None)
+        return summarize(
+            self.matrix.compute(),
+            class_names,
+            palette=palette,
+            boundary=self.boundary.compute() if self.boundary is not None else None,
+            trimap=self.trimap.compute() if self.trimap is not None else None,
+        )
 
 
-def _image_row(index: int, name: str, counts: torch.Tensor,
-               band_counts: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, Any]:
+def _image_row(
+    index: int, name: str, counts: torch.Tensor, band_counts: tuple[torch.Tensor, torch.Tensor] | None
+) -> dict[str, Any]:
     """Scores of one image from its (C, C) confusion counts and per-class band (intersection, union).
 
     Pixel accuracy over the non-ignored pixels; mIoU and boundary IoU averaged over the classes
@@ -156,10 +164,13 @@ def _image_row(index: int, name: str, counts: torch.Tensor,
     def undefined_to_none(x: float) -> float | None:
         return None if np.isnan(x) else x
 
-    row = {"index": int(index), "name": str(name),
-           "pixel_accuracy": float(tp.sum()) / total if total > 0 else None,
-           "miou": undefined_to_none(nanmean(class_scores(tp, gt + pr - tp, present))),
-           "boundary_iou": None}
+    row = {
+        "index": int(index),
+        "name": str(name),
+        "pixel_accuracy": float(tp.sum()) / total if total > 0 else None,
+        "miou": undefined_to_none(nanmean(class_scores(tp, gt + pr - tp, present))),
+        "boundary_iou": None,
+    }
     if band_counts is not None:
         row["boundary_iou"] = undefined_to_none(nanmean(class_scores(*band_counts, present)))
     return row
@@ -186,8 +197,13 @@ def write_per_image_csv(path: str | Path, rows: Sequence[dict[str, Any]]) -> Pat
     return Path(path)
 
 
-def match_classes(model_names: Sequence[str], dataset_names: Sequence[str], checkpoint: str | Path,
-                  class_map: str | Path | None = None, ignore_names: bool = False) -> list[int] | None:
+def match_classes(
+    model_names: Sequence[str],
+    dataset_names: Sequence[str],
+    checkpoint: str | Path,
+    class_map: str | Path | None = None,
+    ignore_names: bool = False,
+) -> list[int] | None:
     """The dataset class index of each of the model's classes; None when class i is class i as it is.
 
     Equal name lists need nothing, nor do the placeholders ``class_0, class_1, ...`` of a checkpoint
@@ -203,13 +219,21 @@ def match_classes(model_names: Sequence[str], dataset_names: Sequence[str], chec
         return None
     i = next(i for i, (a, b) in enumerate(zip(model_names, dataset_names)) if a != b)
     if ignore_names:
-        log.warning("evaluating under the dataset's class names: class %d is %r in the checkpoint but %r in the "
-                    "dataset (--ignore-class-names)", i, model_names[i], dataset_names[i])
+        log.warning(
+            "evaluating under the dataset's class names: class %d is %r in the checkpoint but %r in the "
+            "dataset (--ignore-class-names)",
+            i,
+            model_names[i],
+            dataset_names[i],
+        )
         return None
     how = " (the same names in another order)" if sorted(model_names) == sorted(dataset_names) else ""
-    raise file_error(CheckpointError, checkpoint,
-                     f"class {i} is {model_names[i]!r} in the checkpoint but {dataset_names[i]!r} in the dataset"
-                     f"{how}; pass --class-map FILE to match them or --ignore-class-names to evaluate it as is")
+    raise file_error(
+        CheckpointError,
+        checkpoint,
+        f"class {i} is {model_names[i]!r} in the checkpoint but {dataset_names[i]!r} in the dataset"
+        f"{how}; pass --class-map FILE to match them or --ignore-class-names to evaluate it as is",
+    )
 
 
 def read_class_map(path: str | Path, model_names: Sequence[str], dataset_names: Sequence[str]) -> list[int]:
@@ -224,20 +248,32 @@ def read_class_map(path: str | Path, model_names: Sequence[str], dataset_names: 
         mapping = {str(k): str(v) for k, v in data.items()}
         unknown = [k for k in mapping if k not in model_names]
         if unknown:
-            raise file_error(ConfigError, path, f"{unknown[0]!r} is not a class of the checkpoint "
-                                                f"({', '.join(model_names)})")
+            raise file_error(
+                ConfigError, path, f"{unknown[0]!r} is not a class of the checkpoint ({', '.join(model_names)})"
+            )
         targets = [mapping.get(name, name) for name in model_names]
     elif isinstance(data, list) and len(data) == len(model_names):
         targets = [str(v) for v in data]
     else:
-        raise file_error(ConfigError, path, f"expected a mapping `checkpoint class: dataset class` or a list of "
-                                            f"{len(model_names)} dataset class names, got {type(data).__name__}"
-                                            + (f" of {len(data)}" if isinstance(data, list) else ""))
+        raise file_error(
+            ConfigError,
+            path,
+            f"expected a mapping `checkpoint class: dataset class` or a list of "
+            f"{len(model_names)} dataset class names, got {type(data).__name__}"
+            + (f" of {len(data)}" if isinstance(data, list) else ""),
+        )
     for i, name in enumerate(targets):
         if name not in dataset_names:
-            raise file_error(ConfigError, path, f"checkpoint class {model_names[i]!r} maps to {name!r}, not a "
-                                                f"class of the dataset ({', '.join(dataset_names)})")
+            raise file_error(
+                ConfigError,
+                path,
+                f"checkpoint class {model_names[i]!r} maps to {name!r}, not a "
+                f"class of the dataset ({', '.join(dataset_names)})",
+            )
         if name in targets[:i]:
-            raise file_error(ConfigError, path, f"checkpoint classes {model_names[targets.index(name)]!r} and "
-                                                f"{model_names[i]!r} both map to {name!r}")
+            raise file_error(
+                ConfigError,
+                path,
+                f"checkpoint classes {model_names[targets.index(name)]!r} and {model_names[i]!r} both map to {name!r}",
+            )
     return [list(dataset_names).index(name) for name in targets]

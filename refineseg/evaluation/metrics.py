@@ -158,9 +158,13 @@ def _json_float(x: float | None) -> float | None:
     return float(x)
 
 
-def summarize(metrics: dict[str, Any], class_names: list[str], boundary: dict[str, Any] | None = None,
-              trimap: dict[str, Any] | None = None,
-              palette: list[tuple[int, int, int]] | None = None) -> dict[str, Any]:
+def summarize(
+    metrics: dict[str, Any],
+    class_names: list[str],
+    boundary: dict[str, Any] | None = None,
+    trimap: dict[str, Any] | None = None,
+    palette: list[tuple[int, int, int]] | None = None,
+) -> dict[str, Any]:
     """Turn ``ConfusionMatrix.compute()`` output into the JSON-ready form written by evaluation.
 
     Returns ``{"aAcc", "mAcc", "mIoU", "mDice", "fwIoU", "mFscore", "per_class": [{"name", "IoU",
@@ -175,12 +179,18 @@ def summarize(metrics: dict[str, Any], class_names: list[str], boundary: dict[st
     for name, values in (("boundary", boundary and boundary["BoundaryIoU"]), ("palette", palette)):
         if values is not None and len(values) != n:
             raise ValueError(f"got {len(values)} {name} entries for {n} classes")
-    summary: dict[str, Any] = {key: _json_float(metrics[key])
-                               for key in ("aAcc", "mAcc", "mIoU", "mDice", "fwIoU", "mFscore")}
+    summary: dict[str, Any] = {
+        key: _json_float(metrics[key]) for key in ("aAcc", "mAcc", "mIoU", "mDice", "fwIoU", "mFscore")
+    }
     per_class = []
     for i, name in enumerate(class_names):
-        entry = {"name": str(name), "IoU": _json_float(metrics["IoU"][i]), "Acc": _json_float(metrics["Acc"][i]),
-                 "fscore": _json_float(metrics["Fscore"][i]), "pixel_share": _json_float(metrics["PixelShare"][i])}
+        entry = {
+            "name": str(name),
+            "IoU": _json_float(metrics["IoU"][i]),
+            "Acc": _json_float(metrics["Acc"][i]),
+            "fscore": _json_float(metrics["Fscore"][i]),
+            "pixel_share": _json_float(metrics["PixelShare"][i]),
+        }
         if boundary is not None:
             entry["boundary_iou"] = _json_float(boundary["BoundaryIoU"][i])
         if palette is not None:
@@ -191,8 +201,10 @@ def summarize(metrics: dict[str, Any], class_names: list[str], boundary: dict[st
         summary["boundary_ratio"] = float(boundary["ratio"])
     summary["per_class"] = per_class
     if trimap is not None:
-        summary["trimap"] = {"widths": [int(w) for w in trimap["widths"]],
-                             "accuracy": [_json_float(a) for a in trimap["accuracy"]]}
+        summary["trimap"] = {
+            "widths": [int(w) for w in trimap["widths"]],
+            "accuracy": [_json_float(a) for a in trimap["accuracy"]],
+        }
     return summary
 
 
@@ -216,7 +228,10 @@ def format_table(summary: dict[str, Any]) -> str:
 
     rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
     lines = [line(header), rule] + [line(r) for r in rows] + [rule]
-    keys = [k for k in ("aAcc", "mAcc", "mIoU", "mDice", "fwIoU", "mFscore", "mBoundaryIoU") if k in summary
-            or k in ("aAcc", "mAcc", "mIoU", "mDice")]
+    keys = [
+        k
+        for k in ("aAcc", "mAcc", "mIoU", "mDice", "fwIoU", "mFscore", "mBoundaryIoU")
+        if k in summary or k in ("aAcc", "mAcc", "mIoU", "mDice")
+    ]
     lines.append("  ".join(f"{key}: {_pct(summary.get(key))}" for key in keys))
     return "\n".join(lines)

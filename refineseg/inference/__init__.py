@@ -7,6 +7,12 @@ from refineseg.inference.predictor import predict_probabilities, preprocess, seg
 from refineseg.inference.tiling import predict_tiled
 
 __all__ = [
-    "segment", "predict_probabilities", "preprocess", "InferenceOptions", "predict_tiled",
-    "InferenceModel", "fold_batch_norm", "optimize_for_inference",
+    "segment",
+    "predict_probabilities",
+    "preprocess",
+    "InferenceOptions",
+    "predict_tiled",
+    "InferenceModel",
+    "fold_batch_norm",
+    "optimize_for_inference",
 ]

@@ -52,7 +52,6 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from refineseg.data import (
@@ -67,7 +66,7 @@ from refineseg.data.io import write_pil
 from refineseg.errors import DataError, RefineSegError, WriteError, file_error, one_line
 from refineseg.inference.options import InferenceOptions
 from refineseg.inference.predictor import segment
-from refineseg.inference.tiling import predict_tiled
+from refineseg.inference.tiling import predict_tiled, preview
 from refineseg.models import from_pretrained
 from refineseg.report.visualize import overlay
 from refineseg.utils.device import select_device
@@ -267,8 +266,9 @@ def output_names(paths: Sequence[Path], out: str | os.PathLike | None = None) ->
     return names
 
 
-def output_paths(path: Path, name: str, out: str | os.PathLike, tiled: bool = False,
-                 overlay: bool = True) -> tuple[Path, Path | None]:
+def output_paths(
+    path: Path, name: str, out: str | os.PathLike, tiled: bool = False, overlay: bool = True
+) -> tuple[Path, Path | None]:
     """(label file, overlay file or None) of input ``path`` named ``name``; tiled TIFF inputs get TIFF label maps."""
     out = Path(out)
     suffix = ".tif" if tiled and path.suffix.lower() in TIFF_SUFFIXES else ".png"
@@ -288,9 +288,18 @@ def load_predictor(options: InferenceOptions):
     return options.prepare(from_pretrained(options.checkpoint, map_location=select_device(options.device)))
 
 
-def predict_file(model, path: Path, label_path: Path, overlay_path: Path | None = None, *,
-                 options: InferenceOptions | None = None, tile: int | None = None, overlap: int = 128,
-                 tile_batch: int = 1, alpha: float = 0.5) -> None:
+def predict_file(
+    model,
+    path: Path,
+    label_path: Path,
+    overlay_path: Path | None = None,
+    *,
+    options: InferenceOptions | None = None,
+    tile: int | None = None,
+    overlap: int = 128,
+    tile_batch: int = 1,
+    alpha: float = 0.5,
+) -> None:
     """Segment one image file and write its label map (+ overlay), each atomically.
 
     ``options`` give the inference mode (default: whole image). With ``tile``, tiled mode reads
@@ -309,9 +318,8 @@ def predict_file(model, path: Path, label_path: Path, overlay_path: Path | None 
     else:
         write_label_png(label_path, labels, palette)
     if overlay_path is not None:
-        step = max(1, -(-max(labels.shape) // PREVIEW_SIDE)) if tile else 1
-        shown = overlay(np.asarray(image[::step, ::step]), labels[::step, ::step], palette,
-                        model.config.class_names, alpha=alpha)
+        shown_image, shown_labels = preview(image, labels, PREVIEW_SIDE) if tile else (image, labels)
+        shown = overlay(shown_image, shown_labels, palette, model.config.class_names, alpha=alpha)
         write_pil(overlay_path, shown, format="PNG")
 
 

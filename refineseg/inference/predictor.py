@@ -9,7 +9,7 @@ and the logits cropped back, so any image of at least 1 x 1 pixels can be segmen
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -60,13 +60,13 @@ def slide_logits(model: nn.Module, x: torch.Tensor, crop: int, stride: int) -> t
     total = count = None
     for top in _window_starts(h, crop, stride):
         for left in _window_starts(w, crop, stride):
-            window = x[:, :, top:top + crop, left:left + crop]
+            window = x[:, :, top : top + crop, left : left + crop]
             logits = padded_forward(model, window)
             if total is None:
                 total = logits.new_zeros(n, logits.shape[1], h, w)
                 count = logits.new_zeros(1, 1, h, w)
-            total[:, :, top:top + window.shape[2], left:left + window.shape[3]] += logits
-            count[:, :, top:top + window.shape[2], left:left + window.shape[3]] += 1
+            total[:, :, top : top + window.shape[2], left : left + window.shape[3]] += logits
+            count[:, :, top : top + window.shape[2], left : left + window.shape[3]] += 1
     return total / count
 
 
@@ -112,8 +112,13 @@ def predict_probabilities(
     return probs / passes
 
 
-def segment(model: nn.Module, image: np.ndarray, mean: Sequence[float] | None = None,
-            std: Sequence[float] | None = None, **options) -> np.ndarray:
+def segment(
+    model: nn.Module,
+    image: np.ndarray,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    **options,
+) -> np.ndarray:
     """Segment one (H, W, 3) uint8 RGB image -> (H, W) uint8 label map.
 
     ``mean``/``std`` default to the model's config; ``options`` go to :func:`predict_probabilities`.

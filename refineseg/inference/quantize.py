@@ -21,8 +21,9 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,8 +53,9 @@ def calibration_files(directory: str | os.PathLike, samples: int | None = None) 
     return files[:samples] if samples else files
 
 
-def calibration_input(image: np.ndarray, height: int, width: int, mean: Sequence[float],
-                      std: Sequence[float]) -> np.ndarray:
+def calibration_input(
+    image: np.ndarray, height: int, width: int, mean: Sequence[float], std: Sequence[float]
+) -> np.ndarray:
     """(H, W, 3) uint8 image -> normalized (1, 3, height, width) float32: resized to cover, centre-cropped."""
     x = preprocess(image, mean, std)
     h, w = x.shape[-2:]
@@ -62,7 +64,7 @@ def calibration_input(image: np.ndarray, height: int, width: int, mean: Sequence
     if size != (h, w):
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
     top, left = (size[0] - height) // 2, (size[1] - width) // 2
-    return x[:, :, top:top + height, left:left + width].contiguous().numpy()
+    return x[:, :, top : top + height, left : left + width].contiguous().numpy()
 
 
 def _reader_class() -> type:
@@ -73,8 +75,15 @@ def _reader_class() -> type:
         """Feeds one image a call, read when asked; ``set_range`` lets onnxruntime go in strides
         (ranges are merged stride by stride, so only one image's intermediate tensors are held)."""
 
-        def __init__(self, files: Sequence[Path], input_name: str, height: int, width: int,
-                     mean: Sequence[float], std: Sequence[float]) -> None:
+        def __init__(
+            self,
+            files: Sequence[Path],
+            input_name: str,
+            height: int,
+            width: int,
+            mean: Sequence[float],
+            std: Sequence[float],
+        ) -> None:
             self.files, self.input_name = list(files), input_name
             self.size, self.mean, self.std = (height, width), mean, std
             self.set_range(0, len(self.files))
@@ -140,8 +149,9 @@ def quantize_onnx(
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError as e:
-        raise MissingDependencyError(f"int8 export needs onnx and onnxruntime ({e.name} is not installed): "
-                                     "pip install 'refineseg[export]'") from None
+        raise MissingDependencyError(
+            f"int8 export needs onnx and onnxruntime ({e.name} is not installed): pip install 'refineseg[export]'"
+        ) from None
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}")
     if activation_type not in ("uint8", "int8"):
@@ -160,15 +170,27 @@ def quantize_onnx(
         quantized = Path(tmp) / "quantized.onnx"
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their settings
             quantize_static(
-                os.fspath(prepared), os.fspath(quantized), reader, quant_format=QuantFormat.QDQ,
+                os.fspath(prepared),
+                os.fspath(quantized),
+                reader,
+                quant_format=QuantFormat.QDQ,
                 activation_type=QuantType.QUInt8 if activation_type == "uint8" else QuantType.QInt8,
-                weight_type=QuantType.QInt8, per_channel=per_channel, nodes_to_exclude=exclude,
+                weight_type=QuantType.QInt8,
+                per_channel=per_channel,
+                nodes_to_exclude=exclude,
                 calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
                 extra_options={"CalibStridedMinMax": 1},  # ranges merged image by image: bounded memory
             )
         proto = onnx.load(os.fspath(quantized))
-    info = {"method": method, "samples": len(files), "activations": activation_type, "weights": "int8",
-            "per_channel": per_channel, "fp32_head": fp32_head, "calibration_size": [height, width]}
+    info = {
+        "method": method,
+        "samples": len(files),
+        "activations": activation_type,
+        "weights": "int8",
+        "per_channel": per_channel,
+        "fp32_head": fp32_head,
+        "calibration_size": [height, width],
+    }
     onnx.helper.set_model_props(proto, {**metadata, QUANTIZATION_KEY: json.dumps(info)})
     onnx.save_model(proto, os.fspath(out))
     return out

@@ -12,7 +12,7 @@ design) is an instance of :class:`RefineNetBlock` with different options.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

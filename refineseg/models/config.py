@@ -53,7 +53,7 @@ class ModelConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         """Read ``config.json``; ValueError naming the fields (and the writer's version) this version lacks."""
         if not isinstance(d, dict):
             raise ValueError("expected a JSON object")
@@ -62,6 +62,8 @@ class ModelConfig:
         unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             origin = f"written by refineseg {written_by}" if written_by else "written by another refineseg version"
-            raise ValueError(f"fields {', '.join(unknown)} are unknown to refineseg {__version__} ({origin}; "
-                             "upgrade refineseg to read it)")
+            raise ValueError(
+                f"fields {', '.join(unknown)} are unknown to refineseg {__version__} ({origin}; "
+                "upgrade refineseg to read it)"
+            )
         return cls(**d)

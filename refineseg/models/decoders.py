@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -110,13 +110,29 @@ class SingleStageDecoder(nn.Module):
     Forward: list of backbone features -> (N, width, H_0, W_0).
     """
 
-    def __init__(self, in_channels: Sequence[int], width: int = 256, crp_stages: int = 4,
-                 crp_relu_stage: bool = False, dropout: float = 0.0, dropout_levels: Sequence[int] = ()) -> None:
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        width: int = 256,
+        crp_stages: int = 4,
+        crp_relu_stage: bool = False,
+        dropout: float = 0.0,
+        dropout_levels: Sequence[int] = (),
+    ) -> None:
         super().__init__()
         self.level_dropout = LevelDropout(dropout, dropout_levels)
         self.block = RefineNetBlock(
-            in_channels, width, path_rcus=1, out_rcus=0, crp_stages=crp_stages, kernel_size=3,
-            rcu_batch_norm=True, rcu_bias_a=False, rcu_bias_b=False, mrf_bias=True, crp_relu_stage=crp_relu_stage,
+            in_channels,
+            width,
+            path_rcus=1,
+            out_rcus=0,
+            crp_stages=crp_stages,
+            kernel_size=3,
+            rcu_batch_norm=True,
+            rcu_bias_a=False,
+            rcu_bias_b=False,
+            mrf_bias=True,
+            crp_relu_stage=crp_relu_stage,
         )
         self.out_channels = width
 

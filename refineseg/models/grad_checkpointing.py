@@ -40,7 +40,8 @@ class _RestoreBatchNormBuffers:
 
     def __init__(self, module: nn.Module) -> None:
         self.buffers = [
-            b for m in module.modules()
+            b
+            for m in module.modules()
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
             for b in m.buffers()
         ]

@@ -83,11 +83,14 @@ def weights_file(backbone: str, tag: str = DEFAULT_TAG) -> str:
         return FILES[(backbone, tag)]
     available = sorted(t for b, t in FILES if b == backbone)
     if available:
-        raise CheckpointError(f"backbone weights {tag!r} for {backbone}: not published; "
-                              f"available: {', '.join(available)}")
+        raise CheckpointError(
+            f"backbone weights {tag!r} for {backbone}: not published; available: {', '.join(available)}"
+        )
     backbones = sorted({b for b, _ in FILES})
-    raise CheckpointError(f"backbone weights {tag!r} for {backbone}: no published weights for this backbone; "
-                          f"backbones with weights: {', '.join(backbones)}")
+    raise CheckpointError(
+        f"backbone weights {tag!r} for {backbone}: no published weights for this backbone; "
+        f"backbones with weights: {', '.join(backbones)}"
+    )
 
 
 def weights_name(backbone: str, tag: str = DEFAULT_TAG) -> str:
@@ -168,8 +171,10 @@ def _check_hash(path: Path, file: str) -> None:
     expected = sha256_prefix(file)
     actual = sha256_file(path)
     if not actual.startswith(expected):
-        raise CheckpointError(f"{path}: SHA-256 {actual[:12]}… does not start with {expected} "
-                              f"(the file published at {weights_url(file)}); delete it to download it again")
+        raise CheckpointError(
+            f"{path}: SHA-256 {actual[:12]}… does not start with {expected} "
+            f"(the file published at {weights_url(file)}); delete it to download it again"
+        )
 
 
 def _reason(error: BaseException) -> str:
@@ -188,28 +193,33 @@ def download(file: str, progress: bool = True) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{file}.", suffix=".part", dir=target.parent)
     except OSError as e:
-        raise CheckpointError(f"{target.parent}: cannot write the weights cache ({e.strerror or e}); "
-                              "set REFINESEG_HOME to a writable folder")
+        raise CheckpointError(
+            f"{target.parent}: cannot write the weights cache ({e.strerror or e}); "
+            "set REFINESEG_HOME to a writable folder"
+        )
     tmp = Path(tmp_name)
     try:
         digest, received = hashlib.sha256(), 0
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=file,
-                      disable=not progress, leave=False) as bar:
+            with tqdm(
+                total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=file, disable=not progress, leave=False
+            ) as bar:
                 while chunk := response.read(CHUNK):
                     out.write(chunk)
                     digest.update(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
         if total is not None and received != total:
-            raise CheckpointError(f"{url}: incomplete download ({received} of {total} bytes); "
-                                  f"nothing was saved; {place}")
+            raise CheckpointError(
+                f"{url}: incomplete download ({received} of {total} bytes); nothing was saved; {place}"
+            )
         actual = digest.hexdigest()
         if not actual.startswith(expected):
-            raise CheckpointError(f"{url}: SHA-256 mismatch (got {actual[:12]}…, expected {expected}…); "
-                                  f"nothing was saved; {place}")
+            raise CheckpointError(
+                f"{url}: SHA-256 mismatch (got {actual[:12]}…, expected {expected}…); nothing was saved; {place}"
+            )
         os.chmod(tmp, 0o644)  # mkstemp makes it private; a shared cache must be readable by others
         os.replace(tmp, target)
     except BaseException as e:
@@ -240,6 +250,12 @@ def list_weights() -> list[dict[str, str]]:
     rows = []
     for (backbone, tag), file in FILES.items():
         found = find_offline(file)
-        rows.append({"name": weights_name(backbone, tag), "sha256": sha256_prefix(file), "url": weights_url(file),
-                     "local": f"{found[0]} ({found[1]})" if found else "not cached"})
+        rows.append(
+            {
+                "name": weights_name(backbone, tag),
+                "sha256": sha256_prefix(file),
+                "url": weights_url(file),
+                "local": f"{found[0]} ({found[1]})" if found else "not cached",
+            }
+        )
     return rows

@@ -68,8 +68,9 @@ def to_reference(model: SegmentationModel) -> StateDict:
     return {mapping[k]: v for k, v in model.state_dict().items()}
 
 
-def from_reference(checkpoint: WeightsSource, name: str, num_classes: int | None = None,
-                   **options: Any) -> SegmentationModel:
+def from_reference(
+    checkpoint: WeightsSource, name: str, num_classes: int | None = None, **options: Any
+) -> SegmentationModel:
     """Build ``name`` and load weights saved in its published layout.
 
     ``checkpoint`` is a path (``.pth``/``.safetensors``) or a state dict in the layout of
@@ -84,8 +85,9 @@ def from_reference(checkpoint: WeightsSource, name: str, num_classes: int | None
     state = {k: v for k, v in state.items() if not k.startswith(layout.unused_prefixes)}
     if num_classes is None:
         if layout.classifier not in state:
-            raise file_error(CheckpointError, origin,
-                             f"no classifier weight {layout.classifier!r}; is this a {name} checkpoint?")
+            raise file_error(
+                CheckpointError, origin, f"no classifier weight {layout.classifier!r}; is this a {name} checkpoint?"
+            )
         num_classes = int(state[layout.classifier].shape[0])
     model = build_model(ModelConfig(name=name, num_classes=num_classes, **options))
     load_exact(model, state, origin, layout.rename)

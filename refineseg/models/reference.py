@@ -17,8 +17,8 @@ checkpoints and :func:`refineseg.to_reference` writes ours in its layout:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 Rule = tuple[str, Callable[[re.Match], str]]
 
@@ -51,20 +51,34 @@ _RESNET_RULES: list[Rule] = [
     (r"encoder\.(.*)", lambda m: m[1]),
     (r"head\.conv\.(.*)", lambda m: f"clf_conv.{m[1]}"),
     (r"decoder\.laterals\.(\d+)\.(.*)", lambda m: f"p_ims1d2_outl{int(m[1]) + 1}_dimred.{m[2]}"),
-    (r"decoder\.blocks\.(\d+)\.path_rcus\.0\.(\d+)\.conv_a\.(.*)",
-     lambda m: f"adapt_stage{int(m[1]) + 1}_b.0.{int(m[2]) + 1}_conv.{m[3]}"),
-    (r"decoder\.blocks\.(\d+)\.path_rcus\.0\.(\d+)\.conv_b\.(.*)",
-     lambda m: f"adapt_stage{int(m[1]) + 1}_b.0.{int(m[2]) + 1}_conv_relu_varout_dimred.{m[3]}"),
-    (r"decoder\.blocks\.(\d+)\.mrf\.convs\.0\.(.*)",
-     lambda m: f"adapt_stage{int(m[1]) + 1}_b2_joint_varout_dimred.{m[2]}"),
-    (r"decoder\.blocks\.(\d+)\.mrf\.convs\.1\.(.*)",
-     lambda m: f"mflow_conv_g{int(m[1])}_b3_joint_varout_dimred.{m[2]}"),
-    (r"decoder\.blocks\.(\d+)\.crp\.convs\.(\d+)\.(.*)",
-     lambda m: f"mflow_conv_g{int(m[1]) + 1}_pool.0.{int(m[2]) + 1}_outvar_dimred.{m[3]}"),
-    (r"decoder\.blocks\.(\d+)\.out_rcus\.(\d+)\.conv_a\.(.*)",
-     lambda m: f"mflow_conv_g{int(m[1]) + 1}_b.0.{int(m[2]) + 1}_conv.{m[3]}"),
-    (r"decoder\.blocks\.(\d+)\.out_rcus\.(\d+)\.conv_b\.(.*)",
-     lambda m: f"mflow_conv_g{int(m[1]) + 1}_b.0.{int(m[2]) + 1}_conv_relu_varout_dimred.{m[3]}"),
+    (
+        r"decoder\.blocks\.(\d+)\.path_rcus\.0\.(\d+)\.conv_a\.(.*)",
+        lambda m: f"adapt_stage{int(m[1]) + 1}_b.0.{int(m[2]) + 1}_conv.{m[3]}",
+    ),
+    (
+        r"decoder\.blocks\.(\d+)\.path_rcus\.0\.(\d+)\.conv_b\.(.*)",
+        lambda m: f"adapt_stage{int(m[1]) + 1}_b.0.{int(m[2]) + 1}_conv_relu_varout_dimred.{m[3]}",
+    ),
+    (
+        r"decoder\.blocks\.(\d+)\.mrf\.convs\.0\.(.*)",
+        lambda m: f"adapt_stage{int(m[1]) + 1}_b2_joint_varout_dimred.{m[2]}",
+    ),
+    (
+        r"decoder\.blocks\.(\d+)\.mrf\.convs\.1\.(.*)",
+        lambda m: f"mflow_conv_g{int(m[1])}_b3_joint_varout_dimred.{m[2]}",
+    ),
+    (
+        r"decoder\.blocks\.(\d+)\.crp\.convs\.(\d+)\.(.*)",
+        lambda m: f"mflow_conv_g{int(m[1]) + 1}_pool.0.{int(m[2]) + 1}_outvar_dimred.{m[3]}",
+    ),
+    (
+        r"decoder\.blocks\.(\d+)\.out_rcus\.(\d+)\.conv_a\.(.*)",
+        lambda m: f"mflow_conv_g{int(m[1]) + 1}_b.0.{int(m[2]) + 1}_conv.{m[3]}",
+    ),
+    (
+        r"decoder\.blocks\.(\d+)\.out_rcus\.(\d+)\.conv_b\.(.*)",
+        lambda m: f"mflow_conv_g{int(m[1]) + 1}_b.0.{int(m[2]) + 1}_conv_relu_varout_dimred.{m[3]}",
+    ),
 ]
 
 
@@ -81,10 +95,15 @@ for _group, _repeats in enumerate((1, 2, 3, 4, 3, 3, 1), start=2):
 
 # (decoder block, MRF path) -> the reference conv's name.
 _MBV2_DECODER_NAMES = {
-    (0, 0): "conv8", (0, 1): "conv7",
-    (1, 0): "conv6", (1, 1): "conv5", (1, 2): "conv_adapt4",
-    (2, 0): "conv4", (2, 1): "conv_adapt3",
-    (3, 0): "conv3", (3, 1): "conv_adapt2",
+    (0, 0): "conv8",
+    (0, 1): "conv7",
+    (1, 0): "conv6",
+    (1, 1): "conv5",
+    (1, 2): "conv_adapt4",
+    (2, 0): "conv4",
+    (2, 1): "conv_adapt3",
+    (3, 0): "conv3",
+    (3, 1): "conv_adapt2",
 }
 
 
@@ -104,8 +123,14 @@ def _mbv2_backbone_key(m: re.Match) -> str:
 _MBV2_RULES: list[Rule] = [
     (r"encoder\.features\.(\d+)\.(.*)", _mbv2_backbone_key),
     (r"head\.conv\.(.*)", lambda m: f"segm.{m[1]}"),
-    (r"decoder\.blocks\.(\d+)\.mrf\.convs\.(\d+)\.(.*)", lambda m: f"{_MBV2_DECODER_NAMES[int(m[1]), int(m[2])]}.{m[3]}"),
-    (r"decoder\.blocks\.(\d+)\.crp\.convs\.(\d+)\.(.*)", lambda m: f"crp{4 - int(m[1])}.0.{int(m[2]) + 1}_outvar_dimred.{m[3]}"),
+    (
+        r"decoder\.blocks\.(\d+)\.mrf\.convs\.(\d+)\.(.*)",
+        lambda m: f"{_MBV2_DECODER_NAMES[int(m[1]), int(m[2])]}.{m[3]}",
+    ),
+    (
+        r"decoder\.blocks\.(\d+)\.crp\.convs\.(\d+)\.(.*)",
+        lambda m: f"crp{4 - int(m[1])}.0.{int(m[2]) + 1}_outvar_dimred.{m[3]}",
+    ),
 ]
 
 
@@ -121,8 +146,10 @@ _SEED_HEAD_INDEX = {"proj.0": 0, "proj.1": 1, "conv": 3}
 
 _SEED_RULES: list[Rule] = [
     (r"encoder\.(.*)", lambda m: f"backbone.{m[1]}"),
-    (r"decoder\.block\.path_rcus\.(\d+)\.0\.(conv_a|bn|conv_b)\.(.*)",
-     lambda m: f"ResidualConvUnit.{m[1]}.{_SEED_RCU_INDEX[m[2]]}.{m[3]}"),
+    (
+        r"decoder\.block\.path_rcus\.(\d+)\.0\.(conv_a|bn|conv_b)\.(.*)",
+        lambda m: f"ResidualConvUnit.{m[1]}.{_SEED_RCU_INDEX[m[2]]}.{m[3]}",
+    ),
     (r"decoder\.block\.mrf\.convs\.(\d+)\.(.*)", lambda m: f"MultiResolutionFusion.{m[1]}.0.{m[2]}"),
     # Entry 0 of the seed's ChainedResidualPool list is its ReLU, so the stages are 1..4.
     (r"decoder\.block\.crp\.convs\.(\d+)\.(.*)", lambda m: f"ChainedResidualPool.{int(m[1]) + 1}.1.{m[2]}"),
@@ -135,9 +162,17 @@ def seed_reference_key(key: str) -> str:
     return _apply_rules(key, _SEED_RULES)
 
 
-RESNET_LAYOUT = ReferenceLayout("DrSleep/refinenet-pytorch, DrSleep/light-weight-refinenet (ResNet)",
-                                resnet_reference_key, classifier="clf_conv.weight")
-MOBILENET_LAYOUT = ReferenceLayout("DrSleep/light-weight-refinenet (MobileNetV2)",
-                                   mobilenet_reference_key, classifier="segm.weight")
-SEED_LAYOUT = ReferenceLayout("the founding document's single-stage RefineNet", seed_reference_key,
-                              classifier="final.3.weight", unused_prefixes=("backbone.fc.",))
+RESNET_LAYOUT = ReferenceLayout(
+    "DrSleep/refinenet-pytorch, DrSleep/light-weight-refinenet (ResNet)",
+    resnet_reference_key,
+    classifier="clf_conv.weight",
+)
+MOBILENET_LAYOUT = ReferenceLayout(
+    "DrSleep/light-weight-refinenet (MobileNetV2)", mobilenet_reference_key, classifier="segm.weight"
+)
+SEED_LAYOUT = ReferenceLayout(
+    "the founding document's single-stage RefineNet",
+    seed_reference_key,
+    classifier="final.3.weight",
+    unused_prefixes=("backbone.fc.",),
+)

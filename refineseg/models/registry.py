@@ -20,8 +20,9 @@ Families:
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from torch import nn
 
@@ -83,12 +84,19 @@ class ModelSpec:
 
 # Decoder layouts. ResNet levels 0..3 are layer1..layer4; MobileNetV2 levels 0..5 are its
 # groups at strides 4, 8, 16, 16, 32, 32 (the reference's l3..l8). Blocks run coarsest first.
-_RESNET_CASCADE = dict(level_groups=[[3], [2], [1], [0]], widths=[512, 256, 256, 256], lateral_convs=True,
-                       crp_stages=4)
+_RESNET_CASCADE = dict(level_groups=[[3], [2], [1], [0]], widths=[512, 256, 256, 256], lateral_convs=True, crp_stages=4)
 _REFINENET = dict(_RESNET_CASCADE, kernel_size=3, path_rcus=2, out_rcus=3)
 _LIGHT_WEIGHT = dict(_RESNET_CASCADE, kernel_size=1, path_rcus=0, out_rcus=0)
-_LIGHT_WEIGHT_MOBILENET = dict(level_groups=[[5, 4], [3, 2], [1], [0]], widths=[256] * 4, lateral_convs=False,
-                               kernel_size=1, path_rcus=0, out_rcus=0, crp_stages=4, activation="relu6")
+_LIGHT_WEIGHT_MOBILENET = dict(
+    level_groups=[[5, 4], [3, 2], [1], [0]],
+    widths=[256] * 4,
+    lateral_convs=False,
+    kernel_size=1,
+    path_rcus=0,
+    out_rcus=0,
+    crp_stages=4,
+    activation="relu6",
+)
 # The seed's CRP ran its ReLU as an extra first stage (see ChainedResidualPooling); kept for fidelity.
 _SEED = dict(width=256, crp_stages=4, crp_relu_stage=True)
 
@@ -103,18 +111,46 @@ _SEED_RECIPE = Recipe(lr=1e-3)
 
 
 def _refinenet(backbone: str) -> ModelSpec:
-    return ModelSpec("refinenet", backbone, RefineNetDecoder, _REFINENET, ClassifierHead, dropout=0.5,
-                     dropout_levels=(2, 3), recipe=_REFINENET_RECIPE, head_dropout=True, reference=RESNET_LAYOUT)
+    return ModelSpec(
+        "refinenet",
+        backbone,
+        RefineNetDecoder,
+        _REFINENET,
+        ClassifierHead,
+        dropout=0.5,
+        dropout_levels=(2, 3),
+        recipe=_REFINENET_RECIPE,
+        head_dropout=True,
+        reference=RESNET_LAYOUT,
+    )
 
 
 def _lw_refinenet(backbone: str) -> ModelSpec:
-    return ModelSpec("lw_refinenet", backbone, RefineNetDecoder, _LIGHT_WEIGHT, ClassifierHead, dropout=0.5,
-                     dropout_levels=(2, 3), recipe=_LIGHT_WEIGHT_RECIPE, reference=RESNET_LAYOUT)
+    return ModelSpec(
+        "lw_refinenet",
+        backbone,
+        RefineNetDecoder,
+        _LIGHT_WEIGHT,
+        ClassifierHead,
+        dropout=0.5,
+        dropout_levels=(2, 3),
+        recipe=_LIGHT_WEIGHT_RECIPE,
+        reference=RESNET_LAYOUT,
+    )
 
 
 def _seed_refinenet(backbone: str) -> ModelSpec:
-    return ModelSpec("seed_refinenet", backbone, SingleStageDecoder, _SEED, FullResolutionHead, dropout=0.0,
-                     dropout_levels=(2, 3), recipe=_SEED_RECIPE, reference=SEED_LAYOUT)
+    return ModelSpec(
+        "seed_refinenet",
+        backbone,
+        SingleStageDecoder,
+        _SEED,
+        FullResolutionHead,
+        dropout=0.0,
+        dropout_levels=(2, 3),
+        recipe=_SEED_RECIPE,
+        reference=SEED_LAYOUT,
+    )
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -129,15 +165,32 @@ MODELS: dict[str, ModelSpec] = {
     "lw_refinenet101": _lw_refinenet("resnet101"),
     "lw_refinenet152": _lw_refinenet("resnet152"),
     "lw_refinenet_mbv2": ModelSpec(
-        "lw_refinenet", "mobilenet_v2", RefineNetDecoder, _LIGHT_WEIGHT_MOBILENET, ClassifierHead, dropout=0.0,
-        dropout_levels=(4, 5), recipe=_LIGHT_WEIGHT_RECIPE, backbone_options={"expand_first_block": True}, reference=MOBILENET_LAYOUT),
+        "lw_refinenet",
+        "mobilenet_v2",
+        RefineNetDecoder,
+        _LIGHT_WEIGHT_MOBILENET,
+        ClassifierHead,
+        dropout=0.0,
+        dropout_levels=(4, 5),
+        recipe=_LIGHT_WEIGHT_RECIPE,
+        backbone_options={"expand_first_block": True},
+        reference=MOBILENET_LAYOUT,
+    ),
     "seed_refinenet50": _seed_refinenet("resnet50"),
     "seed_refinenet101": _seed_refinenet("resnet101"),
     "seed_refinenet152": _seed_refinenet("resnet152"),
     # Baseline, not a RefineNet: lw_refinenet_mbv2's backbone and recipe without the decoder.
     "fcn32_mbv2": ModelSpec(
-        "baseline", "mobilenet_v2", CoarsestLevelDecoder, {}, PointwiseClassifierHead, dropout=0.0,
-        dropout_levels=(5,), recipe=_LIGHT_WEIGHT_RECIPE, backbone_options={"expand_first_block": True}),
+        "baseline",
+        "mobilenet_v2",
+        CoarsestLevelDecoder,
+        {},
+        PointwiseClassifierHead,
+        dropout=0.0,
+        dropout_levels=(5,),
+        recipe=_LIGHT_WEIGHT_RECIPE,
+        backbone_options={"expand_first_block": True},
+    ),
 }
 
 
@@ -158,8 +211,9 @@ def build_model(config: ModelConfig) -> SegmentationModel:
     spec = model_spec(config.name)
     dropout = spec.dropout if config.dropout is None else config.dropout
     encoder = build_backbone(spec.backbone, output_stride=config.output_stride, **spec.backbone_options)
-    decoder = spec.decoder(encoder.out_channels, dropout=dropout, dropout_levels=spec.dropout_levels,
-                           **spec.decoder_options)
+    decoder = spec.decoder(
+        encoder.out_channels, dropout=dropout, dropout_levels=spec.dropout_levels, **spec.decoder_options
+    )
     head = spec.head(decoder.out_channels, config.num_classes, dropout=dropout if spec.head_dropout else 0.0)
     return SegmentationModel(encoder, decoder, head, config)
 

@@ -55,7 +55,7 @@ class SegmentationModel(nn.Module):
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return logits
 
-    def train(self, mode: bool = True) -> "SegmentationModel":
+    def train(self, mode: bool = True) -> SegmentationModel:
         super().train(mode)
         if mode and self.config.freeze_bn:
             freeze_batch_norm(self.encoder)

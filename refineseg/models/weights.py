@@ -16,8 +16,8 @@ import os
 import pickle
 import re
 import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 import torch
 from safetensors.torch import load_file
@@ -52,8 +52,11 @@ def load_weights_file(path: str | os.PathLike) -> StateDict:
     except pickle.UnpicklingError as e:
         unsupported = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
         detail = f": it references {unsupported[1]}" if unsupported else ""
-        raise file_error(CheckpointError, path,
-                         f"not a plain tensor checkpoint, refused to unpickle it{detail} (nothing was executed)")
+        raise file_error(
+            CheckpointError,
+            path,
+            f"not a plain tensor checkpoint, refused to unpickle it{detail} (nothing was executed)",
+        )
     except Exception as e:  # corrupt zip, truncated file, not a checkpoint at all
         raise file_error(CheckpointError, path, f"cannot read weights ({type(e).__name__}: {e})".splitlines()[0])
     for wrapper in ("state_dict", "model"):
@@ -80,8 +83,9 @@ def read_weights(source: WeightsSource) -> tuple[StateDict, str]:
     return load_weights_file(source), os.fspath(source)
 
 
-def load_exact(module: nn.Module, state: Mapping[str, torch.Tensor], origin: str,
-               rename: Callable[[str], str] | None = None) -> None:
+def load_exact(
+    module: nn.Module, state: Mapping[str, torch.Tensor], origin: str, rename: Callable[[str], str] | None = None
+) -> None:
     """Copy ``state`` into ``module``: every key consumed, none missing, every shape equal.
 
     ``rename`` maps each of the module's ``state_dict`` keys to its name in ``state``
@@ -109,17 +113,21 @@ def load_exact(module: nn.Module, state: Mapping[str, torch.Tensor], origin: str
 # ---------------------------------------------------------------------------------------------
 # torchvision backbone checkpoints
 
+
 def _torchvision_mobilenet_to_ours(state: StateDict, backbone: MobileNetV2) -> StateDict:
     """Drop the classifier and last 1×1 conv; give the first block an identity expand step."""
     state = {k: v for k, v in state.items() if not k.startswith(("classifier.", "features.18."))}
     if not backbone.expand_first_block or "features.1.conv.3.weight" in state:
         return state
-    shift = {"features.1.conv.0.": "features.1.conv.1.", "features.1.conv.1.": "features.1.conv.2.",
-             "features.1.conv.2.": "features.1.conv.3."}
+    shift = {
+        "features.1.conv.0.": "features.1.conv.1.",
+        "features.1.conv.1.": "features.1.conv.2.",
+        "features.1.conv.2.": "features.1.conv.3.",
+    }
     out: StateDict = {}
     for k, v in state.items():
         prefix = next((p for p in shift if k.startswith(p)), None)
-        out[shift[prefix] + k[len(prefix):] if prefix else k] = v
+        out[shift[prefix] + k[len(prefix) :] if prefix else k] = v
     # Identity 1x1 conv + a BN that computes (x - 0) / sqrt((1 - eps) + eps) * 1 + 0 = x.
     expand_bn = backbone.features[1].conv[0][1]
     channels = expand_bn.num_features

@@ -86,15 +86,23 @@ class ZooEntry:
     def from_dict(cls, data: Mapping[str, Any], origin: str | os.PathLike = INDEX_NAME) -> ZooEntry:
         """An entry of the index; CheckpointError naming ``origin`` when fields are missing or unknown."""
         known = {f.name for f in dataclasses.fields(cls)}
-        required = {f.name for f in dataclasses.fields(cls)
-                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        required = {
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        }
         label = data.get("name", "?") if isinstance(data, Mapping) else "?"
         if not isinstance(data, Mapping) or set(data) - known or required - set(data):
             got = set(data) if isinstance(data, Mapping) else set()
-            problems = [f"missing {', '.join(sorted(required - got))}" if required - got else "",
-                        f"unknown {', '.join(sorted(got - known))}" if got - known else ""]
-            raise file_error(CheckpointError, origin, f"zoo entry {label}: bad fields "
-                             f"({'; '.join(p for p in problems if p) or 'not an object'})")
+            problems = [
+                f"missing {', '.join(sorted(required - got))}" if required - got else "",
+                f"unknown {', '.join(sorted(got - known))}" if got - known else "",
+            ]
+            raise file_error(
+                CheckpointError,
+                origin,
+                f"zoo entry {label}: bad fields ({'; '.join(p for p in problems if p) or 'not an object'})",
+            )
         entry = cls(**data)
         file = Path(entry.file)
         if not _NAME.match(entry.name) or file.is_absolute() or ".." in file.parts or len(file.parts) != 2:
@@ -150,8 +158,12 @@ def check_sha256(path: Path, expected: str, name: str) -> None:
         raise file_error(CheckpointError, path, f"not found (file of model-zoo entry {name}; reinstall refineseg)")
     actual = sha256_file(path)
     if actual != expected:
-        raise file_error(CheckpointError, path, f"SHA-256 mismatch for model-zoo entry {name}: expected {expected}, "
-                         f"got {actual} (the file is corrupted or was changed; reinstall refineseg)")
+        raise file_error(
+            CheckpointError,
+            path,
+            f"SHA-256 mismatch for model-zoo entry {name}: expected {expected}, "
+            f"got {actual} (the file is corrupted or was changed; reinstall refineseg)",
+        )
 
 
 def verify_entry(entry: ZooEntry, root: str | os.PathLike | None = None) -> Path:
@@ -174,20 +186,27 @@ def resolve_checkpoint(source: str | os.PathLike) -> Path:
     name = os.fspath(source)
     if name in entries:
         return verify_entry(entries[name])
-    raise file_error(CheckpointError, path, "not found (expected a directory written by save_pretrained or a "
-                     f"model-zoo name; {_known(sorted(entries))})")
+    raise file_error(
+        CheckpointError,
+        path,
+        f"not found (expected a directory written by save_pretrained or a model-zoo name; {_known(sorted(entries))})",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Adding an entry (benchmarks/zoo_add.py)
+
 
 def half_state_dict(state: Mapping[str, torch.Tensor]) -> StateDict:
     """float32 tensors as float16, except BatchNorm running statistics and values beyond float16's range."""
     limit = torch.finfo(torch.float16).max
     out = {}
     for key, tensor in state.items():
-        convert = (tensor.dtype == torch.float32 and not key.endswith(_BATCH_NORM_STATS)
-                   and (tensor.numel() == 0 or float(tensor.abs().max()) <= limit))
+        convert = (
+            tensor.dtype == torch.float32
+            and not key.endswith(_BATCH_NORM_STATS)
+            and (tensor.numel() == 0 or float(tensor.abs().max()) <= limit)
+        )
         out[key] = tensor.half() if convert else tensor
     return out
 
@@ -316,17 +335,29 @@ def add_entry(source: EntrySource, root: str | os.PathLike | None = None, replac
         write_checkpoint(source.checkpoint, staging, precision)
         shipped = source.fp16_metrics if precision == "float16" else source.metrics
         entry = ZooEntry(
-            name=name, model=config.name, file=f"{name}/{WEIGHTS_NAME}", sha256=sha256_file(staging / WEIGHTS_NAME),
-            config_sha256=sha256_file(staging / CONFIG_NAME), dataset=dataset, classes=list(config.class_names),
-            precision=precision, metrics=entry_metrics(shipped),
+            name=name,
+            model=config.name,
+            file=f"{name}/{WEIGHTS_NAME}",
+            sha256=sha256_file(staging / WEIGHTS_NAME),
+            config_sha256=sha256_file(staging / CONFIG_NAME),
+            dataset=dataset,
+            classes=list(config.class_names),
+            precision=precision,
+            metrics=entry_metrics(shipped),
             evaluation=evaluation_info(source.metrics, source.fp16_metrics),
-            recipe_file=_display_path(source.recipe_file), recipe=recipe,
-            commit=source.commit, licence=licence, notes=source.notes)
+            recipe_file=_display_path(source.recipe_file),
+            recipe=recipe,
+            commit=source.commit,
+            licence=licence,
+            notes=source.notes,
+        )
         others = {k: v for k, v in entries.items() if k != name}
         total = zoo_bytes(others, root) + sum(f.stat().st_size for f in staging.iterdir())
         if total > MAX_ZOO_BYTES:
-            raise RefineSegError(f"{name}: the model zoo would hold {total / 1e6:.1f} MB, over its "
-                                 f"{MAX_ZOO_BYTES / 1e6:g} MB budget ({precision} weights); nothing was changed")
+            raise RefineSegError(
+                f"{name}: the model zoo would hold {total / 1e6:.1f} MB, over its "
+                f"{MAX_ZOO_BYTES / 1e6:g} MB budget ({precision} weights); nothing was changed"
+            )
         shutil.rmtree(root / name, ignore_errors=True)
         staging.rename(root / name)
     finally:

@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -36,8 +37,16 @@ from refineseg.report.outputs import (
 from refineseg.report.pages import eval_page, pick_worst_best, training_page
 from refineseg.utils.files import write_text
 
-__all__ = ["write_eval_report", "write_training_report", "write_compare_report", "write_report",
-           "pick_worst_best", "differing_images", "REPORT_NAME", "MAX_SIDE"]
+__all__ = [
+    "write_eval_report",
+    "write_training_report",
+    "write_compare_report",
+    "write_report",
+    "pick_worst_best",
+    "differing_images",
+    "REPORT_NAME",
+    "MAX_SIDE",
+]
 
 log = logging.getLogger("refineseg.report")
 REPORT_NAME = "report.html"
@@ -55,8 +64,15 @@ def _write_page(path: Path, html: str) -> Path:
     return path
 
 
-def write_eval_report(folder: str | os.PathLike, *, out: str | os.PathLike | None = None, dataset: Any = None,
-                      worst: int = 6, best: int = 3, max_side: int = MAX_SIDE) -> Path:
+def write_eval_report(
+    folder: str | os.PathLike,
+    *,
+    out: str | os.PathLike | None = None,
+    dataset: Any = None,
+    worst: int = 6,
+    best: int = 3,
+    max_side: int = MAX_SIDE,
+) -> Path:
     """Write the report of the evaluate output ``folder`` to ``out`` (default ``folder/report.html``).
 
     ``dataset``: the evaluated dataset when at hand (its ``load_sample`` gives the raw images);
@@ -73,9 +89,14 @@ def write_eval_report(folder: str | os.PathLike, *, out: str | os.PathLike | Non
     return _write_page(path, eval_page(run, dataset, note, worst=worst, best=best, max_side=max_side))
 
 
-def write_training_report(out: str | os.PathLike, summary: dict[str, Any] | None = None,
-                          confusion: np.ndarray | None = None, *, step: int | None = None,
-                          palette: Sequence[Sequence[int]] | None = None) -> Path | None:
+def write_training_report(
+    out: str | os.PathLike,
+    summary: dict[str, Any] | None = None,
+    confusion: np.ndarray | None = None,
+    *,
+    step: int | None = None,
+    palette: Sequence[Sequence[int]] | None = None,
+) -> Path | None:
     """Refresh ``out/report.html`` of a training run; called by the trainer after each validation (rank 0).
 
     ``summary`` (from :func:`refineseg.evaluation.evaluate.evaluate_model`, with its (C, C) ``confusion``
@@ -85,8 +106,7 @@ def write_training_report(out: str | os.PathLike, summary: dict[str, Any] | None
     """
     out = Path(out)
     if summary is not None:
-        record = {**summary, "iter": step,
-                  "class_names": [c["name"] for c in summary.get("per_class", [])]}
+        record = {**summary, "iter": step, "class_names": [c["name"] for c in summary.get("per_class", [])]}
         if palette is not None:
             record["palette"] = [[int(v) for v in c[:3]] for c in palette]
         if confusion is not None:
@@ -103,8 +123,14 @@ def write_training_report(out: str | os.PathLike, summary: dict[str, Any] | None
     return out / REPORT_NAME
 
 
-def write_compare_report(a: str | os.PathLike, b: str | os.PathLike, out: str | os.PathLike = "compare.html", *,
-                         top: int = 6, max_side: int = MAX_SIDE) -> Path:
+def write_compare_report(
+    a: str | os.PathLike,
+    b: str | os.PathLike,
+    out: str | os.PathLike = "compare.html",
+    *,
+    top: int = 6,
+    max_side: int = MAX_SIDE,
+) -> Path:
     """Write the side-by-side page of evaluate output folders ``a`` and ``b`` (same dataset and classes) to ``out``."""
     run_a, run_b = load_eval(a), load_eval(b)
     note = missing_predictions(run_a) or missing_predictions(run_b)
@@ -112,8 +138,14 @@ def write_compare_report(a: str | os.PathLike, b: str | os.PathLike, out: str | 
     return _write_page(Path(out), compare_page(run_a, run_b, dataset, note, top=top, max_side=max_side))
 
 
-def write_report(run_dir: str | os.PathLike, *, out: str | os.PathLike | None = None, worst: int = 6,
-                 best: int = 3, max_side: int = MAX_SIDE) -> Path:
+def write_report(
+    run_dir: str | os.PathLike,
+    *,
+    out: str | os.PathLike | None = None,
+    worst: int = 6,
+    best: int = 3,
+    max_side: int = MAX_SIDE,
+) -> Path:
     """``refineseg report RUN_DIR``: rebuild the page of an evaluate folder or a training run folder."""
     folder = Path(run_dir)
     if not folder.is_dir():
@@ -123,5 +155,8 @@ def write_report(run_dir: str | os.PathLike, *, out: str | os.PathLike | None = 
     if is_training_folder(folder):
         path = Path(out) if out is not None else folder / REPORT_NAME
         return _write_page(path, training_page(folder, *read_training(folder)))
-    raise file_error(RefineSegError, folder, "neither an evaluate output (metrics.json and per_image.csv) "
-                                             "nor a training run (metrics.jsonl)")
+    raise file_error(
+        RefineSegError,
+        folder,
+        "neither an evaluate output (metrics.json and per_image.csv) nor a training run (metrics.jsonl)",
+    )

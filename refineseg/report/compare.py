@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from refineseg.errors import DataError, file_error
 from refineseg.report.figures import label_uri, photo_uri
@@ -23,15 +24,19 @@ from refineseg.report.outputs import EvalOutputs, load_sample
 from refineseg.report.pages import _class_legend, _img, _scores
 
 
-def differing_images(a_rows: Sequence[dict[str, Any]], b_rows: Sequence[dict[str, Any]],
-                     top: int) -> list[tuple[dict[str, Any], dict[str, Any], float]]:
+def differing_images(
+    a_rows: Sequence[dict[str, Any]], b_rows: Sequence[dict[str, Any]], top: int
+) -> list[tuple[dict[str, Any], dict[str, Any], float]]:
     """The ``top`` images (matched by name) with the largest |mIoU of B - mIoU of A|, as (row A, row B, delta).
 
     Images without a defined mIoU in either are skipped; ties go to the lower index in A.
     """
     by_name = {r["name"]: r for r in b_rows}
-    pairs = [(ra, by_name[ra["name"]], by_name[ra["name"]]["miou"] - ra["miou"]) for ra in a_rows
-             if ra["name"] in by_name and ra["miou"] is not None and by_name[ra["name"]]["miou"] is not None]
+    pairs = [
+        (ra, by_name[ra["name"]], by_name[ra["name"]]["miou"] - ra["miou"])
+        for ra in a_rows
+        if ra["name"] in by_name and ra["miou"] is not None and by_name[ra["name"]]["miou"] is not None
+    ]
     pairs.sort(key=lambda p: (-abs(p[2]), p[0]["index"]))
     return pairs[:top]
 
@@ -46,68 +51,144 @@ def _delta_td(a: Any, b: Any) -> str:
     return td(signed_pp(d), "" if d is None else f"{d:.6f}", num=True)
 
 
-def _panel(a: EvalOutputs, b: EvalOutputs, dataset: Any, ra: dict, rb: dict, delta: float, rank: int,
-           max_side: int) -> str:
+def _panel(
+    a: EvalOutputs, b: EvalOutputs, dataset: Any, ra: dict, rb: dict, delta: float, rank: int, max_side: int
+) -> str:
     pred_a, pred_b = a.prediction(ra["name"]), b.prediction(rb["name"])
     image, target = load_sample(dataset, ra["index"], pred_a)
     ignore = a.ignore_index
-    figures = [_img(photo_uri(image, max_side), image.shape, "image", "image", False, max_side),
-               _img(label_uri(target, a.colors, ignore, max_side), target.shape, "ground truth", "ground truth",
-                    True, max_side)]
+    figures = [
+        _img(photo_uri(image, max_side), image.shape, "image", "image", False, max_side),
+        _img(
+            label_uri(target, a.colors, ignore, max_side), target.shape, "ground truth", "ground truth", True, max_side
+        ),
+    ]
     for tag, pred in (("A", pred_a), ("B", pred_b)):
-        figures.append(_img(label_uri(pred, a.colors, ignore, max_side), pred.shape, f"prediction {tag}",
-                            f"prediction {tag}", True, max_side))
-    return (f'<div class="panel" id="img-{ra["index"]}"><h3>{rank}. {esc(ra["name"])} '
-            f'<small>(#{ra["index"]}): mIoU B \u2212 A = {signed_pp(delta, 1)} pp</small></h3>'
-            f'<p class="note">A: {_scores(ra)}<br>B: {_scores(rb)}</p><div class="row">{"".join(figures)}</div>'
-            f"{_class_legend(a.names, a.colors, target, pred_a, pred_b, ignore_index=ignore, errors=False)}</div>")
+        figures.append(
+            _img(
+                label_uri(pred, a.colors, ignore, max_side),
+                pred.shape,
+                f"prediction {tag}",
+                f"prediction {tag}",
+                True,
+                max_side,
+            )
+        )
+    return (
+        f'<div class="panel" id="img-{ra["index"]}"><h3>{rank}. {esc(ra["name"])} '
+        f"<small>(#{ra['index']}): mIoU B \u2212 A = {signed_pp(delta, 1)} pp</small></h3>"
+        f'<p class="note">A: {_scores(ra)}<br>B: {_scores(rb)}</p><div class="row">{"".join(figures)}</div>'
+        f"{_class_legend(a.names, a.colors, target, pred_a, pred_b, ignore_index=ignore, errors=False)}</div>"
+    )
 
 
-def compare_page(a: EvalOutputs, b: EvalOutputs, dataset: Any, dataset_note: str, *, top: int = 6,
-                 max_side: int = 512) -> str:
+def compare_page(
+    a: EvalOutputs, b: EvalOutputs, dataset: Any, dataset_note: str, *, top: int = 6, max_side: int = 512
+) -> str:
     """Summary and per-class deltas (B - A, in percentage points) and the ``top`` most different images."""
     if a.names != b.names:
-        raise file_error(DataError, b.folder / "metrics.json",
-                         f"its {len(b.names)} classes differ from the {len(a.names)} of {a.folder / 'metrics.json'}")
+        raise file_error(
+            DataError,
+            b.folder / "metrics.json",
+            f"its {len(b.names)} classes differ from the {len(a.names)} of {a.folder / 'metrics.json'}",
+        )
     ma, mb = a.metrics, b.metrics
-    rows = [[td(esc(label)), pct_td(ma.get(key)), pct_td(mb.get(key)), _delta_td(ma.get(key), mb.get(key))]
-            for key, label in SUMMARY_KEYS if key in ma or key in mb]
-    summary = table([("Score", False), ("A %", True), ("B %", True), ("B \u2212 A (pp)", True)], rows,
-                      table_id="summary", sortable=False)
+    rows = [
+        [td(esc(label)), pct_td(ma.get(key)), pct_td(mb.get(key)), _delta_td(ma.get(key), mb.get(key))]
+        for key, label in SUMMARY_KEYS
+        if key in ma or key in mb
+    ]
+    summary = table(
+        [("Score", False), ("A %", True), ("B %", True), ("B \u2212 A (pp)", True)],
+        rows,
+        table_id="summary",
+        sortable=False,
+    )
     class_rows = []
     for i, (ca, cb) in enumerate(zip(ma["per_class"], mb["per_class"])):
-        class_rows.append([td(str(i), i, num=True), td(swatch(a.colors[i]) + esc(a.names[i]), a.names[i]),
-                           pct_td(ca.get("IoU")), pct_td(cb.get("IoU")), _delta_td(ca.get("IoU"), cb.get("IoU")),
-                           pct_td(ca.get("boundary_iou")), pct_td(cb.get("boundary_iou")),
-                           _delta_td(ca.get("boundary_iou"), cb.get("boundary_iou"))])
-    per_class = table([("#", True), ("Class", False), ("IoU A %", True), ("IoU B %", True), ("\u0394 IoU (pp)", True),
-                         ("Boundary IoU A %", True), ("Boundary IoU B %", True), ("\u0394 Boundary IoU (pp)", True)],
-                        class_rows, table_id="per-class")
+        class_rows.append(
+            [
+                td(str(i), i, num=True),
+                td(swatch(a.colors[i]) + esc(a.names[i]), a.names[i]),
+                pct_td(ca.get("IoU")),
+                pct_td(cb.get("IoU")),
+                _delta_td(ca.get("IoU"), cb.get("IoU")),
+                pct_td(ca.get("boundary_iou")),
+                pct_td(cb.get("boundary_iou")),
+                _delta_td(ca.get("boundary_iou"), cb.get("boundary_iou")),
+            ]
+        )
+    per_class = table(
+        [
+            ("#", True),
+            ("Class", False),
+            ("IoU A %", True),
+            ("IoU B %", True),
+            ("\u0394 IoU (pp)", True),
+            ("Boundary IoU A %", True),
+            ("Boundary IoU B %", True),
+            ("\u0394 Boundary IoU (pp)", True),
+        ],
+        class_rows,
+        table_id="per-class",
+    )
     pairs = differing_images(a.per_image, b.per_image, top)
     if dataset is None:
         body, note = "", f"Images not shown: {esc(dataset_note)}."
     else:
         body = "".join(_panel(a, b, dataset, ra, rb, d, i + 1, max_side) for i, (ra, rb, d) in enumerate(pairs))
-        note = (f"The {len(pairs)} images (matched by name) whose per-image mIoU differs most between A and B; "
-                "green: B is better, red: B is worse.")
-    image_rows = [[td(str(ra["index"]), ra["index"], num=True),
-                   td(f'<a href="#img-{ra["index"]}">{esc(ra["name"])}</a>', ra["name"]),
-                   pct_td(ra["miou"]), pct_td(rb["miou"]), _delta_td(ra["miou"], rb["miou"])]
-                  for ra, rb, _ in pairs]
-    listing = table([("#", True), ("Image", False), ("mIoU A %", True), ("mIoU B %", True),
-                       ("\u0394 mIoU (pp)", True)], image_rows, table_id="differing") if dataset is not None else ""
+        note = (
+            f"The {len(pairs)} images (matched by name) whose per-image mIoU differs most between A and B; "
+            "green: B is better, red: B is worse."
+        )
+    image_rows = [
+        [
+            td(str(ra["index"]), ra["index"], num=True),
+            td(f'<a href="#img-{ra["index"]}">{esc(ra["name"])}</a>', ra["name"]),
+            pct_td(ra["miou"]),
+            pct_td(rb["miou"]),
+            _delta_td(ra["miou"], rb["miou"]),
+        ]
+        for ra, rb, _ in pairs
+    ]
+    listing = (
+        table(
+            [("#", True), ("Image", False), ("mIoU A %", True), ("mIoU B %", True), ("\u0394 mIoU (pp)", True)],
+            image_rows,
+            table_id="differing",
+        )
+        if dataset is not None
+        else ""
+    )
     sections = [
-        ("summary", "Summary", section("summary", "Summary", summary,
-                                         "Scores in % of the labelled pixels; differences B \u2212 A in percentage "
-                                         "points (pp): green where B is better, red where it is worse.")),
-        ("classes", "Per class", section("classes", f"Per class ({len(a.names)} classes)", per_class,
-                                           "Click a column header to sort (again to reverse).")),
+        (
+            "summary",
+            "Summary",
+            section(
+                "summary",
+                "Summary",
+                summary,
+                "Scores in % of the labelled pixels; differences B \u2212 A in percentage "
+                "points (pp): green where B is better, red where it is worse.",
+            ),
+        ),
+        (
+            "classes",
+            "Per class",
+            section(
+                "classes",
+                f"Per class ({len(a.names)} classes)",
+                per_class,
+                "Click a column header to sort (again to reverse).",
+            ),
+        ),
         ("images", "Images that differ most", section("images", "Images that differ most", listing + body, note)),
     ]
-    meta = [(f"A ({a.folder})", esc(ma.get("checkpoint", "?"))),
-            (f"B ({b.folder})", esc(mb.get("checkpoint", "?"))),
-            ("Dataset", f"{esc(ma.get('dataset', '?'))} / {esc(ma.get('split', '?'))}, "
-                        f"{ma.get('num_images', '?')} images"),
-            ("Inference", f"A: {esc(ma.get('mode', '?'))}, B: {esc(mb.get('mode', '?'))}"),
-            ("Generated", timestamp())]
+    meta = [
+        (f"A ({a.folder})", esc(ma.get("checkpoint", "?"))),
+        (f"B ({b.folder})", esc(mb.get("checkpoint", "?"))),
+        ("Dataset", f"{esc(ma.get('dataset', '?'))} / {esc(ma.get('split', '?'))}, {ma.get('num_images', '?')} images"),
+        ("Inference", f"A: {esc(ma.get('mode', '?'))}, B: {esc(mb.get('mode', '?'))}"),
+        ("Generated", timestamp()),
+    ]
     return page(f"Comparison: {a.folder.name} (A) vs {b.folder.name} (B)", meta, sections)

@@ -11,8 +11,8 @@ import base64
 import html
 import io
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -75,8 +75,9 @@ def label_uri(labels: np.ndarray, palette: Sequence[Color], ignore_index: int = 
     return data_uri(picture)
 
 
-def error_uri(image: np.ndarray, target: np.ndarray, prediction: np.ndarray, ignore_index: int = 255,
-              max_side: int = 512) -> str:
+def error_uri(
+    image: np.ndarray, target: np.ndarray, prediction: np.ndarray, ignore_index: int = 255, max_side: int = 512
+) -> str:
     """Where the prediction is wrong: red over a faded grey copy of the photo, ignored pixels in ``IGNORE_COLOR``.
 
     ``image`` (H, W, 3), ``target`` and ``prediction`` (H, W). When downscaling, an output pixel is
@@ -103,7 +104,7 @@ def heatmap_uri(fractions: np.ndarray, cell: int) -> str:
     """A (C, C) matrix of values in [0, 1] as a white-to-blue PNG, ``cell`` pixels per entry."""
     value = np.clip(np.nan_to_num(fractions), 0.0, 1.0)[..., None]
     white, blue = np.array([255.0, 255.0, 255.0]), np.array([8.0, 48.0, 107.0])
-    rgb = (white + (blue - white) * value ** 0.5).round().astype(np.uint8)
+    rgb = (white + (blue - white) * value**0.5).round().astype(np.uint8)
     rgb = rgb.repeat(cell, axis=0).repeat(cell, axis=1)
     return data_uri(Image.fromarray(rgb))
 
@@ -145,9 +146,17 @@ def format_tick(value: float, step: float) -> str:
     return f"{value:.{decimals}f}"
 
 
-def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: str,
-               x_range: tuple[float, float] | None = None, y_range: tuple[float, float] | None = None,
-               width: int = 560, height: int = 300) -> str:
+def line_chart(
+    series: Sequence[Series],
+    *,
+    title: str,
+    x_label: str,
+    y_label: str,
+    x_range: tuple[float, float] | None = None,
+    y_range: tuple[float, float] | None = None,
+    width: int = 560,
+    height: int = 300,
+) -> str:
     """A ``<figure>`` with an inline SVG line chart: axes, ticks, grid, labels, legend, point tooltips.
 
     ``x_range`` / ``y_range`` set the axes to cover at least that range (e.g. (0, last step) for
@@ -156,8 +165,11 @@ def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: s
     """
     drawn = []
     for s in series:
-        pts = [(float(x), float(y)) for x, y in zip(s.xs, s.ys)
-               if y is not None and math.isfinite(float(y)) and math.isfinite(float(x))]
+        pts = [
+            (float(x), float(y))
+            for x, y in zip(s.xs, s.ys)
+            if y is not None and math.isfinite(float(y)) and math.isfinite(float(x))
+        ]
         if pts:
             drawn.append((s, pts))
     caption = f"<figcaption>{html.escape(title)}</figcaption>"
@@ -181,33 +193,48 @@ def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: s
 
     x_step = x_ticks[1] - x_ticks[0] if len(x_ticks) > 1 else 1.0
     y_step = y_ticks[1] - y_ticks[0] if len(y_ticks) > 1 else 1.0
-    parts = [f'<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
-             f'aria-label="{html.escape(title)}">']
+    parts = [
+        f'<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+        f'aria-label="{html.escape(title)}">'
+    ]
     for t in y_ticks:
-        parts.append(f'<line class="grid" x1="{left}" x2="{left + plot_w}" y1="{py(t):.1f}" y2="{py(t):.1f}"/>'
-                     f'<text x="{left - 6}" y="{py(t) + 4:.1f}" text-anchor="end">{format_tick(t, y_step)}</text>')
+        parts.append(
+            f'<line class="grid" x1="{left}" x2="{left + plot_w}" y1="{py(t):.1f}" y2="{py(t):.1f}"/>'
+            f'<text x="{left - 6}" y="{py(t) + 4:.1f}" text-anchor="end">{format_tick(t, y_step)}</text>'
+        )
     for t in x_ticks:
-        parts.append(f'<line class="axis" x1="{px(t):.1f}" x2="{px(t):.1f}" y1="{top + plot_h}" '
-                     f'y2="{top + plot_h + 4}"/><text x="{px(t):.1f}" y="{top + plot_h + 17}" '
-                     f'text-anchor="middle">{format_tick(t, x_step)}</text>')
-    parts.append(f'<line class="axis" x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" y2="{top + plot_h}"/>'
-                 f'<line class="axis" x1="{left}" x2="{left}" y1="{top}" y2="{top + plot_h}"/>')
-    parts.append(f'<text x="{left + plot_w / 2:.1f}" y="{height - 6}" text-anchor="middle">'
-                 f'{html.escape(x_label)}</text>')
-    parts.append(f'<text transform="translate(14 {top + plot_h / 2:.1f}) rotate(-90)" text-anchor="middle">'
-                 f'{html.escape(y_label)}</text>')
+        parts.append(
+            f'<line class="axis" x1="{px(t):.1f}" x2="{px(t):.1f}" y1="{top + plot_h}" '
+            f'y2="{top + plot_h + 4}"/><text x="{px(t):.1f}" y="{top + plot_h + 17}" '
+            f'text-anchor="middle">{format_tick(t, x_step)}</text>'
+        )
+    parts.append(
+        f'<line class="axis" x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" y2="{top + plot_h}"/>'
+        f'<line class="axis" x1="{left}" x2="{left}" y1="{top}" y2="{top + plot_h}"/>'
+    )
+    parts.append(
+        f'<text x="{left + plot_w / 2:.1f}" y="{height - 6}" text-anchor="middle">{html.escape(x_label)}</text>'
+    )
+    parts.append(
+        f'<text transform="translate(14 {top + plot_h / 2:.1f}) rotate(-90)" text-anchor="middle">'
+        f"{html.escape(y_label)}</text>"
+    )
     legend_x = left
     for s, pts in drawn:
         line = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
         parts.append(f'<polyline points="{line}" fill="none" stroke="{s.color}" stroke-width="1.8"/>')
         if len(pts) <= 60:
             for x, y in pts:
-                parts.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="2.6" fill="{s.color}">'
-                             f'<title>{html.escape(s.label)}: {format_tick(y, y_step / 100)} at '
-                             f'{html.escape(x_label)} {x:g}</title></circle>')
+                parts.append(
+                    f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="2.6" fill="{s.color}">'
+                    f"<title>{html.escape(s.label)}: {format_tick(y, y_step / 100)} at "
+                    f"{html.escape(x_label)} {x:g}</title></circle>"
+                )
         if len(drawn) > 1:
-            parts.append(f'<rect x="{legend_x}" y="9" width="12" height="12" fill="{s.color}"/>'
-                         f'<text x="{legend_x + 16}" y="19">{html.escape(s.label)}</text>')
+            parts.append(
+                f'<rect x="{legend_x}" y="9" width="12" height="12" fill="{s.color}"/>'
+                f'<text x="{legend_x + 16}" y="19">{html.escape(s.label)}</text>'
+            )
             legend_x += 30 + 7 * len(s.label)
     parts.append("</svg>")
     return f'<figure class="chart">{caption}{"".join(parts)}</figure>'

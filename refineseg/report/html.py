@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -18,9 +19,15 @@ from refineseg.report.figures import Color, heatmap_uri
 
 DASH = "\u2013"  # shown for undefined scores
 #: Summary metrics in display order: (key in metrics.json, label).
-SUMMARY_KEYS = [("mIoU", "mIoU"), ("mBoundaryIoU", "Boundary mIoU"), ("aAcc", "Pixel accuracy"),
-                ("mAcc", "Mean class accuracy"), ("fwIoU", "Frequency-weighted IoU"), ("mFscore", "Mean F-score"),
-                ("mDice", "Mean Dice")]
+SUMMARY_KEYS = [
+    ("mIoU", "mIoU"),
+    ("mBoundaryIoU", "Boundary mIoU"),
+    ("aAcc", "Pixel accuracy"),
+    ("mAcc", "Mean class accuracy"),
+    ("fwIoU", "Frequency-weighted IoU"),
+    ("mFscore", "Mean F-score"),
+    ("mDice", "Mean Dice"),
+]
 HTML_CONFUSION_MAX = 30  # classes up to which the confusion matrix is an HTML table; above, a picture
 
 
@@ -92,8 +99,14 @@ def pct_td(value: Any, bar: bool = False) -> str:
     return td(pct(value), "" if number is None else f"{number:.6f}", num=True, style=style, cls="bar" if style else "")
 
 
-def table(head: Sequence[tuple[str, bool]], rows: Sequence[Sequence[str]], *, table_id: str = "",
-          sortable: bool = True, cls: str = "") -> str:
+def table(
+    head: Sequence[tuple[str, bool]],
+    rows: Sequence[Sequence[str]],
+    *,
+    table_id: str = "",
+    sortable: bool = True,
+    cls: str = "",
+) -> str:
     """A table from ``(header text, numeric?)`` pairs and rows of :func:`td` cells."""
     classes = " ".join(c for c in ("sortable" if sortable else "", cls) if c)
     attrs = (f' id="{esc(table_id)}"' if table_id else "") + (f' class="{classes}"' if classes else "")
@@ -104,9 +117,15 @@ def table(head: Sequence[tuple[str, bool]], rows: Sequence[Sequence[str]], *, ta
 
 def cards(items: Sequence[tuple[str, str, str]]) -> str:
     """Big-number cards: (label, value, unit)."""
-    return '<div class="cards">' + "".join(
-        f'<div class="card"><div class="label">{esc(label)}</div><div class="value">{esc(value)}'
-        f'{f" <small>{esc(unit)}</small>" if unit else ""}</div></div>' for label, value, unit in items) + "</div>"
+    return (
+        '<div class="cards">'
+        + "".join(
+            f'<div class="card"><div class="label">{esc(label)}</div><div class="value">{esc(value)}'
+            f"{f' <small>{esc(unit)}</small>' if unit else ''}</div></div>"
+            for label, value, unit in items
+        )
+        + "</div>"
+    )
 
 
 def summary_cards(metrics: dict[str, Any]) -> str:
@@ -128,30 +147,40 @@ def page(title: str, meta: Sequence[tuple[str, str]], sections: Sequence[tuple[s
     facts = "".join(f"<dt>{esc(k)}</dt><dd>{v}</dd>" for k, v in meta)
     nav = "".join(f'<a href="#{esc(i)}">{esc(name)}</a>' for i, name, _ in sections)
     body = "".join(s for _, _, s in sections)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f'<link rel="icon" href="data:,"><title>{esc(title)}</title><style>{CSS}</style></head>\n'
-            f'<body><header><h1>{esc(title)}</h1><dl>{facts}</dl></header><nav>{nav}</nav>\n<main>{body}</main>\n'
-            f'<footer>Written by refineseg. Scores in % of pixels (IoU: intersection over union); '
-            f'widths in pixels (px) of the evaluated images.</footer><script>{JS}</script></body></html>\n')
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<link rel="icon" href="data:,"><title>{esc(title)}</title><style>{CSS}</style></head>\n'
+        f"<body><header><h1>{esc(title)}</h1><dl>{facts}</dl></header><nav>{nav}</nav>\n<main>{body}</main>\n"
+        f"<footer>Written by refineseg. Scores in % of pixels (IoU: intersection over union); "
+        f"widths in pixels (px) of the evaluated images.</footer><script>{JS}</script></body></html>\n"
+    )
 
 
-def per_class_table(per_class: Sequence[dict[str, Any]], colors: Sequence[Color],
-                    table_id: str = "per-class") -> str:
+def per_class_table(per_class: Sequence[dict[str, Any]], colors: Sequence[Color], table_id: str = "per-class") -> str:
     """Sortable table, one row per class: id, class (swatch), IoU, boundary IoU, accuracy, F-score, pixel share.
 
     Columns whose key no class has (e.g. boundary IoU in a training validation) are left out.
     """
-    columns = [(key, label) for key, label in (("IoU", "IoU %"), ("boundary_iou", "Boundary IoU %"),
-                                               ("Acc", "Accuracy %"), ("fscore", "F-score %"),
-                                               ("pixel_share", "Pixel share %"))
-               if any(key in c for c in per_class)]
+    columns = [
+        (key, label)
+        for key, label in (
+            ("IoU", "IoU %"),
+            ("boundary_iou", "Boundary IoU %"),
+            ("Acc", "Accuracy %"),
+            ("fscore", "F-score %"),
+            ("pixel_share", "Pixel share %"),
+        )
+        if any(key in c for c in per_class)
+    ]
     head = [("#", True), ("Class", False)] + [(label, True) for _, label in columns]
     rows = []
     for i, entry in enumerate(per_class):
         color = colors[i] if i < len(colors) else (0, 0, 0)
-        rows.append([td(str(i), i, num=True), td(swatch(color) + esc(entry.get("name", i)), entry.get("name", i))]
-                    + [pct_td(entry.get(key), bar=key in ("IoU", "boundary_iou")) for key, _ in columns])
+        rows.append(
+            [td(str(i), i, num=True), td(swatch(color) + esc(entry.get("name", i)), entry.get("name", i))]
+            + [pct_td(entry.get(key), bar=key in ("IoU", "boundary_iou")) for key, _ in columns]
+        )
     return table(head, rows, table_id=table_id)
 
 
@@ -173,27 +202,55 @@ def confusion_matrix(matrix: np.ndarray, names: Sequence[str], colors: Sequence[
             cells = []
             for j in range(c):
                 value = share[i, j]
-                blue = f"rgba(8, 48, 107, {value ** 0.5:.3f})"
+                blue = f"rgba(8, 48, 107, {value**0.5:.3f})"
                 color = "#fff" if value > 0.3 else "#1d2330"
                 text = f"{100 * value:.1f}" if matrix[i, j] else ""
-                tip = (f"ground truth {names[i]}, predicted {names[j]}: {matrix[i, j]:,} px "
-                       f"({100 * value:.2f}% of {names[i]})")
-                cells.append(td(text, style=f"background: {blue}; color: {color}", title=tip,
-                                cls="diag" if i == j else ""))
-            rows.append(f"<tr><th>{swatch(colors[i])}{esc(names[i])}</th>{''.join(cells)}"
-                        f'<td class="num">{totals[i]:,}</td></tr>')
+                tip = (
+                    f"ground truth {names[i]}, predicted {names[j]}: {matrix[i, j]:,} px "
+                    f"({100 * value:.2f}% of {names[i]})"
+                )
+                cells.append(
+                    td(text, style=f"background: {blue}; color: {color}", title=tip, cls="diag" if i == j else "")
+                )
+            rows.append(
+                f"<tr><th>{swatch(colors[i])}{esc(names[i])}</th>{''.join(cells)}"
+                f'<td class="num">{totals[i]:,}</td></tr>'
+            )
         picture = f'<div class="scroll"><table class="confusion">{head}{"".join(rows)}</table></div>'
     else:
         cell = max(2, min(16, 640 // c))
-        picture = (f'<img class="heatmap" src="{heatmap_uri(share, cell)}" width="{c * cell}" height="{c * cell}" '
-                   f'alt="confusion matrix, {c} classes, rows = ground truth (top to bottom), columns = '
-                   f'prediction (left to right), darker = larger share of the row">')
+        picture = (
+            f'<img class="heatmap" src="{heatmap_uri(share, cell)}" width="{c * cell}" height="{c * cell}" '
+            f'alt="confusion matrix, {c} classes, rows = ground truth (top to bottom), columns = '
+            f'prediction (left to right), darker = larger share of the row">'
+        )
     off = share.copy()
     np.fill_diagonal(off, 0)
     order = [int(k) for k in np.argsort(-off, axis=None, kind="stable")[:top] if off.flat[int(k)] > 0]
-    pairs = [[td(swatch(colors[k // c]) + esc(names[k // c])), td(swatch(colors[k % c]) + esc(names[k % c])),
-              pct_td(off.flat[k]), td(f"{matrix.flat[k]:,}", int(matrix.flat[k]), num=True)] for k in order]
-    confused = ("<h3>Most confused pairs</h3>" + table([("Ground truth", False), ("Predicted as", False),
-                                                         ("% of the ground truth class", True), ("Pixels", True)],
-                                                        pairs, table_id="confused")) if pairs else ""
+    pairs = [
+        [
+            td(swatch(colors[k // c]) + esc(names[k // c])),
+            td(swatch(colors[k % c]) + esc(names[k % c])),
+            pct_td(off.flat[k]),
+            td(f"{matrix.flat[k]:,}", int(matrix.flat[k]), num=True),
+        ]
+        for k in order
+    ]
+    confused = (
+        (
+            "<h3>Most confused pairs</h3>"
+            + table(
+                [
+                    ("Ground truth", False),
+                    ("Predicted as", False),
+                    ("% of the ground truth class", True),
+                    ("Pixels", True),
+                ],
+                pairs,
+                table_id="confused",
+            )
+        )
+        if pairs
+        else ""
+    )
     return picture + confused

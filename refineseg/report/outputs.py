@@ -50,10 +50,12 @@ def read_per_image(path: Path) -> list[dict[str, Any]]:
                 try:
                     index = int(row["index"])
                 except (TypeError, ValueError):
-                    raise file_error(DataError, path,
-                                     f"line {line}: index {row['index']!r} is not an integer") from None
-                rows.append({"index": index, "name": row["name"],
-                             **{key: fraction(row[key]) for key in PER_IMAGE_COLUMNS[2:]}})
+                    raise file_error(
+                        DataError, path, f"line {line}: index {row['index']!r} is not an integer"
+                    ) from None
+                rows.append(
+                    {"index": index, "name": row["name"], **{key: fraction(row[key]) for key in PER_IMAGE_COLUMNS[2:]}}
+                )
             return rows
     except FileNotFoundError:
         raise file_error(DataError, path, "file not found") from None
@@ -127,10 +129,15 @@ def open_dataset(metrics: dict[str, Any]) -> Any:
     if not name:
         raise DataError("metrics.json names no dataset to read the images from")
     extra = {"binary_masks": bool(config.get("binary_masks"))}
-    return build_dataset(name, config.get("data_root"), config.get("split") or metrics.get("split", "val"), None,
-                         synthetic_samples=config.get("synthetic_val"),
-                         synthetic_size=config.get("synthetic_size", 128),
-                         **extra)
+    return build_dataset(
+        name,
+        config.get("data_root"),
+        config.get("split") or metrics.get("split", "val"),
+        None,
+        synthetic_samples=config.get("synthetic_val"),
+        synthetic_size=config.get("synthetic_size", 128),
+        **extra,
+    )
 
 
 def _resize(array: np.ndarray, height: int, width: int, labels: bool) -> np.ndarray:

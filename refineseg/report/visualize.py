@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 import numbers
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -32,8 +33,10 @@ def colorize(labels: np.ndarray, palette: Sequence[tuple[int, int, int]], ignore
     ignored = labels == ignore_index if ignore_index is not None else np.zeros(labels.shape, bool)
     safe = np.where(ignored, 0, labels)  # keeps the (small) label dtype: no int64 copy of huge maps
     if safe.size and (safe.min() < 0 or safe.max() >= len(lut)):
-        raise ValueError(f"labels must be in [0, {len(lut)}) (palette size) or {ignore_index}, "
-                         f"got range [{safe.min()}, {safe.max()}]")
+        raise ValueError(
+            f"labels must be in [0, {len(lut)}) (palette size) or {ignore_index}, "
+            f"got range [{safe.min()}, {safe.max()}]"
+        )
     out = lut[safe]
     out[ignored] = IGNORE_COLOR
     return out
@@ -88,6 +91,9 @@ def _legend(entries: list[tuple[tuple[int, int, int], str]], row_h: int, max_row
     return panel
 
 
+OVERLAY_BAND_ROWS = 256  # overlay() blends this many rows at a time
+
+
 def overlay(
     image: np.ndarray,
     labels: np.ndarray,
@@ -116,12 +122,25 @@ def overlay(
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
 
-    mask = Image.fromarray(colorize(labels, palette, ignore_index))
-    # PIL blends in C on uint8 rows: no float copies of very large photos; alpha=0 returns the photo exactly.
-    photo = Image.blend(Image.fromarray(np.ascontiguousarray(image)), mask, alpha)
-    if not legend:
-        return photo
+    h, w = image.shape[:2]
+    panel = _legend_panel(labels, palette, class_names, ignore_index, h) if legend else None
+    size = (w + panel.width, max(h, panel.height)) if panel is not None else (w, h)
+    canvas = Image.new("RGB", size, "white")
+    # PIL blends in C on uint8 rows, a band of rows at a time straight into the result: no float copies
+    # and no full-size intermediate images of very large photos; alpha=0 returns the photo exactly.
+    for y in range(0, h, OVERLAY_BAND_ROWS):
+        rows = slice(y, y + OVERLAY_BAND_ROWS)
+        band = Image.blend(Image.fromarray(np.ascontiguousarray(image[rows])),
+                           Image.fromarray(colorize(labels[rows], palette, ignore_index)), alpha)
+        canvas.paste(band, (0, y))
+    if panel is not None:
+        canvas.paste(panel, (w, 0))
+    return canvas
 
+
+def _legend_panel(labels: np.ndarray, palette: Sequence[tuple[int, int, int]], class_names: Sequence[str] | None,
+                  ignore_index: int | None, h: int) -> Image.Image | None:
+    """The legend of :func:`overlay` for a photo ``h`` px high: the classes present in ``labels``; None if none."""
     entries = []
     for idx in _present_labels(labels):
         if idx == ignore_index:
@@ -130,16 +149,10 @@ def overlay(
             name = class_names[idx] if class_names is not None and idx < len(class_names) else str(idx)
             entries.append((tuple(palette[idx]), str(name)))
     if not entries:
-        return photo
-
-    h, w = image.shape[:2]
+        return None
     row_h = max(16, round(h / 30))
     max_rows = max(10, (h - row_h // 4) // row_h)  # fill the photo height first, then add columns
-    panel = _legend(entries, row_h, max_rows)
-    canvas = Image.new("RGB", (w + panel.width, max(h, panel.height)), "white")
-    canvas.paste(photo, (0, 0))
-    canvas.paste(panel, (w, 0))
-    return canvas
+    return _legend(entries, row_h, max_rows)
 
 
 def _agg_figure(figsize: tuple[float, float]):
@@ -148,8 +161,9 @@ def _agg_figure(figsize: tuple[float, float]):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as e:  # optional dependency (the "train" extra)
-        raise MissingDependencyError(f"plots need matplotlib ({e.name} is not installed): "
-                                     "pip install 'refineseg[train]'") from None
+        raise MissingDependencyError(
+            f"plots need matplotlib ({e.name} is not installed): pip install 'refineseg[train]'"
+        ) from None
 
     fig = Figure(figsize=figsize, dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
@@ -255,8 +269,12 @@ def model_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     """
     cells = [[_cell(row.get(col)) for col in columns] for row in rows]
     numeric = [
-        all(isinstance(row.get(col), numbers.Real) and not isinstance(row.get(col), bool)
-            for row in rows if row.get(col) is not None) and any(row.get(col) is not None for row in rows)
+        all(
+            isinstance(row.get(col), numbers.Real) and not isinstance(row.get(col), bool)
+            for row in rows
+            if row.get(col) is not None
+        )
+        and any(row.get(col) is not None for row in rows)
         for col in columns
     ]
     widths = [max([len(str(col)), 3] + [len(r[k]) for r in cells]) for k, col in enumerate(columns)]
@@ -271,8 +289,13 @@ def model_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     return "\n".join(out)
 
 
-def plot_class_frequencies(report: dict[str, Any], palette: Sequence[Sequence[int]], path: str | os.PathLike,
-                           title: str = "", log_scale: bool = True) -> Path:
+def plot_class_frequencies(
+    report: dict[str, Any],
+    palette: Sequence[Sequence[int]],
+    path: str | os.PathLike,
+    title: str = "",
+    log_scale: bool = True,
+) -> Path:
     """Bar chart of each class's share of the labelled pixels (%), bars in the class colours."""
     classes = report["classes"]
     shares = [100.0 * c["share"] for c in classes]
@@ -280,8 +303,9 @@ def plot_class_frequencies(report: dict[str, Any], palette: Sequence[Sequence[in
     ax = fig.add_subplot()
     colors = [tuple(v / 255.0 for v in palette[i][:3]) for i in range(len(classes))]
     bars = ax.bar(range(len(classes)), shares, color=colors, edgecolor="black", linewidth=0.5)
-    ax.set_xticks(range(len(classes)), labels=[c["name"] for c in classes], rotation=90,
-                  fontsize=8 if len(classes) <= 40 else 5)
+    ax.set_xticks(
+        range(len(classes)), labels=[c["name"] for c in classes], rotation=90, fontsize=8 if len(classes) <= 40 else 5
+    )
     ax.set_xlim(-0.6, len(classes) - 0.4)
     if len(classes) <= 40:
         ax.bar_label(bars, labels=[f"{s:.3g}" for s in shares], fontsize=7, padding=1)

@@ -10,5 +10,12 @@ from refineseg.training.trainer import (
     validate_and_save_best,
 )
 
-__all__ = ["TrainConfig", "train", "build_optimizer", "poly_lr_lambda", "optimizer_step",
-           "validate_and_save_best", "save_last"]
+__all__ = [
+    "TrainConfig",
+    "train",
+    "build_optimizer",
+    "poly_lr_lambda",
+    "optimizer_step",
+    "validate_and_save_best",
+    "save_last",
+]

@@ -42,8 +42,17 @@ from refineseg.errors import DataError, RefineSegError, file_error
 from refineseg.utils import distributed as dist_utils
 
 __all__ = [
-    "LOSSES", "CrossEntropyLoss", "OhemCrossEntropyLoss", "FocalLoss", "DiceLoss", "LovaszSoftmaxLoss",
-    "WeightedSumLoss", "parse_loss_spec", "build_loss", "class_weights_from_counts", "load_class_weights",
+    "LOSSES",
+    "CrossEntropyLoss",
+    "OhemCrossEntropyLoss",
+    "FocalLoss",
+    "DiceLoss",
+    "LovaszSoftmaxLoss",
+    "WeightedSumLoss",
+    "parse_loss_spec",
+    "build_loss",
+    "class_weights_from_counts",
+    "load_class_weights",
 ]
 
 
@@ -56,8 +65,9 @@ def _global_sum(local: torch.Tensor) -> torch.Tensor:
 class _SegLoss(nn.Module):
     """Shared set-up: class count, ignore index, optional per-class weights ``(C,)``."""
 
-    def __init__(self, num_classes: int, ignore_index: int = 255,
-                 class_weights: torch.Tensor | np.ndarray | None = None) -> None:
+    def __init__(
+        self, num_classes: int, ignore_index: int = 255, class_weights: torch.Tensor | np.ndarray | None = None
+    ) -> None:
         super().__init__()
         self.num_classes = int(num_classes)
         self.ignore_index = int(ignore_index)
@@ -73,8 +83,10 @@ class _SegLoss(nn.Module):
         """Logits in the compute dtype, targets with ignored pixels set to 0, the valid mask ``(N, H, W)``
         and the weights ``(C,)`` (ones when no class weights)."""
         if logits.dim() != 4 or target.shape != (logits.shape[0], *logits.shape[2:]):
-            raise ValueError(f"expected logits (N, C, H, W) and target (N, H, W), got {tuple(logits.shape)} "
-                             f"and {tuple(target.shape)}")
+            raise ValueError(
+                f"expected logits (N, C, H, W) and target (N, H, W), got {tuple(logits.shape)} "
+                f"and {tuple(target.shape)}"
+            )
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         valid = target != self.ignore_index
         safe = torch.where(valid, target, torch.zeros_like(target)).long()
@@ -131,8 +143,9 @@ class OhemCrossEntropyLoss(_SegLoss):
     them per image gives the same count and makes the result independent of the DDP split.
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = 255, class_weights=None,
-                 thresh: float = 0.7, min_kept: int = 100000) -> None:
+    def __init__(
+        self, num_classes: int, ignore_index: int = 255, class_weights=None, thresh: float = 0.7, min_kept: int = 100000
+    ) -> None:
         super().__init__(num_classes, ignore_index, class_weights)
         if not 0 <= thresh <= 1 or min_kept < 0:
             raise RefineSegError(f"OHEM needs 0 <= thresh <= 1 and min_kept >= 0, got {thresh} and {min_kept}")
@@ -242,8 +255,10 @@ def parse_loss_spec(spec: str) -> list[tuple[float, str]]:
         except ValueError:
             value = None
         if match is None or name not in LOSSES or value is None or not math.isfinite(value) or value <= 0:
-            raise RefineSegError(f"loss spec {spec!r}: bad term {term!r}; expected [WEIGHT*]NAME with WEIGHT > 0 "
-                                 f"and NAME one of {valid}, joined by '+'")
+            raise RefineSegError(
+                f"loss spec {spec!r}: bad term {term!r}; expected [WEIGHT*]NAME with WEIGHT > 0 "
+                f"and NAME one of {valid}, joined by '+'"
+            )
         parsed.append((value, name))
     return parsed
 
@@ -264,9 +279,15 @@ class WeightedSumLoss(nn.Module):
         return " + ".join(f"{w:g}*{name}" for w, name in zip(self.weights, self.names))
 
 
-def build_loss(spec: str, *, num_classes: int, ignore_index: int = 255,
-               class_weights: torch.Tensor | np.ndarray | None = None,
-               ohem_thresh: float = 0.7, ohem_min_kept: int = 100000) -> nn.Module:
+def build_loss(
+    spec: str,
+    *,
+    num_classes: int,
+    ignore_index: int = 255,
+    class_weights: torch.Tensor | np.ndarray | None = None,
+    ohem_thresh: float = 0.7,
+    ohem_min_kept: int = 100000,
+) -> nn.Module:
     """The loss module for a spec such as ``"ce"`` or ``"ohem+0.5*lovasz"``; forward -> scalar.
 
     ``class_weights`` (C values) apply to every term: per pixel for ce/ohem/focal, per class in
@@ -336,8 +357,11 @@ def load_class_weights(path: str | os.PathLike, num_classes: int) -> np.ndarray:
             pixels = [_count(c["pixels"]) for c in data["classes"]]
             image_pixels = [_count(c["image_pixels"]) for c in data["classes"]]
         except (TypeError, KeyError, ValueError) as e:
-            raise file_error(DataError, path, "every entry of 'classes' needs integer 'pixels' and "
-                                              f"'image_pixels' ({type(e).__name__}: {e})") from None
+            raise file_error(
+                DataError,
+                path,
+                f"every entry of 'classes' needs integer 'pixels' and 'image_pixels' ({type(e).__name__}: {e})",
+            ) from None
         if len(pixels) != num_classes:
             raise file_error(DataError, path, f"{len(pixels)} classes, expected {num_classes}")
         try:

@@ -63,12 +63,14 @@ class StepLog:
     as a plain line instead.
     """
 
-    def __init__(self, config: TrainConfig, metrics: MetricsLog, step: int,
-                 window: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, config: TrainConfig, metrics: MetricsLog, step: int, window: dict[str, Any] | None = None
+    ) -> None:
         self.config, self.metrics = config, metrics
         self.main = dist_utils.is_main_process()
-        self.bar = tqdm(total=config.iters, initial=step, disable=None if self.main else True, desc="train",
-                        dynamic_ncols=True)
+        self.bar = tqdm(
+            total=config.iters, initial=step, disable=None if self.main else True, desc="train", dynamic_ncols=True
+        )
         self._new_window()
         if window:  # resuming mid-window: the next record still averages over the whole window
             self.loss_sum, self.steps = float(window["loss_sum"]), int(window["steps"])
@@ -88,12 +90,19 @@ class StepLog:
         self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
         if step % self.config.log_interval == 0 or step == self.config.iters:
             elapsed = time.perf_counter() - self.start
-            record = {"iter": step, "loss": self.loss_sum / self.steps, "lr": lr,
-                      "it/s": self.steps / max(elapsed, 1e-9)}
+            record = {
+                "iter": step,
+                "loss": self.loss_sum / self.steps,
+                "lr": lr,
+                "it/s": self.steps / max(elapsed, 1e-9),
+            }
             self.metrics.add(record)
             if self.main and self.bar.disable:  # no terminal: a plain log line instead of the bar
-                print(f"step {step}/{self.config.iters}  loss {record['loss']:.4f}  lr {lr:.2e}  "
-                      f"{record['it/s']:.2f} it/s", flush=True)
+                print(
+                    f"step {step}/{self.config.iters}  loss {record['loss']:.4f}  lr {lr:.2e}  "
+                    f"{record['it/s']:.2f} it/s",
+                    flush=True,
+                )
             self._new_window()
 
     def close(self) -> None:

@@ -49,8 +49,17 @@ CHANGES_NAME = "config_changes.yaml"
 #: Options of one invocation, never taken from config.yaml.
 INVOCATION_KEYS = ("out", "resume", "overwrite", "override")
 #: Options a resumed run may change freely: how it runs, not what it learns.
-FREE_KEYS = (*INVOCATION_KEYS, "device", "workers", "val_interval", "ckpt_interval", "log_interval",
-             "skip_data_check", "channels_last", "grad_checkpointing")
+FREE_KEYS = (
+    *INVOCATION_KEYS,
+    "device",
+    "workers",
+    "val_interval",
+    "ckpt_interval",
+    "log_interval",
+    "skip_data_check",
+    "channels_last",
+    "grad_checkpointing",
+)
 #: Options the checkpoint itself fixes (the model's architecture, the optimizer's buffers).
 FIXED_KEYS = ("model", "output_stride", "freeze_bn", "dropout", "optimizer")
 #: Options holding file paths: the same file spelled differently is no change.
@@ -106,8 +115,10 @@ def _show(value: Any) -> str:
 
 def _differ(changes: dict[str, tuple[Any, Any]], path: Path) -> str:
     """``--crop 128 differs from the run's 96, --lr 0.1 from its 0.01 (path)``."""
-    parts = [f"--{key.replace('_', '-')} {_show(new)} " + ("differs from the run's " if i == 0 else "from its ")
-             + _show(old) for i, (key, (old, new)) in enumerate(changes.items())]
+    parts = [
+        f"--{key.replace('_', '-')} {_show(new)} " + ("differs from the run's " if i == 0 else "from its ") + _show(old)
+        for i, (key, (old, new)) in enumerate(changes.items())
+    ]
     return f"{', '.join(parts)} ({path})"
 
 
@@ -121,17 +132,23 @@ def check_resume(config: TrainConfig) -> dict[str, tuple[Any, Any]]:
     if not saved:
         return {}
     path = Path(config.out) / CONFIG_NAME
-    changes = {key: (old, getattr(config, key)) for key, old in saved.items()
-               if key not in FREE_KEYS and not _same(key, old, getattr(config, key))}
+    changes = {
+        key: (old, getattr(config, key))
+        for key, old in saved.items()
+        if key not in FREE_KEYS and not _same(key, old, getattr(config, key))
+    }
     refused = {k: v for k, v in changes.items() if not (k == "iters" and v[1] > v[0])}
     fixed = {k: v for k, v in refused.items() if k in FIXED_KEYS}
     if fixed:
-        raise ConfigError(f"{_differ(fixed, path)}; the checkpoint fixes {'it' if len(fixed) == 1 else 'them'}, "
-                          f"so not even --override can: start a new run (--init-from {Path(config.out) / 'last'} "
-                          "keeps the weights)")
+        raise ConfigError(
+            f"{_differ(fixed, path)}; the checkpoint fixes {'it' if len(fixed) == 1 else 'them'}, "
+            f"so not even --override can: start a new run (--init-from {Path(config.out) / 'last'} "
+            "keeps the weights)"
+        )
     if refused and not config.override:
-        raise ConfigError(f"{_differ(refused, path)}; pass --override to change "
-                          f"{'it' if len(refused) == 1 else 'them'}")
+        raise ConfigError(
+            f"{_differ(refused, path)}; pass --override to change {'it' if len(refused) == 1 else 'them'}"
+        )
     return changes
 
 
@@ -141,11 +158,23 @@ def record_changes(out: str | os.PathLike, changes: dict[str, tuple[Any, Any]], 
         return
     path = Path(out) / CHANGES_NAME
     for key, (old, new) in changes.items():
-        why = (f"the poly schedule is stretched to end at step {new}" if key == "iters" and new > old
-               else "--override")
-        log.info("resuming at step %d with --%s %s instead of the run's %s (%s); recorded in %s",
-                 step, key.replace("_", "-"), _show(new), _show(old), why, path)
+        why = f"the poly schedule is stretched to end at step {new}" if key == "iters" and new > old else "--override"
+        log.info(
+            "resuming at step %d with --%s %s instead of the run's %s (%s); recorded in %s",
+            step,
+            key.replace("_", "-"),
+            _show(new),
+            _show(old),
+            why,
+            path,
+        )
     history = (yaml.safe_load(path.read_text()) or []) if path.is_file() else []
-    history.append({"step": step, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "override": override,
-                    "changes": {key: {"from": old, "to": new} for key, (old, new) in changes.items()}})
+    history.append(
+        {
+            "step": step,
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "override": override,
+            "changes": {key: {"from": old, "to": new} for key, (old, new) in changes.items()},
+        }
+    )
     write_text(path, yaml.safe_dump(history, sort_keys=False))

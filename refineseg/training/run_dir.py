@@ -49,7 +49,7 @@ class RunLock:
         self._fd: int | None = None
         self._created: list[Path] = []  # the directories acquire() made, deepest first
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         """Take the lock or raise :class:`RunDirBusyError` naming the holder; notes a stale takeover."""
         directory = self.path.parent
         self._created = [d for d in (directory, *directory.parents) if not d.exists()]
@@ -65,8 +65,11 @@ class RunLock:
             except BlockingIOError:
                 holder = _describe(_read_holder(fd))
                 os.close(fd)
-                raise file_error(RunDirBusyError, self.path.parent,
-                                 f"in use by another run ({holder}); wait for it to end or choose another --out")
+                raise file_error(
+                    RunDirBusyError,
+                    self.path.parent,
+                    f"in use by another run ({holder}); wait for it to end or choose another --out",
+                )
             # The file may have been unlinked by its previous holder between our open and flock.
             if os.fstat(fd).st_ino == _inode(self.path):
                 break
@@ -97,7 +100,7 @@ class RunLock:
             except OSError:  # not empty: the run wrote something, or another run took the directory
                 break
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:
@@ -172,6 +175,9 @@ def claim_run_dir(directory: str | os.PathLike, *, resume: bool | str, overwrite
         return None
     if overwrite or resume == "auto":
         return "--overwrite" if overwrite else "--resume auto found no checkpoint to continue"
-    raise file_error(RefineSegError, directory,
-                     f"already holds a run ({', '.join(found[:4])}); continue it with --resume, "
-                     "or start over with --overwrite (moves the old run aside), or choose another --out")
+    raise file_error(
+        RefineSegError,
+        directory,
+        f"already holds a run ({', '.join(found[:4])}); continue it with --resume, "
+        "or start over with --overwrite (moves the old run aside), or choose another --out",
+    )

@@ -70,13 +70,24 @@ def start_writing(config: TrainConfig, claim: Claim, step: int) -> None:
 
 def build_datasets(config: TrainConfig, mean, std):
     folder = {"binary_masks": config.binary_masks}
-    train_set = build_dataset(config.dataset, config.data_root, config.train_split,
-                              transform=train_transform(config.crop, mean, std, (config.scale_min, config.scale_max),
-                                                        seed=config.seed),
-                              synthetic_samples=config.synthetic_train, synthetic_size=config.synthetic_size, **folder)
-    val_set = build_dataset(config.dataset, config.data_root, config.val_split,
-                            transform=eval_transform(mean, std, resize=config.val_size),
-                            synthetic_samples=config.synthetic_val, synthetic_size=config.synthetic_size, **folder)
+    train_set = build_dataset(
+        config.dataset,
+        config.data_root,
+        config.train_split,
+        transform=train_transform(config.crop, mean, std, (config.scale_min, config.scale_max), seed=config.seed),
+        synthetic_samples=config.synthetic_train,
+        synthetic_size=config.synthetic_size,
+        **folder,
+    )
+    val_set = build_dataset(
+        config.dataset,
+        config.data_root,
+        config.val_split,
+        transform=eval_transform(mean, std, resize=config.val_size),
+        synthetic_samples=config.synthetic_val,
+        synthetic_size=config.synthetic_size,
+        **folder,
+    )
     if len(train_set) == 0:
         raise RefineSegError(f"{config.data_root or config.dataset}: the {config.train_split!r} split has no samples")
     check_before_run([train_set, val_set], skip=config.skip_data_check)  # rank 0 checks, every rank stops on errors
@@ -114,13 +125,18 @@ def build_or_resume(config: TrainConfig, train_set, out: Path) -> tuple[Segmenta
         if (last / STATE_NAME).is_file():
             model = from_pretrained(last)
             if model.config.name != config.model or model.num_classes != train_set.num_classes:
-                raise file_error(CheckpointError, last,
-                                 f"checkpoint is {model.config.name} with {model.num_classes} classes, "
-                                 f"but the run asks for {config.model} with {train_set.num_classes}")
+                raise file_error(
+                    CheckpointError,
+                    last,
+                    f"checkpoint is {model.config.name} with {model.num_classes} classes, "
+                    f"but the run asks for {config.model} with {train_set.num_classes}",
+                )
             state = load_training_state(last)
             if int(state["step"]) > config.iters:
-                raise ConfigError(f"--iters {config.iters} is below the step of the checkpoint in {last}, "
-                                  f"{int(state['step'])}: nothing is left to train")
+                raise ConfigError(
+                    f"--iters {config.iters} is below the step of the checkpoint in {last}, "
+                    f"{int(state['step'])}: nothing is left to train"
+                )
             if dist_utils.is_main_process():
                 log.info("resuming from %s at step %d", last, int(state["step"]))
             return model, state
@@ -128,9 +144,16 @@ def build_or_resume(config: TrainConfig, train_set, out: Path) -> tuple[Segmenta
             raise file_error(CheckpointError, last, "no checkpoint to resume from (run without --resume first)")
         if dist_utils.is_main_process():
             log.info("no checkpoint in %s: starting a new run", last)
-    model = create_model(config.model, num_classes=train_set.num_classes, class_names=train_set.class_names,
-                         palette=train_set.palette, freeze_bn=config.freeze_bn, dropout=config.dropout,
-                         output_stride=config.output_stride, backbone_weights=config.backbone_weights)
+    model = create_model(
+        config.model,
+        num_classes=train_set.num_classes,
+        class_names=train_set.class_names,
+        palette=train_set.palette,
+        freeze_bn=config.freeze_bn,
+        dropout=config.dropout,
+        output_stride=config.output_stride,
+        backbone_weights=config.backbone_weights,
+    )
     if config.init_from:
         init_from_checkpoint(model, config.init_from)
     return model, None
@@ -144,8 +167,9 @@ def init_from_checkpoint(model: SegmentationModel, directory: str | Path) -> Non
     """
     source = from_pretrained(directory)
     if source.config.name != model.config.name:
-        raise file_error(CheckpointError, directory,
-                         f"holds {source.config.name}, but this run trains {model.config.name}")
+        raise file_error(
+            CheckpointError, directory, f"holds {source.config.name}, but this run trains {model.config.name}"
+        )
     theirs, ours = source.state_dict(), model.state_dict()
     differ = [k for k in ours if theirs[k].shape != ours[k].shape]
     if any(not k.startswith("head.") for k in differ):

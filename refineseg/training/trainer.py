@@ -26,9 +26,10 @@ import dataclasses
 import json
 import logging
 import math
+from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -98,25 +99,33 @@ def build_optimizer(model: SegmentationModel, config: TrainConfig) -> torch.opti
     return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def micro_batches(train_set, config: TrainConfig, step: int,
-                  device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def micro_batches(
+    train_set, config: TrainConfig, step: int, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (images, masks) from the first micro-batch of step ``step + 1`` on, epoch after epoch.
 
     Batches are ``(batch_size, 3, crop, crop)`` float and ``(batch_size, crop, crop)`` int64, on
     the CPU. Which images, and how they are augmented, depends on the seed and position alone,
     so a resumed run reads exactly what the uninterrupted one would have.
     """
-    batches_per_epoch = dist_utils.ResumableShardedSampler(len(train_set), config.batch_size,
-                                                           config.seed).batches_per_epoch()
+    batches_per_epoch = dist_utils.ResumableShardedSampler(
+        len(train_set), config.batch_size, config.seed
+    ).batches_per_epoch()
     index = step * config.accum_steps
     while True:
         epoch, start = divmod(index, batches_per_epoch)
         sampler = dist_utils.ResumableShardedSampler(len(train_set), config.batch_size, config.seed, epoch, start)
         train_set.set_epoch(epoch)  # augmentation = f(seed, epoch, index); workers are re-created per epoch
         loader = torch.utils.data.DataLoader(
-            train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
-            drop_last=True, pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals,
-            generator=torch.Generator().manual_seed(config.seed + epoch))
+            train_set,
+            batch_size=config.batch_size,
+            sampler=sampler,
+            num_workers=config.workers,
+            drop_last=True,
+            pin_memory=device.type == "cuda",
+            worker_init_fn=ignore_stop_signals,
+            generator=torch.Generator().manual_seed(config.seed + epoch),
+        )
         with stop_signals_blocked():  # workers ignore stop signals from their first instruction on
             iterator = iter(loader)
         try:
@@ -163,11 +172,12 @@ def optimizer_step(
     step_loss = 0.0
     for micro in range(accum_steps):
         images, masks = next(batches)
-        images = images.to(device, non_blocking=True,
-                           memory_format=torch.channels_last if channels_last else torch.preserve_format)
+        images = images.to(
+            device, non_blocking=True, memory_format=torch.channels_last if channels_last else torch.preserve_format
+        )
         masks = masks.to(device, non_blocking=True)
         sync = micro == accum_steps - 1 or not isinstance(net, DistributedDataParallel)
-        with (nullcontext() if sync else net.no_sync()):
+        with nullcontext() if sync else net.no_sync():
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 logits = net(images)
             if criterion is None:
@@ -188,8 +198,9 @@ def optimizer_step(
     return step_loss
 
 
-def validate_and_save_best(model: SegmentationModel, val_set, out: Path, metrics: MetricsLog, *,
-                           step: int, best_miou: float) -> float:
+def validate_and_save_best(
+    model: SegmentationModel, val_set, out: Path, metrics: MetricsLog, *, step: int, best_miou: float
+) -> float:
     """Score ``model`` on ``val_set``, log it, and keep ``out/best`` as the best model so far.
 
     Every process must call it (evaluation is sharded over ranks); rank 0 writes ``out/best``
@@ -204,18 +215,29 @@ def validate_and_save_best(model: SegmentationModel, val_set, out: Path, metrics
     if summary["mIoU"] > best_miou:
         best_miou = summary["mIoU"]
         if main:
-            atomic_directory(out / "best", lambda d: (model.save_pretrained(d),
-                                                      write_text(d / "metrics.json", json.dumps(summary, indent=2))))
+            atomic_directory(
+                out / "best",
+                lambda d: (model.save_pretrained(d), write_text(d / "metrics.json", json.dumps(summary, indent=2))),
+            )
     if main:
         plot_curves(metrics.records, out / "plots")
         write_training_report(out, summary, matrix, step=step, palette=val_set.palette)  # OUT/report.html
     return best_miou
 
 
-def save_last(out: Path, model: SegmentationModel, optimizer: torch.optim.Optimizer,
-              scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler, *,
-              step: int, best_miou: float, rng_state: dict[str, Any], config: TrainConfig,
-              extra: dict[str, Any] | None = None) -> Path:
+def save_last(
+    out: Path,
+    model: SegmentationModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    *,
+    step: int,
+    best_miou: float,
+    rng_state: dict[str, Any],
+    config: TrainConfig,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Checkpoint the run in ``out/last``: the model plus ``training_state.pt``; returns that path.
 
     Rank 0 writes the directory atomically, then every process waits for it. ``rng_state``
@@ -225,9 +247,16 @@ def save_last(out: Path, model: SegmentationModel, optimizer: torch.optim.Optimi
     """
     last = out / "last"
     if dist_utils.is_main_process():
-        state = {"step": step, "best_miou": best_miou, "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                 "rng": rng_state, "config": dataclasses.asdict(config), **(extra or {})}
+        state = {
+            "step": step,
+            "best_miou": best_miou,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": rng_state,
+            "config": dataclasses.asdict(config),
+            **(extra or {}),
+        }
         atomic_directory(last, lambda d: (model.save_pretrained(d), save_state(state, d / STATE_NAME)))
     dist_utils.barrier()
     return last
@@ -281,8 +310,12 @@ class Run:
     best_miou: float = -1.0
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
-                         scaler: torch.amp.GradScaler, state: dict[str, Any]) -> None:
+def load_optimizer_state(
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    scaler: torch.amp.GradScaler,
+    state: dict[str, Any],
+) -> None:
     """Load a checkpoint's optimizer, scheduler and scaler states, keeping the hyper-parameters of the config.
 
     The optimizer's buffers and the schedule's position come from the checkpoint; learning rates,
@@ -306,9 +339,14 @@ def _set_up(config: TrainConfig, device: torch.device, distributed: bool) -> Run
     torch.manual_seed(config.seed)  # identical initialization on every rank
     train_set, val_set = build_datasets(config, IMAGENET_MEAN, IMAGENET_STD)  # the models' input normalization
     model, state = build_or_resume(config, train_set, Path(config.out))
-    criterion = build_loss(config.loss, num_classes=train_set.num_classes, ignore_index=train_set.ignore_index,
-                           class_weights=class_weights(config, train_set), ohem_thresh=config.ohem_thresh,
-                           ohem_min_kept=config.ohem_min_kept)
+    criterion = build_loss(
+        config.loss,
+        num_classes=train_set.num_classes,
+        ignore_index=train_set.ignore_index,
+        class_weights=class_weights(config, train_set),
+        ohem_thresh=config.ohem_thresh,
+        ohem_min_kept=config.ohem_min_kept,
+    )
     model.to(device).train()
     if config.channels_last:  # 4-D weights NHWC (checkpoints stay standard: save_pretrained copies them)
         model.to(memory_format=torch.channels_last)
@@ -342,10 +380,19 @@ def _train_claimed(config: TrainConfig, device: torch.device, distributed: bool,
     metrics = MetricsLog(out, run.step if run.state is not None else None, main)
     progress = StepLog(config, metrics, run.step, window=run.state.get("log_window") if run.state else None)
     if main:
-        log.info("training %s on %d images (%s/%s), %d process(es) × batch %d × accum %d, %d steps; amp %s, %s",
-                 config.model, len(run.train_set), config.dataset, config.train_split, dist_utils.world_size(),
-                 config.batch_size, config.accum_steps, config.iters, config.amp,
-                 "channels-last" if config.channels_last else "contiguous")
+        log.info(
+            "training %s on %d images (%s/%s), %d process(es) × batch %d × accum %d, %d steps; amp %s, %s",
+            config.model,
+            len(run.train_set),
+            config.dataset,
+            config.train_split,
+            dist_utils.world_size(),
+            config.batch_size,
+            config.accum_steps,
+            config.iters,
+            config.amp,
+            "channels-last" if config.channels_last else "contiguous",
+        )
     stopped_by, lost_step = None, False
     try:
         with StopSignals() as stop:
@@ -359,32 +406,58 @@ def _train_claimed(config: TrainConfig, device: torch.device, distributed: bool,
         progress.close()
         metrics.close()
     if stopped_by and main:
-        where = (f"during step {run.step}, which a data-loading worker killed by it did not finish; "
-                 f"the checkpoint in {out / 'last'} (if any) is older" if lost_step
-                 else f"after step {run.step}/{config.iters}; checkpoint in {out / 'last'}")
+        where = (
+            f"during step {run.step}, which a data-loading worker killed by it did not finish; "
+            f"the checkpoint in {out / 'last'} (if any) is older"
+            if lost_step
+            else f"after step {run.step}/{config.iters}; checkpoint in {out / 'last'}"
+        )
         print(f"stopped by {stopped_by} {where}; run the same command with --resume to continue", flush=True)
-    return {"best_miou": run.best_miou, "last": out / "last", "best": out / "best", "out": out,
-            "step": run.step - lost_step, "preempted": stopped_by is not None,
-            "exit_code": PREEMPTED_EXIT_CODE if stopped_by else 0}
+    return {
+        "best_miou": run.best_miou,
+        "last": out / "last",
+        "best": out / "best",
+        "out": out,
+        "step": run.step - lost_step,
+        "preempted": stopped_by is not None,
+        "exit_code": PREEMPTED_EXIT_CODE if stopped_by else 0,
+    }
 
 
-def _loop(config: TrainConfig, run: Run, out: Path, metrics: MetricsLog, progress: StepLog, stop: StopSignals,
-          device: torch.device) -> str | None:
+def _loop(
+    config: TrainConfig,
+    run: Run,
+    out: Path,
+    metrics: MetricsLog,
+    progress: StepLog,
+    stop: StopSignals,
+    device: torch.device,
+) -> str | None:
     """Train from ``run.step`` to ``config.iters``, updating ``run``; returns what stopped it early, or None."""
     state = run.state
     if state is not None and state.get("validate_pending"):  # skipped when the run was stopped
-        run.best_miou = validate_and_save_best(run.model, run.val_set, out, metrics, step=run.step,
-                                               best_miou=run.best_miou)
+        run.best_miou = validate_and_save_best(
+            run.model, run.val_set, out, metrics, step=run.step, best_miou=run.best_miou
+        )
         restore_rng_state(state["rng"])
     batches = micro_batches(run.train_set, config, run.step, device)
     try:
         while run.step < config.iters:
             run.step += 1
             step = run.step
-            loss = optimizer_step(run.net, batches, run.optimizer, run.scheduler, run.scaler, step=step,
-                                  accum_steps=config.accum_steps, amp=config.amp,
-                                  clip_grad_norm=config.clip_grad_norm, criterion=run.criterion,
-                                  channels_last=config.channels_last)
+            loss = optimizer_step(
+                run.net,
+                batches,
+                run.optimizer,
+                run.scheduler,
+                run.scaler,
+                step=step,
+                accum_steps=config.accum_steps,
+                amp=config.amp,
+                clip_grad_norm=config.clip_grad_norm,
+                criterion=run.criterion,
+                channels_last=config.channels_last,
+            )
             rng_after_step = capture_rng_state()
             progress.add(step, loss, run.optimizer.param_groups[0]["lr"])
             final = step == config.iters
@@ -392,12 +465,22 @@ def _loop(config: TrainConfig, run: Run, out: Path, metrics: MetricsLog, progres
             stopping = not final and dist_utils.any_process(stop.requested, device)
             validate = bool(config.val_interval and step % config.val_interval == 0) or final
             if validate and not stopping:
-                run.best_miou = validate_and_save_best(run.model, run.val_set, out, metrics, step=step,
-                                                       best_miou=run.best_miou)
+                run.best_miou = validate_and_save_best(
+                    run.model, run.val_set, out, metrics, step=step, best_miou=run.best_miou
+                )
             if step % config.ckpt_interval == 0 or final or stopping:
-                save_last(out, run.model, run.optimizer, run.scheduler, run.scaler, step=step,
-                          best_miou=run.best_miou, rng_state=rng_after_step, config=config,
-                          extra={"validate_pending": validate and stopping, "log_window": progress.window()})
+                save_last(
+                    out,
+                    run.model,
+                    run.optimizer,
+                    run.scheduler,
+                    run.scaler,
+                    step=step,
+                    best_miou=run.best_miou,
+                    rng_state=rng_after_step,
+                    config=config,
+                    extra={"validate_pending": validate and stopping, "log_window": progress.window()},
+                )
             restore_rng_state(rng_after_step)  # validation and checkpointing must not perturb the run
             if stopping:
                 return stop.received.name if stop.received else "a signal to another process"

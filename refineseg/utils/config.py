@@ -75,8 +75,11 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: tu
             continue
         kind = hints[f.name]
         help_text = f.metadata.get("help", "")
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        )
         help_text = f"{help_text} (default: {default})" if default not in (None, "", []) else help_text
         origin = typing.get_origin(kind)
         args = [a for a in typing.get_args(kind) if a is not type(None)]
@@ -88,18 +91,32 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: tu
                 custom["type"] = base
             parser.add_argument(_flag(f.name), default=argparse.SUPPRESS, help=help_text, choices=choices, **custom)
             if bool in args or kind is bool:
-                parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_const",
-                                    const=False, default=argparse.SUPPRESS, help=f"set {f.name} to false")
+                parser.add_argument(
+                    "--no-" + f.name.replace("_", "-"),
+                    dest=f.name,
+                    action="store_const",
+                    const=False,
+                    default=argparse.SUPPRESS,
+                    help=f"set {f.name} to false",
+                )
         elif base is bool:
-            parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(
+                _flag(f.name), action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+            )
         elif typing.get_origin(base) in (list, tuple):
             item = typing.get_args(base)[0]
-            parser.add_argument(_flag(f.name), nargs="+", type=item, default=argparse.SUPPRESS,
-                                help=help_text, metavar=f.name.upper())
+            parser.add_argument(
+                _flag(f.name), nargs="+", type=item, default=argparse.SUPPRESS, help=help_text, metavar=f.name.upper()
+            )
         else:
-            parser.add_argument(_flag(f.name), type=base, default=argparse.SUPPRESS, help=help_text,
-                                choices=choices, metavar=None if choices else f.name.upper())
+            parser.add_argument(
+                _flag(f.name),
+                type=base,
+                default=argparse.SUPPRESS,
+                help=help_text,
+                choices=choices,
+                metavar=None if choices else f.name.upper(),
+            )
 
 
 class RefusedYAML(yaml.constructor.ConstructorError):
@@ -120,14 +137,14 @@ class StrictLoader(yaml.SafeLoader):
             try:
                 if key in seen:
                     raise RefusedYAML(
-                        None, None, f"duplicate key {key!r} (first on line {seen[key]})", key_node.start_mark)
+                        None, None, f"duplicate key {key!r} (first on line {seen[key]})", key_node.start_mark
+                    )
                 seen[key] = key_node.start_mark.line + 1
             except TypeError:  # an unhashable key: the base class reports it
                 continue
             bad = self._non_finite(value_node)
             if bad is not None:
-                raise RefusedYAML(
-                    None, None, f"{key}: {bad.value} is not a finite number", bad.start_mark)
+                raise RefusedYAML(None, None, f"{key}: {bad.value} is not a finite number", bad.start_mark)
         return super().construct_mapping(node, deep=deep)
 
     def _non_finite(self, node: yaml.Node) -> yaml.ScalarNode | None:
@@ -227,7 +244,8 @@ def _coerce(value: Any, kind: Any) -> Any:
             return value
     elif kind is float:
         if (isinstance(value, (int, float)) and not isinstance(value, bool)) or (
-                isinstance(value, str) and _NUMBER_TEXT.fullmatch(value.strip())):
+            isinstance(value, str) and _NUMBER_TEXT.fullmatch(value.strip())
+        ):
             if not math.isfinite(float(value)):  # .nan, .inf, 1e999
                 raise ValueError(f"expected a finite number, got {value!r}")
             return float(value)
@@ -244,7 +262,7 @@ def check_value(field: dataclasses.Field, kind: Any, value: Any) -> Any:
     value = _coerce(value, kind)
     choices = field.metadata.get("choices")
     low, high = field.metadata.get("min"), field.metadata.get("max")
-    for item in (value if isinstance(value, list) else [value]):
+    for item in value if isinstance(value, list) else [value]:
         if item is None:
             continue
         if choices is not None and item not in choices:
@@ -291,8 +309,11 @@ def check_values(cls: type, values: dict[str, Any], source: str) -> dict[str, An
 def config_from_values(cls: type[T], values: dict[str, Any], source: str) -> T:
     """Build ``cls`` from plain values (a YAML mapping, parsed flags), every value type-checked."""
     checked = check_values(cls, values, source)
-    missing = [f.name for f in dataclasses.fields(cls) if f.name not in checked
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name not in checked and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise ConfigError(f"{source}: missing required option(s): {', '.join(_flag(m) for m in missing)}")
     try:

@@ -105,8 +105,16 @@ class ResumableShardedSampler(torch.utils.data.Sampler[int]):
     without replaying the data loader.
     """
 
-    def __init__(self, dataset_len: int, batch_size: int, seed: int, epoch: int = 0, start_batch: int = 0,
-                 num_replicas: int | None = None, rank_: int | None = None) -> None:
+    def __init__(
+        self,
+        dataset_len: int,
+        batch_size: int,
+        seed: int,
+        epoch: int = 0,
+        start_batch: int = 0,
+        num_replicas: int | None = None,
+        rank_: int | None = None,
+    ) -> None:
         self.dataset_len = dataset_len
         self.batch_size = batch_size
         self.seed = seed
@@ -124,8 +132,8 @@ class ResumableShardedSampler(torch.utils.data.Sampler[int]):
         per_epoch = self.batches_per_epoch() * self.batch_size * self.num_replicas
         while len(perm) < per_epoch:  # tiny datasets: repeat the permutation
             perm += perm[: per_epoch - len(perm)]
-        shard = perm[:per_epoch][self.rank::self.num_replicas]
-        return iter(shard[self.start_batch * self.batch_size:])
+        shard = perm[:per_epoch][self.rank :: self.num_replicas]
+        return iter(shard[self.start_batch * self.batch_size :])
 
     def __len__(self) -> int:
         return (self.batches_per_epoch() - self.start_batch) * self.batch_size

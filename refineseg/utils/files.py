@@ -14,8 +14,8 @@ import contextlib
 import errno
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from refineseg.errors import WriteError, file_error
 
@@ -102,11 +102,10 @@ def atomic_write(path: str | os.PathLike, needed: int | None = None) -> Iterator
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_write`), flushed to disk."""
-    with atomic_write(path, needed=len(data)) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+    with atomic_write(path, needed=len(data)) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -16,7 +16,7 @@ def build_backbone(name: str, output_stride: int = 32, **kwargs) -> nn.Module:
     Every backbone exposes ``out_channels`` and returns a list of feature maps, finest first.
     """
     if name.startswith("resnet"):
-        return ResNet(int(name[len("resnet"):]), output_stride=output_stride)
+        return ResNet(int(name[len("resnet") :]), output_stride=output_stride)
     if name == "mobilenet_v2":
         if output_stride != 32:
             raise ValueError("mobilenet_v2 supports output_stride=32 only")

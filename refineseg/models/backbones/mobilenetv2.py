@@ -30,8 +30,9 @@ MOBILENETV2_SETTINGS = (
 class ConvBNReLU6(nn.Sequential):
     """conv (no bias) -> BN -> ReLU6; children ``0, 1, 2`` as in torchvision."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
-                 groups: int = 1) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, groups: int = 1
+    ) -> None:
         super().__init__(
             nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=groups, bias=False),
             nn.BatchNorm2d(out_channels),
@@ -42,8 +43,9 @@ class ConvBNReLU6(nn.Sequential):
 class InvertedResidual(nn.Module):
     """1×1 expand -> 3×3 depthwise -> 1×1 linear projection, plus the input when shapes match."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, expansion: int,
-                 force_expand: bool = False) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int, expansion: int, force_expand: bool = False
+    ) -> None:
         super().__init__()
         hidden = in_channels * expansion
         layers: list[nn.Module] = []
@@ -78,7 +80,9 @@ class MobileNetV2(nn.Module):
         for group, (expansion, channels, repeats, stride) in enumerate(MOBILENETV2_SETTINGS):
             for i in range(repeats):
                 force_expand = expand_first_block and group == 0
-                features.append(InvertedResidual(in_channels, channels, stride if i == 0 else 1, expansion, force_expand))
+                features.append(
+                    InvertedResidual(in_channels, channels, stride if i == 0 else 1, expansion, force_expand)
+                )
                 in_channels = channels
             self._stage_ends.append(len(features) - 1)
         self.features = nn.Sequential(*features)

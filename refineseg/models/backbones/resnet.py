@@ -17,8 +17,9 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1, dilation: int = 1,
-                 downsample: nn.Module | None = None) -> None:
+    def __init__(
+        self, in_planes: int, planes: int, stride: int = 1, dilation: int = 1, downsample: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, padding=dilation, dilation=dilation, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -39,8 +40,9 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1, dilation: int = 1,
-                 downsample: nn.Module | None = None) -> None:
+    def __init__(
+        self, in_planes: int, planes: int, stride: int = 1, dilation: int = 1, downsample: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -101,8 +103,9 @@ class ResNet(nn.Module):
         self.out_channels = [64 * block.expansion * 2**i for i in range(4)]
         self._init_weights()
 
-    def _make_layer(self, block: type[nn.Module], planes: int, blocks: int, stride: int = 1,
-                    dilate: bool = False) -> nn.Sequential:
+    def _make_layer(
+        self, block: type[nn.Module], planes: int, blocks: int, stride: int = 1, dilate: bool = False
+    ) -> nn.Sequential:
         previous_dilation = self._dilation
         if dilate:
             self._dilation *= stride
