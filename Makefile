@@ -40,7 +40,7 @@ bench: $(STAMP)
 # its BENCHMARKS.md section); a few minutes on one GPU. Without CUDA it says so and succeeds.
 gpu-check: $(STAMP)
 	@if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
-		$(PY) -m pytest -q -m cuda tests/test_cuda.py && \
+		$(PY) -m pytest -q -m cuda tests/training/test_cuda.py && \
 		$(PY) benchmarks/inference.py --device cuda --quick && \
 		$(PY) benchmarks/training.py --device cuda; \
 	else \

@@ -1,25 +1,22 @@
-"""Shared test fixtures and helpers: reference manifests, random state dicts, small models, gloo groups."""
+"""Shared fixtures: a private REFINESEG_HOME, a saved small checkpoint, one torch thread, the CLI in a
+subprocess (``run_cli``) and a gloo process group (``gloo_group``).
+
+Plain helpers (small models, manifests, synthetic batches, free ports) are in ``helpers.py``, imported as
+``from helpers import make_model``. Tests are laid out like the package (``tests/models/``,
+``tests/training/``, ...), without ``__init__.py`` files: test file names are unique across the folders.
+"""
 
 from __future__ import annotations
 
-import functools
-import json
-import math
-import socket
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-
-import refineseg
-
-MANIFESTS = Path(__file__).resolve().parent / "manifests"
-CLASS_NAMES = ["background", "road", "car", "tree"]
-PALETTE = [(0, 0, 0), (128, 64, 128), (0, 0, 142), (107, 142, 35)]
+from helpers import make_model, run_gloo_group
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -32,7 +29,7 @@ def private_refineseg_home(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    """A saved :func:`make_model` (random weights, the test classes): ``<tmp>/best``. Modules that need
+    """A saved :func:`helpers.make_model` (random weights, the test classes): ``<tmp>/best``. Modules that need
     another checkpoint define their own ``checkpoint`` fixture."""
     path = tmp_path_factory.mktemp("ckpt") / "best"
     make_model().save_pretrained(path)
@@ -48,117 +45,45 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@functools.cache
-def manifest(name: str) -> dict[str, Any]:
-    """``tests/manifests/<name>.json``: ``{"source", "num_classes", "num_parameters", "state_dict": {key: shape}}``."""
-    return json.loads((MANIFESTS / f"{name}.json").read_text())
+RunCli = Callable[..., subprocess.CompletedProcess]
 
 
-def random_state(shapes: dict[str, list[int]], seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random tensors of the given shapes: He-scaled convs, BN scales and variances in [0.5, 1.5)."""
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, shape in shapes.items():
-        prefix, _, leaf = key.rpartition(".")
-        is_bn = f"{prefix}.running_mean" in shapes
-        if leaf == "num_batches_tracked":
-            t = torch.tensor(0)
-        elif len(shape) == 4:
-            fan_in = shape[1] * shape[2] * shape[3]
-            t = torch.randn(shape, generator=g) * math.sqrt(2.0 / fan_in)
-        elif is_bn and leaf in ("weight", "running_var"):
-            t = torch.rand(shape, generator=g) + 0.5
-        else:  # BN bias / running_mean, conv and linear biases, linear weights
-            t = torch.randn(shape, generator=g) * 0.1
-        state[key] = t
-    return state
+@pytest.fixture(scope="session")
+def run_cli() -> RunCli:
+    """``run_cli(*args)`` runs ``python -m refineseg ARGS`` in a fresh process and returns the
+    ``CompletedProcess`` (stdout and stderr as text), with ``OMP_NUM_THREADS=1`` (plus ``env``).
 
-
-def make_model(
-    name: str = "lw_refinenet_mbv2",
-    class_names: Sequence[str] = CLASS_NAMES,
-    palette: Sequence[tuple[int, int, int]] | None = PALETTE,
-    seed: int = 0,
-    warm_batch_norm: bool = False,
-) -> refineseg.SegmentationModel:
-    """A small untrained model in eval mode whose predictions vary over classes and pixels.
-
-    ``warm_batch_norm`` moves BN running statistics away from (0, 1) with a few train-mode passes.
-    The classifier bias is set so every class has mean logit 0 on random inputs.
+    ``check`` (default) fails the test on a non-zero exit, showing the ends of stdout and stderr; pass
+    ``check=False`` to look at the exit status yourself. ``launcher`` replaces ``-m refineseg``, e.g.
+    ``["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "refineseg"]``.
     """
-    torch.manual_seed(seed)
-    options = {"palette": list(palette)} if palette else {}
-    model = refineseg.create_model(name, num_classes=len(class_names), class_names=list(class_names), **options)
-    with torch.no_grad():
-        if warm_batch_norm:
-            model.train()
-            for _ in range(3):
-                model(torch.randn(2, 3, 64, 64) * 2 + 0.5)
-        model.eval()
-        model.head.conv.bias.zero_()
-        model.head.conv.bias -= model(torch.randn(2, 3, 64, 64)).mean((0, 2, 3))
-    return model
 
-
-def saved_weights(directory: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a ``save_pretrained`` directory, read straight from its safetensors file."""
-    from safetensors.torch import load_file
-
-    return load_file(str(Path(directory) / "model.safetensors"))
-
-
-def free_port() -> int:
-    """A free TCP port on the loopback interface."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _gloo_worker(rank: int, world_size: int, port: int, fn: Callable[..., None], args: tuple) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
-    try:
-        fn(rank, *args)
-    finally:
-        dist.destroy_process_group()
-
-
-def run_gloo_group(fn: Callable[..., None], world_size: int, *args: Any) -> None:
-    """Run ``fn(rank, *args)`` in ``world_size`` processes joined in one gloo process group.
-
-    ``fn`` must be a module-level function (it is pickled into the spawned processes).
-    """
-    mp.spawn(_gloo_worker, args=(world_size, free_port(), fn, args), nprocs=world_size, join=True)
-
-
-def synthetic_batch(n: int, split: str = "train", size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` normalized synthetic images (n, 3, size, size) and their masks (n, size, size), on the CPU."""
-    from refineseg.data import SyntheticSegmentation, eval_transform
-
-    dataset = SyntheticSegmentation(split, n, size, transform=eval_transform())
-    images, masks = zip(*(dataset[i] for i in range(n)))
-    return torch.stack(images), torch.stack(masks)
-
-
-def briefly_trained_model(device: str | torch.device = "cpu") -> refineseg.SegmentationModel:
-    """lw_refinenet18 fitted briefly (30 Adam steps of 4 images) to 64 px synthetic scenes, in eval mode:
-    confident, 'trained-like' logits for comparing inference paths."""
-    from refineseg.data import SYNTHETIC_CLASSES
-
-    torch.manual_seed(0)
-    x, y = (t.to(device) for t in synthetic_batch(32))
-    model = (
-        refineseg.create_model(
-            "lw_refinenet18", num_classes=len(SYNTHETIC_CLASSES), dropout=0.0, class_names=list(SYNTHETIC_CLASSES)
+    def run(
+        *args: str,
+        env: dict[str, str] | None = None,
+        check: bool = True,
+        timeout: float | None = None,
+        launcher: Sequence[str] = ("-m", "refineseg"),
+    ) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [sys.executable, *launcher, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
         )
-        .to(device)
-        .train()
-    )
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for step in range(30):
-        index = torch.arange(step * 4, step * 4 + 4) % len(x)
-        loss = torch.nn.functional.cross_entropy(model(x[index]), y[index], ignore_index=255)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(launcher)} {' '.join(args)}: exit {proc.returncode}\n"
+                f"--- stdout (end)\n{proc.stdout[-2000:]}\n--- stderr (end)\n{proc.stderr[-3000:]}"
+            )
+        return proc
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def gloo_group() -> Callable[..., None]:
+    """``gloo_group(fn, world_size, *args)`` runs ``fn(rank, *args)`` in ``world_size`` processes joined in
+    one gloo process group (:func:`helpers.run_gloo_group`; ``fn`` must be a module-level function)."""
+    return run_gloo_group

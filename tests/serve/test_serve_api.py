@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import CLASS_NAMES, PALETTE
+from helpers import CLASS_NAMES, PALETTE
 from PIL import Image
 from serve_helpers import encode, make_client, photo
 

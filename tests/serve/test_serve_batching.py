@@ -13,7 +13,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from conftest import make_model
+from helpers import make_model
 from PIL import Image
 from serve_helpers import encode, make_service, photo
 

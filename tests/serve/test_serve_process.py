@@ -13,7 +13,7 @@ import time
 
 import httpx
 import pytest
-from conftest import free_port
+from helpers import free_port
 from serve_helpers import encode, photo
 
 pytestmark = pytest.mark.slow

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import CLASS_NAMES, PALETTE, make_model
+from helpers import CLASS_NAMES, PALETTE, make_model
 from PIL import Image
 
 from refineseg.cli.predict import PredictConfig, run_predict
@@ -168,25 +166,19 @@ def test_config_rejects_bad_options():
     assert PredictConfig(checkpoint="x", inputs=["a.png"]).scales == [1.0]
 
 
-def test_cli_corrupt_image_is_one_line_error(checkpoint, tmp_path):
+def test_cli_corrupt_image_is_one_line_error(checkpoint, tmp_path, run_cli):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "refineseg",
-            "predict",
-            "--checkpoint",
-            str(checkpoint),
-            "--out",
-            str(tmp_path / "out"),
-            "--device",
-            "cpu",
-            str(bad),
-        ],
-        capture_output=True,
-        text=True,
+    result = run_cli(
+        "predict",
+        "--checkpoint",
+        str(checkpoint),
+        "--out",
+        str(tmp_path / "out"),
+        "--device",
+        "cpu",
+        str(bad),
+        check=False,
     )
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()

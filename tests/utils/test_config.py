@@ -4,9 +4,6 @@ naming the file, the key and the line."""
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -124,14 +121,9 @@ def test_command_line_nan_is_refused_naming_the_flag():
         build_config(EvalConfig, args, None)
 
 
-def test_cli_reports_a_bad_config_in_one_line(tmp_path):
+def test_cli_reports_a_bad_config_in_one_line(tmp_path, run_cli):
     path = write(tmp_path, "checkpoint: ckpt\ndataset: synthetic\nboundary_ratio: 0.02\nboundary_ratio: .nan\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "refineseg", "evaluate", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    proc = run_cli("evaluate", "--config", str(path), check=False)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert lines == [f"error: {path}: line 4, column 1: duplicate key 'boundary_ratio' (first on line 3)"]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_model, saved_weights
+from helpers import make_model, saved_weights
 from PIL import Image
 from test_predict_batch import photo, temporaries
 
@@ -297,7 +297,7 @@ def test_a_real_full_tmpfs_during_a_checkpoint(tmp_path):
     assert torch.load(tmp_path / "state2.pt", weights_only=True)["step"] == 2
 
 
-# --- 4. batch prediction (the other cases: tests/test_predict_batch.py) ------------------------------
+# --- 4. batch prediction (the other cases: tests/inference/test_predict_batch.py) -------------------
 
 
 @pytest.fixture(scope="module")

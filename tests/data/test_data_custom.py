@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers import ROOT
 from PIL import Image
 
 from refineseg.cli.evaluate import EvalConfig
@@ -168,7 +169,7 @@ def test_classes_file_errors_are_one_line_naming_the_file(tmp_path, text, fragme
 
 
 def test_classes_examples_in_the_docs_parse():
-    text = (Path(__file__).resolve().parents[1] / "docs" / "custom_data.md").read_text()
+    text = (ROOT / "docs" / "custom_data.md").read_text()
     blocks = re.findall(r"```yaml\n(.*?)```", text, re.S)
     specs = [parse_class_spec(yaml.safe_load(block), "docs") for block in blocks]
     assert len(specs) >= 5

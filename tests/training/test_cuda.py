@@ -10,19 +10,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
-import conftest
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from conftest import briefly_trained_model, synthetic_batch
+from helpers import briefly_trained_model, free_port, make_model, synthetic_batch
 from safetensors.torch import load_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -77,13 +73,6 @@ TINY = [
 ]
 
 
-def run_cli(*args: str, module: list[str] | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, *(module or ["-m", "refineseg"]), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-    return proc
-
-
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
@@ -129,7 +118,7 @@ def test_mixed_precision_optimizer_steps_change_the_weights(amp):
 
 
 @pytest.mark.parametrize("amp", AMPS)
-def test_cli_trains_with_mixed_precision_on_cuda(tmp_path, amp):
+def test_cli_trains_with_mixed_precision_on_cuda(tmp_path, amp, run_cli):
     out = tmp_path / amp
     run_cli("train", *TINY, "--iters", "3", "--amp", amp, "--ckpt-interval", "3", "--out", str(out))
     assert len(losses(out)) == 3 and all(math.isfinite(loss) and loss > 0 for loss in losses(out))
@@ -167,7 +156,7 @@ def nccl_group():
     def join() -> None:
         dist.init_process_group(
             "nccl",
-            init_method=f"tcp://127.0.0.1:{conftest.free_port()}",
+            init_method=f"tcp://127.0.0.1:{free_port()}",
             rank=0,
             world_size=1,
             device_id=torch.device("cuda", 0),
@@ -232,7 +221,7 @@ def test_ddp_on_nccl_with_sync_bn_stops_on_a_signal_and_resumes(tmp_path, monkey
     torch.cuda.is_available() and torch.cuda.device_count() < 2,
     reason="needs 2 GPUs (NCCL with one process is covered in-process above)",
 )
-def test_torchrun_two_gpus_with_sync_bn(tmp_path):
+def test_torchrun_two_gpus_with_sync_bn(tmp_path, run_cli):
     out = tmp_path / "ddp"
     run_cli(
         "train",
@@ -244,7 +233,7 @@ def test_torchrun_two_gpus_with_sync_bn(tmp_path):
         "3",
         "--out",
         str(out),
-        module=["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "refineseg"],
+        launcher=["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "refineseg"],
     )
     assert load_training_state(out / "last")["step"] == 3
     assert len(losses(out)) == 3 and all(math.isfinite(loss) for loss in losses(out))
@@ -256,12 +245,12 @@ def test_torchrun_two_gpus_with_sync_bn(tmp_path):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "model"
-    conftest.make_model(class_names=SYNTHETIC_CLASSES, palette=SYNTHETIC_PALETTE).save_pretrained(path)
+    make_model(class_names=SYNTHETIC_CLASSES, palette=SYNTHETIC_PALETTE).save_pretrained(path)
     return path
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_cli_evaluate_on_cuda_writes_metrics(tmp_path, checkpoint, precision):
+def test_cli_evaluate_on_cuda_writes_metrics(tmp_path, checkpoint, precision, run_cli):
     common = [
         "evaluate",
         "--checkpoint",
@@ -291,7 +280,7 @@ def image() -> np.ndarray:
 
 
 def test_tiled_prediction_on_cuda(image):
-    model = conftest.make_model(warm_batch_norm=True).to(DEVICE)
+    model = make_model(warm_batch_norm=True).to(DEVICE)
     whole = segment(model, image)
     one_tile = predict_tiled(model, image, tile=256, overlap=32, progress=False)
     assert one_tile.shape == image.shape[:2] and one_tile.dtype == np.uint8
@@ -333,7 +322,7 @@ def test_reduced_precision_inference_agrees_with_float32(trained_model, held_out
 
 def test_compiled_model_matches_eager_on_cuda(no_tf32):
     pytest.importorskip("triton", reason="torch.compile on CUDA needs triton")
-    model = conftest.make_model(warm_batch_norm=True).to(DEVICE)
+    model = make_model(warm_batch_norm=True).to(DEVICE)
     plain = optimize_for_inference(model)
     fast = optimize_for_inference(model, compile=True)
     generator = torch.Generator().manual_seed(1)

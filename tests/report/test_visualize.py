@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ROOT
 from PIL import Image
 
 from refineseg.report.visualize import (
@@ -187,7 +187,7 @@ def test_model_table_markdown():
 
 def test_import_does_not_load_matplotlib():
     code = "import sys, refineseg.report.visualize, refineseg.evaluation.metrics; print('matplotlib' in sys.modules)"
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(ROOT)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == "False"

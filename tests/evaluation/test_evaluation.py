@@ -5,12 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
-import conftest
 import cv2
+import helpers
 import numpy as np
 import pytest
 import torch
@@ -39,8 +37,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def make_model(num_classes: int = K) -> refineseg.SegmentationModel:
     """Untrained lw_refinenet_mbv2 with the synthetic classes (or ``num_classes`` made-up ones)."""
     if num_classes == K:
-        return conftest.make_model(class_names=SYNTHETIC_CLASSES, palette=SYNTHETIC_PALETTE)
-    return conftest.make_model(class_names=[f"c{i}" for i in range(num_classes)], palette=None)
+        return helpers.make_model(class_names=SYNTHETIC_CLASSES, palette=SYNTHETIC_PALETTE)
+    return helpers.make_model(class_names=[f"c{i}" for i in range(num_classes)], palette=None)
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +116,8 @@ def _evaluate_on_rank(rank: int, root: str, out_dir: str) -> None:
     Path(f"{out_dir}/rank{rank}.json").write_text(json.dumps(summary))
 
 
-def test_distributed_evaluation_equals_single_process(data_root, tmp_path):
-    conftest.run_gloo_group(_evaluate_on_rank, 2, str(data_root), str(tmp_path))
+def test_distributed_evaluation_equals_single_process(data_root, tmp_path, gloo_group):
+    gloo_group(_evaluate_on_rank, 2, str(data_root), str(tmp_path))
     # Single-threaded like the workers (one_thread fixture), so the arithmetic is identical.
     summary, single = evaluate_model(
         make_model(), FolderDataset(data_root, "val", transform=eval_transform()), progress=False, per_image=True
@@ -210,28 +208,22 @@ def test_config_rejects_bad_options():
     assert math.isclose(EvalConfig(checkpoint="x", dataset="voc").scales[-1], 1.75)
 
 
-def test_cli_class_mismatch_is_one_line_error(data_root, tmp_path):
+def test_cli_class_mismatch_is_one_line_error(data_root, tmp_path, run_cli):
     ckpt = tmp_path / "four"
     make_model(num_classes=4).save_pretrained(ckpt)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "refineseg",
-            "evaluate",
-            "--checkpoint",
-            str(ckpt),
-            "--dataset",
-            "folder",
-            "--data-root",
-            str(data_root),
-            "--out",
-            str(tmp_path / "eval"),
-            "--device",
-            "cpu",
-        ],
-        capture_output=True,
-        text=True,
+    result = run_cli(
+        "evaluate",
+        "--checkpoint",
+        str(ckpt),
+        "--dataset",
+        "folder",
+        "--data-root",
+        str(data_root),
+        "--out",
+        str(tmp_path / "eval"),
+        "--device",
+        "cpu",
+        check=False,
     )
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
@@ -443,12 +435,9 @@ def test_bad_class_map_is_a_one_line_config_error(tmp_path, text, match):
     assert str(err.value).startswith(str(tmp_path / "map.yaml")) and "\n" not in str(err.value)
 
 
-def test_cli_class_names_mismatch_is_one_line_error(data_root, tmp_path):
+def test_cli_class_names_mismatch_is_one_line_error(data_root, tmp_path, run_cli):
     ckpt = save_relabelled(tmp_path / "ckpt", RENAMED, list(range(K)))
     args = [
-        sys.executable,
-        "-m",
-        "refineseg",
         "evaluate",
         "--checkpoint",
         str(ckpt),
@@ -462,11 +451,10 @@ def test_cli_class_names_mismatch_is_one_line_error(data_root, tmp_path):
         "cpu",
         "--no-confusion-png",
     ]
-    result = subprocess.run(args, capture_output=True, text=True)
+    result = run_cli(*args, check=False)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr
     assert lines[0].startswith(f"error: {ckpt}: class 2 is 'box' in the checkpoint but 'square' in the dataset")
     (tmp_path / "map.yaml").write_text("box: square\n")
-    result = subprocess.run(args + ["--class-map", str(tmp_path / "map.yaml")], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
+    run_cli(*args, "--class-map", str(tmp_path / "map.yaml"))
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["class_names"] == SYNTHETIC_CLASSES

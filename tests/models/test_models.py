@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import manifest, random_state
+from helpers import manifest, random_state
 from safetensors.torch import save_file
 
 import refineseg

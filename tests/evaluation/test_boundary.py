@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 
-import conftest
 import cv2
 import numpy as np
 import pytest
@@ -351,8 +350,8 @@ def _reduce_on_rank(rank: int, out_dir: str) -> None:
 
 
 @pytest.mark.slow
-def test_all_reduce_across_two_gloo_processes(tmp_path):
-    conftest.run_gloo_group(_reduce_on_rank, 2, str(tmp_path))
+def test_all_reduce_across_two_gloo_processes(tmp_path, gloo_group):
+    gloo_group(_reduce_on_rank, 2, str(tmp_path))
     inter, union = np.zeros(4, np.int64), np.zeros(4, np.int64)
     correct, total = np.zeros(40, np.int64), np.zeros(40, np.int64)
     present = np.zeros(4, np.int64)  # non-ignored GT + predicted pixels per class

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import random_state
+from helpers import random_state
 from torch import nn
 
 import refineseg

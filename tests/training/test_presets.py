@@ -12,11 +12,11 @@ import argparse
 import functools
 import re
 import shlex
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from helpers import ROOT
 
 from refineseg.cli.app import build_parser
 from refineseg.cli.evaluate import EvalConfig
@@ -35,8 +35,7 @@ from refineseg.models import create_model, model_spec
 from refineseg.training.config import TrainConfig
 from refineseg.utils.config import build_config
 
-REPO = Path(__file__).resolve().parents[1]
-PRESETS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglob("*.yaml"))
+PRESETS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").rglob("*.yaml"))
 
 # Class lists of the readers, and the class counts the papers use for these datasets.
 CLASSES = {
@@ -67,7 +66,7 @@ def header(path: str) -> dict[str, str]:
     """The ``# Key: value`` lines of the leading comment block, continuation lines joined."""
     fields: dict[str, str] = {}
     key = None
-    for line in (REPO / path).read_text().splitlines():
+    for line in (ROOT / path).read_text().splitlines():
         if not line.startswith("#"):
             break
         text = line[1:].strip()
@@ -102,9 +101,9 @@ def test_presets_found():
 
 @pytest.mark.parametrize("path", PRESETS)
 def test_preset_loads_and_builds(path):
-    config = build_config(TrainConfig, argparse.Namespace(), str(REPO / path))  # unknown keys, types, bounds
-    values = yaml.safe_load((REPO / path).read_text())
-    assert set(values) <= {f for f in TrainConfig.__dataclass_fields__}
+    config = build_config(TrainConfig, argparse.Namespace(), str(ROOT / path))  # unknown keys, types, bounds
+    values = yaml.safe_load((ROOT / path).read_text())
+    assert set(values) <= set(TrainConfig.__dataclass_fields__)
     assert all(not isinstance(v, str) or not re.fullmatch(r"[\d.]+e-?\d+", v) for v in values.values()), (
         "a number PyYAML reads as a string (write 0.00005, not 5e-05)"
     )
@@ -117,7 +116,7 @@ def test_preset_loads_and_builds(path):
 
 @pytest.mark.parametrize("path", PRESETS)
 def test_preset_documents_layout_and_commands(path):
-    config = build_config(TrainConfig, argparse.Namespace(), str(REPO / path))
+    config = build_config(TrainConfig, argparse.Namespace(), str(ROOT / path))
     fields = header(path)
     layout = fields["Data layout"]
     if config.dataset == "synthetic":
@@ -125,7 +124,7 @@ def test_preset_documents_layout_and_commands(path):
     else:
         doc, _, heading = layout.partition(" § ")
         assert f"`{config.dataset}`" in heading, layout
-        headings = [line.lstrip("#").strip() for line in (REPO / doc).read_text().splitlines() if line.startswith("#")]
+        headings = [line.lstrip("#").strip() for line in (ROOT / doc).read_text().splitlines() if line.startswith("#")]
         assert heading in headings, f"{doc} has no section {heading!r}"
 
     train = parse_command(fields["Train"], "train")
@@ -139,7 +138,7 @@ def test_preset_documents_layout_and_commands(path):
 
 
 def test_presets_write_to_different_folders():
-    outs = [build_config(TrainConfig, argparse.Namespace(), str(REPO / p)).out for p in PRESETS]
+    outs = [build_config(TrainConfig, argparse.Namespace(), str(ROOT / p)).out for p in PRESETS]
     assert len(set(outs)) == len(outs)
 
 
@@ -150,7 +149,7 @@ def test_stages_start_from_the_previous_stage():
     for folder in folders:
         stages = sorted(p for p in staged if p.startswith(folder + "/"))
         assert [s.rsplit("/", 1)[1] for s in stages] == ["1_coco.yaml", "2_sbd.yaml", "3_voc.yaml"]
-        configs = [build_config(TrainConfig, argparse.Namespace(), str(REPO / s)) for s in stages]
+        configs = [build_config(TrainConfig, argparse.Namespace(), str(ROOT / s)) for s in stages]
         assert [c.dataset for c in configs] == ["coco_voc", "voc", "voc"]
         assert configs[0].lr > configs[1].lr > configs[2].lr
         assert configs[0].init_from is None
@@ -159,6 +158,6 @@ def test_stages_start_from_the_previous_stage():
 
 
 def test_every_paper_preset_is_in_the_reproducing_table():
-    table = (REPO / "docs" / "reproducing.md").read_text()
+    table = (ROOT / "docs" / "reproducing.md").read_text()
     missing = [p for p in PRESETS if p != "configs/demo.yaml" and f"`{p}`" not in table]
     assert not missing

@@ -17,9 +17,9 @@ import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
-import conftest
 import numpy as np
 import pytest
+from helpers import make_model
 from PIL import Image
 
 from refineseg.cli.app import main
@@ -420,7 +420,7 @@ def test_line_chart_and_ticks():
 
 def test_evaluate_report_end_to_end(tmp_path, one_thread, capsys):
     checkpoint = tmp_path / "ckpt"
-    conftest.make_model(class_names=SYNTHETIC_CLASSES, palette=SYNTHETIC_PALETTE).save_pretrained(checkpoint)
+    make_model(class_names=SYNTHETIC_CLASSES, palette=SYNTHETIC_PALETTE).save_pretrained(checkpoint)
     out = tmp_path / "eval"
     assert (
         main(
@@ -460,7 +460,7 @@ def test_evaluate_report_end_to_end(tmp_path, one_thread, capsys):
 
 
 def test_trainer_validation_refreshes_the_run_report(tmp_path, one_thread):
-    model = conftest.make_model(class_names=SYNTHETIC_CLASSES, palette=SYNTHETIC_PALETTE).train()
+    model = make_model(class_names=SYNTHETIC_CLASSES, palette=SYNTHETIC_PALETTE).train()
     val_set = SyntheticSegmentation("val", 2, 32, transform=eval_transform())
     metrics = MetricsLog(tmp_path, None, enabled=True)
     try:

@@ -1,11 +1,11 @@
 """refineseg vs. an independent functional re-implementation of the authors' reference layouts.
 
-The functions in the first half of this file compute the forward pass of the released
-RefineNet-50, Light-Weight RefineNet-50 and Light-Weight RefineNet-MobileNetV2 directly from a
-plain ``{reference key: tensor}`` dict, following the operation order written down in
-the reference layouts' description (ARCHITECTURES.md of the project's shared reference). They use only ``torch.nn.functional`` and deliberately
-import nothing from refineseg's blocks or models, so they check ``from_reference`` (key mapping,
-shapes) and the model's forward pass (operation order, strides, resizes) at the same time.
+The functions in the first half of this file compute the forward pass of the released RefineNet-50,
+Light-Weight RefineNet-50 and Light-Weight RefineNet-MobileNetV2 directly from a plain
+``{reference key: tensor}`` dict, following the operation order written down in the reference layouts'
+description (ARCHITECTURES.md of the project's shared reference). They use only ``torch.nn.functional``
+and deliberately import nothing from refineseg's blocks or models, so they check ``from_reference`` (key
+mapping, shapes) and the model's forward pass (operation order, strides, resizes) at the same time.
 
 The manifests (key names and shapes) come from ``tests/manifests``.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import manifest, random_state
+from helpers import manifest, random_state
 
 import refineseg
 

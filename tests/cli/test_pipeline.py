@@ -3,31 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ROOT
 from PIL import Image
 
 import refineseg
 from refineseg.training import TrainConfig
 from refineseg.utils.config import load_yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-m", "refineseg", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
 
 
 @pytest.mark.parametrize("preset", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.stem)
@@ -36,21 +20,21 @@ def test_presets_are_valid_train_configs(preset):
     assert config.model in refineseg.list_models()
 
 
-def test_help_lists_every_command():
-    out = cli("--help").stdout
+def test_help_lists_every_command(run_cli):
+    out = run_cli("--help").stdout
     for command in ("train", "evaluate", "predict", "make-synthetic", "models", "demo"):
         assert command in out
-    assert "--batch-size" in cli("train", "--help").stdout
+    assert "--batch-size" in run_cli("train", "--help").stdout
 
 
 @pytest.mark.slow
-def test_make_synthetic_train_evaluate_predict(tmp_path):
+def test_make_synthetic_train_evaluate_predict(tmp_path, run_cli):
     data = tmp_path / "synth"
-    cli("make-synthetic", str(data), "--num-train", "8", "--num-val", "2", "--size", "64")
+    run_cli("make-synthetic", str(data), "--num-train", "8", "--num-val", "2", "--size", "64")
     assert len(list((data / "images").glob("*.png"))) == 10
 
     run = tmp_path / "run"
-    cli(
+    run_cli(
         "train",
         "--model",
         "lw_refinenet_mbv2",
@@ -96,7 +80,7 @@ def test_make_synthetic_train_evaluate_predict(tmp_path):
     model = refineseg.from_pretrained(run / "best")
     assert model.num_classes == 6 and model.config.class_names[0] == "background"
 
-    cli(
+    run_cli(
         "evaluate",
         "--checkpoint",
         str(run / "best"),
@@ -119,7 +103,7 @@ def test_make_synthetic_train_evaluate_predict(tmp_path):
     assert set(metrics) >= {"aAcc", "mAcc", "mIoU", "mDice", "per_class"}
     assert len(metrics["per_class"]) == 6 and all(0 <= metrics[k] <= 1 for k in ("aAcc", "mAcc", "mIoU", "mDice"))
 
-    cli(
+    run_cli(
         "predict",
         "--checkpoint",
         str(run / "best"),

@@ -6,6 +6,7 @@ import os
 import pickle
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,19 +32,19 @@ TRAIN = [
 ]
 
 
-def fails(*args: str) -> str:
-    """Run the CLI, expect exit 2 and a single ``error:`` line; return that line."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "refineseg", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("train:")]
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    return lines[0]
+@pytest.fixture
+def fails(run_cli) -> Callable[..., str]:
+    """``fails(*args)`` runs the CLI, expects exit 2 and a single ``error:`` line, and returns that line."""
+
+    def run(*args: str) -> str:
+        proc = run_cli(*args, check=False)
+        lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("train:")]
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+        assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+        return lines[0]
+
+    return run
 
 
 @pytest.fixture
@@ -70,27 +71,27 @@ def folder_train(root: Path, out: Path, workers: str = "0") -> list[str]:
 
 
 @pytest.mark.parametrize("workers", ["0", "1"])  # 1: the error travels back from a DataLoader worker
-def test_mask_and_image_size_mismatch(dataset, tmp_path, workers):
+def test_mask_and_image_size_mismatch(dataset, tmp_path, workers, fails):
     for mask in (dataset / "masks").glob("train_*.png"):
         Image.open(mask).resize((50, 64), Image.NEAREST).save(mask)
     line = fails(*folder_train(dataset, tmp_path / "run", workers))
     assert "masks/train_0000" in line and "50x64" in line
 
 
-def test_labels_outside_the_classes(dataset, tmp_path):
+def test_labels_outside_the_classes(dataset, tmp_path, fails):
     for mask in (dataset / "masks").glob("train_*.png"):
         Image.fromarray(np.full((64, 64), 9, np.uint8)).save(mask)
     line = fails(*folder_train(dataset, tmp_path / "run"))
     assert "masks/train_0000" in line and "9" in line
 
 
-def test_truncated_training_image(dataset, tmp_path):
+def test_truncated_training_image(dataset, tmp_path, fails):
     for image in (dataset / "images").glob("train_*.png"):
         image.write_bytes(image.read_bytes()[:200])
     assert "images/train_0000" in fails(*folder_train(dataset, tmp_path / "run"))
 
 
-def test_non_image_file(tmp_path):
+def test_non_image_file(tmp_path, fails):
     fake = tmp_path / "notes.png"
     fake.write_text("this is not an image")
     ckpt = tmp_path / "ckpt"
@@ -103,7 +104,7 @@ def test_non_image_file(tmp_path):
     )
 
 
-def test_empty_dataset_folder(tmp_path):
+def test_empty_dataset_folder(tmp_path, fails):
     root = tmp_path / "empty"
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
@@ -111,7 +112,7 @@ def test_empty_dataset_folder(tmp_path):
     assert str(root) in fails(*folder_train(root, tmp_path / "run"))
 
 
-def test_missing_split_file(tmp_path):
+def test_missing_split_file(tmp_path, fails):
     voc = tmp_path / "VOCdevkit" / "VOC2012"
     for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
         (voc / sub).mkdir(parents=True)
@@ -119,7 +120,7 @@ def test_missing_split_file(tmp_path):
     assert "train.txt" in line
 
 
-def test_checkpoint_with_other_classes(dataset, tmp_path):
+def test_checkpoint_with_other_classes(dataset, tmp_path, fails):
     import refineseg
 
     refineseg.create_model("lw_refinenet_mbv2", num_classes=3).save_pretrained(tmp_path / "ckpt")
@@ -147,7 +148,7 @@ class _RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_weights_file_carrying_code_is_refused_and_never_run(tmp_path):
+def test_weights_file_carrying_code_is_refused_and_never_run(tmp_path, fails):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pth"
     with open(evil, "wb") as f:
@@ -171,7 +172,7 @@ def test_weights_file_carrying_code_is_refused_and_never_run(tmp_path):
     assert not marker.exists()
 
 
-def test_missing_config_file(tmp_path):
+def test_missing_config_file(tmp_path, fails):
     assert "nope.yaml" in fails("train", "--config", str(tmp_path / "nope.yaml"))
 
 

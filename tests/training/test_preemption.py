@@ -16,10 +16,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import conftest
 import pytest
 import torch
-from conftest import saved_weights as weights
+from helpers import saved_weights as weights
 
 from refineseg.training import TrainConfig, train, trainer
 from refineseg.training.run_state import PREEMPTED_EXIT_CODE, STOP_SIGNALS, StopSignals, load_training_state
@@ -211,9 +210,9 @@ def _agree_on_rank(rank: int, out: str) -> None:
     Path(out, f"{rank}.json").write_text(json.dumps(votes))
 
 
-def test_any_process_is_true_everywhere_when_one_process_says_so(tmp_path):
+def test_any_process_is_true_everywhere_when_one_process_says_so(tmp_path, gloo_group):
     assert dist_utils.any_process(True) and not dist_utils.any_process(False)  # one process: no communication
-    conftest.run_gloo_group(_agree_on_rank, 2, str(tmp_path))
+    gloo_group(_agree_on_rank, 2, str(tmp_path))
     for rank in (0, 1):
         assert json.loads((tmp_path / f"{rank}.json").read_text()) == [True, False, True]
 

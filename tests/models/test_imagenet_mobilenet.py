@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import free_port
+from helpers import free_port
 from PIL import Image
 from torch import nn
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import math
 
-import conftest
 import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import synthetic_batch
 
 from refineseg.errors import DataError, RefineSegError
 from refineseg.training.losses import (
@@ -296,8 +296,8 @@ def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_match_one_process(tmp_path):
-    conftest.run_gloo_group(_losses_on_rank, 2, str(tmp_path))
+def test_ddp_two_processes_match_one_process(tmp_path, gloo_group):
+    gloo_group(_losses_on_rank, 2, str(tmp_path))
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     logits, target = ddp_batch()
     for i, (spec, weights) in enumerate(DDP_CASES):
@@ -331,7 +331,7 @@ def tiny_net() -> torch.nn.Module:
 
 @pytest.mark.parametrize("spec", sorted(LOSSES) + ["ce+0.5*dice"])
 def test_training_steps_stay_finite_and_decrease(spec, one_thread):
-    images, masks = conftest.synthetic_batch(6, size=32)
+    images, masks = synthetic_batch(6, size=32)
     masks[:, :, :3] = IGNORE  # an ignored strip, as after padding
     weights = class_weights_from_counts(*pixel_and_image_counts(masks, 6))
     torch.manual_seed(0)

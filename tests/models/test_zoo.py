@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tomllib
 import torch
-from conftest import make_model, saved_weights
+from helpers import ROOT, make_model, saved_weights
 from PIL import Image
 
 import refineseg
@@ -22,7 +22,6 @@ from refineseg.models import zoo
 from refineseg.models.hub import sha256_file
 from refineseg.training.setup import init_from_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
 NAME = "lw_refinenet_mbv2_synthetic"
 LICENCE = "synthetic data: no restriction"
 

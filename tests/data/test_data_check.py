@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
-import conftest
 import numpy as np
 import pytest
 import yaml
@@ -295,10 +292,10 @@ def _check_on_rank(rank: int, root: str, out: str) -> None:
     Path(out, f"{rank}.json").write_text(json.dumps(outcome))
 
 
-def test_under_torchrun_rank_0_checks_and_every_rank_stops(tmp_path):
+def test_under_torchrun_rank_0_checks_and_every_rank_stops(tmp_path, gloo_group):
     root = make_folder(tmp_path / "data", {"train": 2, "val": 1})
     bad = add_bad_samples(root, "val")
-    conftest.run_gloo_group(_check_on_rank, 2, str(root), str(tmp_path))
+    gloo_group(_check_on_rank, 2, str(root), str(tmp_path))
     kind0, text0 = json.loads((tmp_path / "0.json").read_text())
     kind1, text1 = json.loads((tmp_path / "1.json").read_text())
     assert kind0 == "DataCheckError" and all(str(p) in text0 for p in bad.values())
@@ -445,32 +442,22 @@ def test_non_image_missing_mask_and_wrong_size_named_in_one_run(tmp_path):
     assert "--skip-data-check" in str(info.value)
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    """``python -m refineseg ARGS`` in a fresh process (the data-check cache stays in the test's folder)."""
-    return subprocess.run(
-        [sys.executable, "-m", "refineseg", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-
-
 def problem_lines(stderr: str) -> list[str]:
     """The problem lines of a DataCheckError as the CLI prints it (indented under the ``error:`` line)."""
     return [line.strip() for line in stderr.splitlines() if line.startswith("  /")]
 
 
-def test_check_data_and_train_commands_name_all_three_before_step_1(tmp_path):
+def test_check_data_and_train_commands_name_all_three_before_step_1(tmp_path, run_cli):
     root, bad = make_deep_folder(tmp_path)
     out = tmp_path / "report"
-    proc = run_cli("check-data", "--dataset", "folder", "--data-root", str(root), "--out", str(out))
+    folder = ["--dataset", "folder", "--data-root", str(root)]
+    proc = run_cli("check-data", *folder, "--out", str(out), check=False, timeout=600)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "error: 3 problem(s) in 3 of 33 samples" in proc.stderr, proc.stderr[-3000:]
     assert_all_three(problem_lines(proc.stderr), bad)
     assert_all_three(json.loads((out / "data_report.json").read_text())["problems"], bad)
     run = tmp_path / "run"
-    proc = run_cli("train", "--dataset", "folder", "--data-root", str(root), "--out", str(run), *TRAIN_ARGS)
+    proc = run_cli("train", *folder, "--out", str(run), *TRAIN_ARGS, check=False, timeout=600)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "error: 3 problem(s) in 3 of 35 samples" in proc.stderr, proc.stderr[-3000:]
     assert_all_three(problem_lines(proc.stderr), bad)

@@ -17,8 +17,8 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import saved_weights as weights
-from conftest import synthetic_batch
+from helpers import saved_weights as weights
+from helpers import synthetic_batch
 
 import refineseg
 from refineseg import from_pretrained
@@ -68,18 +68,6 @@ TINY = [
 ]
 
 
-def run_cli(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-m", "refineseg", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stderr[-3000:]}")
-    return proc
-
-
 def test_poly_schedule_with_warmup():
     config = TrainConfig(iters=100, warmup_iters=10, warmup_ratio=0.1, poly_power=0.9)
     f = poly_lr_lambda(config)
@@ -124,7 +112,7 @@ def test_atomic_directory_survives_an_interrupted_swap(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_after_kill_is_bit_identical(tmp_path):
+def test_resume_after_kill_is_bit_identical(tmp_path, run_cli):
     common = [*TINY, "--iters", "8", "--batch-size", "2", "--seed", "3", "--val-interval", "3", "--ckpt-interval", "2"]
     run_cli("train", *common, "--out", str(tmp_path / "straight"))
 
@@ -155,7 +143,7 @@ def test_resume_after_kill_is_bit_identical(tmp_path):
     assert steps == list(range(1, 9))
 
 
-def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path, run_cli):
     proc = run_cli(
         "train", *TINY, "--iters", "1", "--batch-size", "2", "--out", str(tmp_path / "none"), "--resume", check=False
     )
@@ -165,7 +153,7 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path, run_cli):
     # fp32 (--amp none): bf16, the default on CPUs with native bf16, sums gradients of other batch
     # splits with ~1e-3 rounding; its training is tested in test_convergence.py. Channels-last stays on.
     common = [
@@ -185,23 +173,8 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path
         "none",
     ]
     run_cli("train", *common, "--batch-size", "4", "--out", str(tmp_path / "single"))
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "refineseg",
-        "train",
-        *common,
-        "--batch-size",
-        "2",
-        "--out",
-        str(tmp_path / "ddp"),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "refineseg"]
+    run_cli("train", *common, "--batch-size", "2", "--out", str(tmp_path / "ddp"), launcher=torchrun)
     single, ddp = weights(tmp_path / "single" / "last"), weights(tmp_path / "ddp" / "last")
     for key in single:
         if single[key].is_floating_point():
@@ -214,7 +187,7 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path
 
 
 @pytest.mark.slow
-def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+def test_gradient_accumulation_matches_one_big_batch(tmp_path, run_cli):
     # Frozen BN and no dropout: two micro-batches of 2 must equal one batch of 4. Scales >= 1 keep
     # every crop pixel valid, so per-micro-batch means average to the big batch's mean.
     common = [
@@ -246,7 +219,7 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
             assert err <= 1e-5, f"{key}: relative error {err:.2e}"
 
 
-def test_bf16_mixed_precision_trains(tmp_path):
+def test_bf16_mixed_precision_trains(tmp_path, run_cli):
     run_cli(
         "train",
         *TINY,
@@ -414,7 +387,7 @@ def test_bad_resume_value_is_a_one_line_cli_error(tmp_path, capsys, how):
 
 
 @pytest.mark.slow
-def test_resume_auto_starts_fresh_then_continues_from_the_saved_step(tmp_path):
+def test_resume_auto_starts_fresh_then_continues_from_the_saved_step(tmp_path, run_cli):
     out = tmp_path / "run"
     common = [
         *TINY,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_model
+from helpers import make_model
 from PIL import Image
 
 from refineseg.cli.app import main as cli_main

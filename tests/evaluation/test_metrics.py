@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 
-import conftest
 import numpy as np
 import pytest
 import torch
@@ -153,8 +152,8 @@ def _reduce_on_rank(rank: int, out_dir: str) -> None:
 
 
 @pytest.mark.slow
-def test_all_reduce_across_two_gloo_processes(tmp_path):
-    conftest.run_gloo_group(_reduce_on_rank, 2, str(tmp_path))
+def test_all_reduce_across_two_gloo_processes(tmp_path, gloo_group):
+    gloo_group(_reduce_on_rank, 2, str(tmp_path))
 
     datasets = [random_labels(100 + rank, (2, 24, 24), num_classes=5) for rank in range(2)]
     pred = torch.cat([p for p, _ in datasets])

@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import make_model
+from helpers import make_model
 from test_predict_batch import photo
 
 from refineseg.cli.app import main as cli_main
