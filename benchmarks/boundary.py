@@ -67,7 +67,7 @@ def train_and_evaluate(name: str, args: argparse.Namespace) -> dict:
 
     extra = {f: True for f in ("report", "save_predictions") if f in {x.name for x in dataclasses.fields(EvalConfig)}}
     eval_config = EvalConfig(
-        checkpoint=str(result["last"]),
+        checkpoint=str(result.last),
         dataset="synthetic",
         split=config.val_split,
         out=str(run_dir / "eval"),
@@ -82,7 +82,7 @@ def train_and_evaluate(name: str, args: argparse.Namespace) -> dict:
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
     return {
         "metrics": metrics,
-        "checkpoint": str(result["last"]),
+        "checkpoint": str(result.last),
         "eval_dir": str(run_dir / "eval"),
         "train_seconds": train_seconds,
         "eval_seconds": eval_seconds,
@@ -295,7 +295,8 @@ def body(results: dict[str, dict], text: str, figure_note: str, args: argparse.N
         f"`fcn32_mbv2` is a baseline, not a RefineNet: a 1×1 conv on the stride-32 features, logits upsampled "
         f"bilinearly (FCN-32s style). Boundary IoU and trimap accuracy (pixel accuracy within a band of that "
         f"width around ground-truth boundaries; the mean is over the widths {min(widths)}-{max(widths)} px) come "
-        f"from `refineseg evaluate`'s metrics.json. One seed and one run per model: the run-to-run spread is not measured. "
+        f"from `refineseg evaluate`'s metrics.json. One seed and one run per model: the run-to-run spread is "
+        f"not measured. "
         f"`train min` is wall time on a machine shared with other jobs, so only roughly comparable.\n"
         f"Machine: {machine_description()}; commit {git_revision()}.\n\n{text}\n\n"
         f"lw_refinenet_mbv2 − fcn32_mbv2: mIoU {gain('mIoU')}, mean Boundary IoU {gain('mBoundaryIoU')}.\n\n"

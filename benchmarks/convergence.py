@@ -5,8 +5,9 @@ model's recipe), trains from scratch on the synthetic set for ``--steps`` optimi
 trainer's own ``optimizer_step`` and otherwise the model's default recipe (decoder multiplier,
 gradient clipping, SGD, poly decay) and the trainer's default path (channels-last, ``--amp auto``).
 A run *diverges* when its loss becomes non-finite or exceeds ``--blowup`` (10× the loss of a uniform
-prediction); the table shows that step, or the mean loss of the first and last five steps. The check: every default learning rate sits at least 4× below the
-smallest learning rate that diverged for its family (with the default warm-up).
+prediction); the table shows that step, or the mean loss of the first and last five steps. The check:
+every default learning rate sits at least 4× below the smallest learning rate that diverged for its
+family (with the default warm-up).
 
     python benchmarks/convergence.py            # the full grid, writes BENCHMARKS.md
     python benchmarks/convergence.py --models lw_refinenet18 --lrs 1e-3 1e-2 --no-write
@@ -203,7 +204,8 @@ def main() -> None:
                 f"`python benchmarks/convergence.py` — {args.steps} SGD steps of batch {args.batch_size} at "
                 f"{args.crop}×{args.crop} on the trainer's default path ({path}), each model's default recipe except "
                 "the backbone learning rate (columns; the decoder's is that × the recipe's multiplier). A cell is "
-                f"`loss of the first 5 steps → loss of the last 5`, or **div@N**: the loss became non-finite or exceeded {args.blowup:.1f} at step N.\n"
+                "`loss of the first 5 steps → loss of the last 5`, or **div@N**: the loss became non-finite or "
+                f"exceeded {args.blowup:.1f} at step N.\n"
                 f"Machine: {machine_description()}; revision {git_revision()}.\n\n{table}\n\n" + "\n".join(checks)
             ),
         )

@@ -193,8 +193,7 @@ def loader_images_per_s(root: Path, crop: int, workers: int, batch: int, batches
 
     from refineseg.models import IMAGENET_MEAN, IMAGENET_STD
     from refineseg.training import TrainConfig
-    from refineseg.training.setup import build_datasets
-    from refineseg.training.trainer import micro_batches
+    from refineseg.training.setup import build_datasets, micro_batches
 
     config = TrainConfig(
         dataset="folder", data_root=str(root), crop=crop, batch_size=batch, workers=workers, skip_data_check=True
@@ -410,9 +409,10 @@ def main() -> None:
             f", {loading['img_per_s'] / default_ips:.0f}× what the default training step of "
             f"lw_refinenet50 consumes ({default_ips:.2f} images/s)"
         )
+    runs = "" if args.quick else ", the faster of two interleaved runs"
     e2e_line = (
         f"`refineseg train` end to end (lw_refinenet50, batch 2, crop {crop}, {args.workers} workers, loading "
-        f"included; median it/s of steps 2–{iters}{'' if args.quick else ', the faster of two interleaved runs'}): default "
+        f"included; median it/s of steps 2–{iters}{runs}): default "
         f"{e2e['default']:.3f} it/s ({2 * e2e['default']:.2f} images/s), `--no-channels-last --amp none` "
         f"{e2e['contiguous fp32']:.3f} it/s: **{e2e['default'] / e2e['contiguous fp32']:.2f}×**"
     )

@@ -37,7 +37,7 @@ def run_demo(config_file: str | Path, out: str | None = None, num_samples: int =
     print("[2/3] evaluating the best checkpoint on the validation split (2x scale + flip)")
     summary = run_evaluate(
         EvalConfig(
-            checkpoint=str(result["best"]),
+            checkpoint=str(result.best),
             dataset=config.dataset,
             data_root=config.data_root,
             split=config.val_split,
@@ -57,7 +57,7 @@ def run_demo(config_file: str | Path, out: str | None = None, num_samples: int =
         write_image(samples_dir / f"{val.sample_name(i)}.png", image)
     run_predict(
         PredictConfig(
-            checkpoint=str(result["best"]), inputs=[str(samples_dir)], out=str(run_dir / "predictions"), **TEST_TIME
+            checkpoint=str(result.best), inputs=[str(samples_dir)], out=str(run_dir / "predictions"), **TEST_TIME
         )
     )
 
@@ -67,7 +67,11 @@ def run_demo(config_file: str | Path, out: str | None = None, num_samples: int =
     print(f"metrics:     {run_dir / 'metrics.json'}, {run_dir / 'confusion_matrix.png'}")
     print(f"curves:      {run_dir / 'plots'}/{{loss,lr,miou}}.png, TensorBoard logs in {run_dir / 'tensorboard'}")
     print(f"overlays:    {run_dir / 'predictions'}/*_overlay.png")
-    return {"summary": summary, **{k: str(v) for k, v in result.items()}, "config": dataclasses.asdict(config)}
+    return {
+        "summary": summary,
+        **{k: str(v) for k, v in dataclasses.asdict(result).items()},
+        "config": dataclasses.asdict(config),
+    }
 
 
 def _run(args: argparse.Namespace) -> None:

@@ -7,10 +7,11 @@ writes the per-image scores. ``refineseg evaluate`` (:mod:`refineseg.cli.evaluat
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,43 +75,74 @@ def evaluate_model(
     """
     check_inference_options(mode, crop, stride, scales)
     device = torch.device(device) if device is not None else model_device(model)
+    palette = list(palette or getattr(dataset, "palette", None) or color_palette(dataset.num_classes))
+    relabel = torch.as_tensor(class_map, dtype=torch.int64, device=device) if class_map is not None else None
+    counters = _Counters(dataset.num_classes, getattr(dataset, "ignore_index", 255), boundary_ratio, device)
+
+    def predict_labels(image: torch.Tensor) -> torch.Tensor:  # (1, 3, H, W) -> (1, H, W) dataset classes
+        probs = predict_probabilities(
+            model, image.to(device), mode=mode, crop=crop, stride=stride, scales=scales, flip=flip
+        )
+        return probs.argmax(1) if relabel is None else relabel[probs.argmax(1)]
+
+    with _eval_mode(model):
+        rows = _score_images(
+            predict_labels, dataset, counters, palette, per_image, predictions_dir, progress=progress, workers=workers
+        )
+    summary = counters.summary(list(dataset.class_names), palette)
+    if per_image:
+        summary["per_image"] = _gather_rows(rows)
+    return summary, counters.matrix.matrix.cpu().numpy().astype(np.int64)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put ``model`` in eval mode, then back in the mode it was in (also when an error ends the block)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _score_images(
+    predict_labels: Callable[[torch.Tensor], torch.Tensor],
+    dataset: Any,
+    counters: _Counters,
+    palette: list[Sequence[int]],
+    per_image: bool,
+    predictions_dir: str | Path | None,
+    *,
+    progress: bool,
+    workers: int,
+) -> list[dict[str, Any]]:
+    """Predict this rank's share of ``dataset`` one image at a time and add each to ``counters``.
+
+    Under torch.distributed rank r takes samples r, r + world_size, ... . ``predict_labels`` maps a
+    (1, 3, H, W) image to (1, H, W) labels. Each prediction is saved into ``predictions_dir``
+    (drawn with ``palette``) when given. Returns the per-image rows (:func:`_image_row`) when
+    ``per_image``, else []. The progress bar shows on rank 0 only.
+    """
     rank, world = distributed.rank(), distributed.world_size()
     indices = list(range(rank, len(dataset), world))
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, indices), batch_size=1, shuffle=False, num_workers=workers
     )
-    palette = list(palette or getattr(dataset, "palette", None) or color_palette(dataset.num_classes))
-    relabel = torch.as_tensor(class_map, dtype=torch.int64, device=device) if class_map is not None else None
-    counters = _Counters(dataset.num_classes, getattr(dataset, "ignore_index", 255), boundary_ratio, device)
     rows: list[dict[str, Any]] = []
-
-    was_training = model.training
-    model.eval()
     # disable=None: no bar when stderr is not a terminal (logs, captured output).
     bar = tqdm(loader, desc="evaluate", unit="img", disable=True if not progress or rank != 0 else None)
-    try:
-        with torch.inference_mode(), bar:
-            for index, (image, mask) in zip(indices, bar):
-                probs = predict_probabilities(
-                    model, image.to(device), mode=mode, crop=crop, stride=stride, scales=scales, flip=flip
-                )
-                pred, target = probs.argmax(1), mask.to(device)
-                if relabel is not None:
-                    pred = relabel[pred]
-                counts, band_counts = counters.update(pred, target)
-                name = dataset.sample_name(index) if hasattr(dataset, "sample_name") else f"{index:06d}"
-                if per_image:
-                    rows.append(_image_row(index, name, counts, band_counts))
-                if predictions_dir is not None:
-                    write_label_png(
-                        Path(predictions_dir) / f"{name}.png", pred[0].to("cpu", torch.uint8).numpy(), palette
-                    )  # atomic
-    finally:
-        model.train(was_training)
-    summary = counters.summary(list(dataset.class_names), palette)
-    if per_image:
-        summary["per_image"] = _gather_rows(rows)
-    return summary, counters.matrix.matrix.cpu().numpy().astype(np.int64)
+    with torch.inference_mode(), bar:
+        for index, (image, mask) in zip(indices, bar):
+            pred = predict_labels(image)
+            counts, band_counts = counters.update(pred, mask.to(counters.device))
+            name = dataset.sample_name(index) if hasattr(dataset, "sample_name") else f"{index:06d}"
+            if per_image:
+                rows.append(_image_row(index, name, counts, band_counts))
+            if predictions_dir is not None:
+                label_map = pred[0].to("cpu", torch.uint8).numpy()
+                write_label_png(Path(predictions_dir) / f"{name}.png", label_map, palette)  # atomic
+    return rows
 
 
 class _Counters:
@@ -118,6 +150,7 @@ class _Counters:
     the Boundary IoU and trimap counts."""
 
     def __init__(self, num_classes: int, ignore_index: int, boundary_ratio: float | None, device: torch.device) -> None:
+        self.device = device  # where the counts live, and the masks are compared with the predictions
         self.matrix = ConfusionMatrix(num_classes, ignore_index, device=device)
         self.boundary = self.trimap = None
         if boundary_ratio is not None:

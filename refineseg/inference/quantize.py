@@ -144,14 +144,7 @@ def quantize_onnx(
     ``entropy`` (the range minimizing KL divergence). ``fp32_head`` keeps the classifier conv and
     the final resize in fp32 (see :func:`_head_nodes`).
     """
-    try:
-        import onnx
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-    except ImportError as e:
-        raise MissingDependencyError(
-            f"int8 export needs onnx and onnxruntime ({e.name} is not installed): pip install 'refineseg[export]'"
-        ) from None
+    onnx = _import_quantization()
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}")
     if activation_type not in ("uint8", "int8"):
@@ -163,6 +156,51 @@ def quantize_onnx(
     reader = _reader_class()(files, source.graph.input[0].name, height, width, mean, std)
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    proto = _quantize_static(
+        model_path, reader, method=method, activation_type=activation_type, per_channel=per_channel, fp32_head=fp32_head
+    )
+    info = {
+        "method": method,
+        "samples": len(files),
+        "activations": activation_type,
+        "weights": "int8",
+        "per_channel": per_channel,
+        "fp32_head": fp32_head,
+        "calibration_size": [height, width],
+    }
+    onnx.helper.set_model_props(proto, {**metadata, QUANTIZATION_KEY: json.dumps(info)})
+    onnx.save_model(proto, os.fspath(out))
+    return out
+
+
+def _import_quantization() -> Any:
+    """The ``onnx`` module, once it and onnxruntime's quantization tools are known to import.
+
+    Raises MissingDependencyError naming the missing package and the extra that installs it.
+    """
+    try:  # the names _quantize_static uses, imported here so that a missing one fails before any work
+        import onnx
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static  # noqa: F401
+        from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: F401
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"int8 export needs onnx and onnxruntime ({e.name} is not installed): pip install 'refineseg[export]'"
+        ) from None
+    return onnx
+
+
+def _quantize_static(
+    model_path: Path, reader: Any, *, method: str, activation_type: str, per_channel: bool, fp32_head: bool
+) -> Any:
+    """Pre-process ``model_path`` and quantize it statically (QDQ) with the calibration ``reader``.
+
+    The intermediate files live in a temporary directory; returns the quantized ``onnx.ModelProto``
+    (without the source's metadata, which :func:`quantize_onnx` adds back).
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
     with tempfile.TemporaryDirectory(prefix="refineseg-quant-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(os.fspath(model_path), os.fspath(prepared), skip_symbolic_shape=True)
@@ -181,19 +219,7 @@ def quantize_onnx(
                 calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
                 extra_options={"CalibStridedMinMax": 1},  # ranges merged image by image: bounded memory
             )
-        proto = onnx.load(os.fspath(quantized))
-    info = {
-        "method": method,
-        "samples": len(files),
-        "activations": activation_type,
-        "weights": "int8",
-        "per_channel": per_channel,
-        "fp32_head": fp32_head,
-        "calibration_size": [height, width],
-    }
-    onnx.helper.set_model_props(proto, {**metadata, QUANTIZATION_KEY: json.dumps(info)})
-    onnx.save_model(proto, os.fspath(out))
-    return out
+        return onnx.load(os.fspath(quantized))
 
 
 def argmax_agreement(reference: Any, candidate: Any, inputs: Sequence[np.ndarray]) -> float:

@@ -196,7 +196,7 @@ def download(file: str, progress: bool = True) -> Path:
         raise CheckpointError(
             f"{target.parent}: cannot write the weights cache ({e.strerror or e}); "
             "set REFINESEG_HOME to a writable folder"
-        )
+        ) from e
     tmp = Path(tmp_name)
     try:
         digest, received = hashlib.sha256(), 0

@@ -44,7 +44,7 @@ def from_pretrained(directory: str | os.PathLike, map_location: str | torch.devi
         config = ModelConfig.from_dict(json.loads(config_path.read_text()))
         model = build_model(config)
     except (ValueError, TypeError) as e:
-        raise file_error(CheckpointError, config_path, f"invalid model config ({e})")
+        raise file_error(CheckpointError, config_path, f"invalid model config ({e})") from e
     load_exact(model, load_weights_file(weights_path), os.fspath(weights_path))
     return model.to(map_location).eval()
 

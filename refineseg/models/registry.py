@@ -48,9 +48,9 @@ class Recipe:
 
     ``lr`` is the backbone's learning rate and ``lr × decoder_lr_mult`` the decoder's and head's;
     the first ``warmup_iters`` steps (at most a tenth of the run) ramp the learning rate up
-    linearly; gradients are clipped to ``clip_grad_norm`` (0: off). Chosen with ``benchmarks/convergence.py``: each ``lr``
-    sits at least 4× below the smallest learning rate that diverged for its family, and trains
-    from scratch and from ImageNet weights.
+    linearly; gradients are clipped to ``clip_grad_norm`` (0: off). Chosen with
+    ``benchmarks/convergence.py``: each ``lr`` sits at least 4× below the smallest learning rate
+    that diverged for its family, and trains from scratch and from ImageNet weights.
     """
 
     lr: float
@@ -84,21 +84,26 @@ class ModelSpec:
 
 # Decoder layouts. ResNet levels 0..3 are layer1..layer4; MobileNetV2 levels 0..5 are its
 # groups at strides 4, 8, 16, 16, 32, 32 (the reference's l3..l8). Blocks run coarsest first.
-_RESNET_CASCADE = dict(level_groups=[[3], [2], [1], [0]], widths=[512, 256, 256, 256], lateral_convs=True, crp_stages=4)
-_REFINENET = dict(_RESNET_CASCADE, kernel_size=3, path_rcus=2, out_rcus=3)
-_LIGHT_WEIGHT = dict(_RESNET_CASCADE, kernel_size=1, path_rcus=0, out_rcus=0)
-_LIGHT_WEIGHT_MOBILENET = dict(
-    level_groups=[[5, 4], [3, 2], [1], [0]],
-    widths=[256] * 4,
-    lateral_convs=False,
-    kernel_size=1,
-    path_rcus=0,
-    out_rcus=0,
-    crp_stages=4,
-    activation="relu6",
-)
+_RESNET_CASCADE = {
+    "level_groups": [[3], [2], [1], [0]],
+    "widths": [512, 256, 256, 256],
+    "lateral_convs": True,
+    "crp_stages": 4,
+}
+_REFINENET = {**_RESNET_CASCADE, "kernel_size": 3, "path_rcus": 2, "out_rcus": 3}
+_LIGHT_WEIGHT = {**_RESNET_CASCADE, "kernel_size": 1, "path_rcus": 0, "out_rcus": 0}
+_LIGHT_WEIGHT_MOBILENET = {
+    "level_groups": [[5, 4], [3, 2], [1], [0]],
+    "widths": [256] * 4,
+    "lateral_convs": False,
+    "kernel_size": 1,
+    "path_rcus": 0,
+    "out_rcus": 0,
+    "crp_stages": 4,
+    "activation": "relu6",
+}
 # The seed's CRP ran its ReLU as an extra first stage (see ChainedResidualPooling); kept for fidelity.
-_SEED = dict(width=256, crp_stages=4, crp_relu_stage=True)
+_SEED = {"width": 256, "crp_stages": 4, "crp_relu_stage": True}
 
 
 # Default recipes (benchmarks/convergence.py): with gradient clipping at 5, each default sits well

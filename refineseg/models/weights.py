@@ -56,9 +56,9 @@ def load_weights_file(path: str | os.PathLike) -> StateDict:
             CheckpointError,
             path,
             f"not a plain tensor checkpoint, refused to unpickle it{detail} (nothing was executed)",
-        )
+        ) from e
     except Exception as e:  # corrupt zip, truncated file, not a checkpoint at all
-        raise file_error(CheckpointError, path, f"cannot read weights ({type(e).__name__}: {e})".splitlines()[0])
+        raise file_error(CheckpointError, path, f"cannot read weights ({type(e).__name__}: {e})".splitlines()[0]) from e
     for wrapper in ("state_dict", "model"):
         if isinstance(state, Mapping) and wrapper in state and isinstance(state[wrapper], Mapping):
             state = state[wrapper]

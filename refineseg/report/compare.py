@@ -85,27 +85,63 @@ def _panel(
 def compare_page(
     a: EvalOutputs, b: EvalOutputs, dataset: Any, dataset_note: str, *, top: int = 6, max_side: int = 512
 ) -> str:
-    """Summary and per-class deltas (B - A, in percentage points) and the ``top`` most different images."""
+    """Summary and per-class deltas (B - A, in percentage points) and the ``top`` most different images.
+
+    ``dataset`` (None when its images cannot be read, ``dataset_note`` saying why) supplies the
+    images and ground truth of the panels. Raises DataError when A and B name different classes.
+    """
     if a.names != b.names:
         raise file_error(
             DataError,
             b.folder / "metrics.json",
             f"its {len(b.names)} classes differ from the {len(a.names)} of {a.folder / 'metrics.json'}",
         )
-    ma, mb = a.metrics, b.metrics
+    sections = [
+        (
+            "summary",
+            "Summary",
+            section(
+                "summary",
+                "Summary",
+                _summary_table(a.metrics, b.metrics),
+                "Scores in % of the labelled pixels; differences B \u2212 A in percentage "
+                "points (pp): green where B is better, red where it is worse.",
+            ),
+        ),
+        (
+            "classes",
+            "Per class",
+            section(
+                "classes",
+                f"Per class ({len(a.names)} classes)",
+                _per_class_table(a, b),
+                "Click a column header to sort (again to reverse).",
+            ),
+        ),
+        ("images", "Images that differ most", _images_section(a, b, dataset, dataset_note, top, max_side)),
+    ]
+    return page(f"Comparison: {a.folder.name} (A) vs {b.folder.name} (B)", _meta(a, b), sections)
+
+
+def _summary_table(ma: dict[str, Any], mb: dict[str, Any]) -> str:
+    """The summary scores of both runs (metrics.json dicts ``ma``, ``mb``) and their differences."""
     rows = [
         [td(esc(label)), pct_td(ma.get(key)), pct_td(mb.get(key)), _delta_td(ma.get(key), mb.get(key))]
         for key, label in SUMMARY_KEYS
         if key in ma or key in mb
     ]
-    summary = table(
+    return table(
         [("Score", False), ("A %", True), ("B %", True), ("B \u2212 A (pp)", True)],
         rows,
         table_id="summary",
         sortable=False,
     )
+
+
+def _per_class_table(a: EvalOutputs, b: EvalOutputs) -> str:
+    """One sortable row per class: IoU and Boundary IoU of A and B, and their differences."""
     class_rows = []
-    for i, (ca, cb) in enumerate(zip(ma["per_class"], mb["per_class"])):
+    for i, (ca, cb) in enumerate(zip(a.metrics["per_class"], b.metrics["per_class"])):
         class_rows.append(
             [
                 td(str(i), i, num=True),
@@ -118,7 +154,7 @@ def compare_page(
                 _delta_td(ca.get("boundary_iou"), cb.get("boundary_iou")),
             ]
         )
-    per_class = table(
+    return table(
         [
             ("#", True),
             ("Class", False),
@@ -132,15 +168,21 @@ def compare_page(
         class_rows,
         table_id="per-class",
     )
+
+
+def _images_section(a: EvalOutputs, b: EvalOutputs, dataset: Any, dataset_note: str, top: int, max_side: int) -> str:
+    """The section of the ``top`` most differing images: a linked table, then one panel each.
+
+    Without ``dataset`` it only says why the images are not shown.
+    """
     pairs = differing_images(a.per_image, b.per_image, top)
     if dataset is None:
-        body, note = "", f"Images not shown: {esc(dataset_note)}."
-    else:
-        body = "".join(_panel(a, b, dataset, ra, rb, d, i + 1, max_side) for i, (ra, rb, d) in enumerate(pairs))
-        note = (
-            f"The {len(pairs)} images (matched by name) whose per-image mIoU differs most between A and B; "
-            "green: B is better, red: B is worse."
-        )
+        return section("images", "Images that differ most", "", f"Images not shown: {esc(dataset_note)}.")
+    panels = "".join(_panel(a, b, dataset, ra, rb, d, i + 1, max_side) for i, (ra, rb, d) in enumerate(pairs))
+    note = (
+        f"The {len(pairs)} images (matched by name) whose per-image mIoU differs most between A and B; "
+        "green: B is better, red: B is worse."
+    )
     image_rows = [
         [
             td(str(ra["index"]), ra["index"], num=True),
@@ -151,44 +193,21 @@ def compare_page(
         ]
         for ra, rb, _ in pairs
     ]
-    listing = (
-        table(
-            [("#", True), ("Image", False), ("mIoU A %", True), ("mIoU B %", True), ("\u0394 mIoU (pp)", True)],
-            image_rows,
-            table_id="differing",
-        )
-        if dataset is not None
-        else ""
+    listing = table(
+        [("#", True), ("Image", False), ("mIoU A %", True), ("mIoU B %", True), ("\u0394 mIoU (pp)", True)],
+        image_rows,
+        table_id="differing",
     )
-    sections = [
-        (
-            "summary",
-            "Summary",
-            section(
-                "summary",
-                "Summary",
-                summary,
-                "Scores in % of the labelled pixels; differences B \u2212 A in percentage "
-                "points (pp): green where B is better, red where it is worse.",
-            ),
-        ),
-        (
-            "classes",
-            "Per class",
-            section(
-                "classes",
-                f"Per class ({len(a.names)} classes)",
-                per_class,
-                "Click a column header to sort (again to reverse).",
-            ),
-        ),
-        ("images", "Images that differ most", section("images", "Images that differ most", listing + body, note)),
-    ]
-    meta = [
+    return section("images", "Images that differ most", listing + panels, note)
+
+
+def _meta(a: EvalOutputs, b: EvalOutputs) -> list[tuple[str, str]]:
+    """The page header's facts: both checkpoints, the dataset, both inference modes, the time."""
+    ma, mb = a.metrics, b.metrics
+    return [
         (f"A ({a.folder})", esc(ma.get("checkpoint", "?"))),
         (f"B ({b.folder})", esc(mb.get("checkpoint", "?"))),
         ("Dataset", f"{esc(ma.get('dataset', '?'))} / {esc(ma.get('split', '?'))}, {ma.get('num_images', '?')} images"),
         ("Inference", f"A: {esc(ma.get('mode', '?'))}, B: {esc(mb.get('mode', '?'))}"),
         ("Generated", timestamp()),
     ]
-    return page(f"Comparison: {a.folder.name} (A) vs {b.folder.name} (B)", meta, sections)

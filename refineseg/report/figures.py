@@ -163,6 +163,26 @@ def line_chart(
     curves of one run side by side); by default they cover the data.
     Series with no finite points are dropped; with none left, a note says there is no data yet.
     """
+    drawn = _finite_points(series)
+    caption = f"<figcaption>{html.escape(title)}</figcaption>"
+    if not drawn:
+        return f'<figure class="chart">{caption}<p class="note">No data yet.</p></figure>'
+    frame = _ChartFrame.around(drawn, x_range, y_range, width, height)
+    parts = [
+        f'<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+        f'aria-label="{html.escape(title)}">',
+        *_axes_svg(frame, x_label, y_label),
+        *_series_svg(frame, drawn, x_label),
+        "</svg>",
+    ]
+    return f'<figure class="chart">{caption}{"".join(parts)}</figure>'
+
+
+Points = list[tuple[float, float]]
+
+
+def _finite_points(series: Sequence[Series]) -> list[tuple[Series, Points]]:
+    """Each series with its finite (x, y) points as floats; series without any are left out."""
     drawn = []
     for s in series:
         pts = [
@@ -172,54 +192,102 @@ def line_chart(
         ]
         if pts:
             drawn.append((s, pts))
-    caption = f"<figcaption>{html.escape(title)}</figcaption>"
-    if not drawn:
-        return f'<figure class="chart">{caption}<p class="note">No data yet.</p></figure>'
-    xs = [x for _, pts in drawn for x, _ in pts]
-    ys = [y for _, pts in drawn for _, y in pts]
-    x_lo, x_hi = x_range or (math.inf, -math.inf)
-    y_lo, y_hi = y_range or (math.inf, -math.inf)
-    x_ticks = nice_ticks(min(x_lo, *xs), max(x_hi, *xs))
-    y_ticks = nice_ticks(min(y_lo, *ys), max(y_hi, *ys))
-    x0, x1, y0, y1 = x_ticks[0], x_ticks[-1], y_ticks[0], y_ticks[-1]
-    left, right, top, bottom = 66, 14, 30, 46
-    plot_w, plot_h = width - left - right, height - top - bottom
+    return drawn
 
-    def px(x: float) -> float:
-        return left + (x - x0) / ((x1 - x0) or 1.0) * plot_w
 
-    def py(y: float) -> float:
-        return top + plot_h - (y - y0) / ((y1 - y0) or 1.0) * plot_h
+@dataclass
+class _ChartFrame:
+    """Where a chart's plot area lies in the SVG and which data ranges its axes cover (the outer ticks)."""
 
-    x_step = x_ticks[1] - x_ticks[0] if len(x_ticks) > 1 else 1.0
-    y_step = y_ticks[1] - y_ticks[0] if len(y_ticks) > 1 else 1.0
-    parts = [
-        f'<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
-        f'aria-label="{html.escape(title)}">'
-    ]
-    for t in y_ticks:
+    width: int
+    height: int
+    x_ticks: list[float]
+    y_ticks: list[float]
+    left: int = 66  # margins: tick labels on the left, the legend on top, the x label below
+    right: int = 14
+    top: int = 30
+    bottom: int = 46
+
+    @classmethod
+    def around(
+        cls,
+        drawn: list[tuple[Series, Points]],
+        x_range: tuple[float, float] | None,
+        y_range: tuple[float, float] | None,
+        width: int,
+        height: int,
+    ) -> _ChartFrame:
+        """The frame whose ticks cover every drawn point and the requested ranges."""
+        xs = [x for _, pts in drawn for x, _ in pts]
+        ys = [y for _, pts in drawn for _, y in pts]
+        x_lo, x_hi = x_range or (math.inf, -math.inf)
+        y_lo, y_hi = y_range or (math.inf, -math.inf)
+        x_ticks = nice_ticks(min(x_lo, *xs), max(x_hi, *xs))
+        y_ticks = nice_ticks(min(y_lo, *ys), max(y_hi, *ys))
+        return cls(width, height, x_ticks, y_ticks)
+
+    @property
+    def plot_w(self) -> int:
+        return self.width - self.left - self.right
+
+    @property
+    def plot_h(self) -> int:
+        return self.height - self.top - self.bottom
+
+    @property
+    def x_step(self) -> float:
+        return self.x_ticks[1] - self.x_ticks[0] if len(self.x_ticks) > 1 else 1.0
+
+    @property
+    def y_step(self) -> float:
+        return self.y_ticks[1] - self.y_ticks[0] if len(self.y_ticks) > 1 else 1.0
+
+    def px(self, x: float) -> float:
+        """SVG x of data x."""
+        x0, x1 = self.x_ticks[0], self.x_ticks[-1]
+        return self.left + (x - x0) / ((x1 - x0) or 1.0) * self.plot_w
+
+    def py(self, y: float) -> float:
+        """SVG y of data y (SVG's y grows downwards)."""
+        y0, y1 = self.y_ticks[0], self.y_ticks[-1]
+        return self.top + self.plot_h - (y - y0) / ((y1 - y0) or 1.0) * self.plot_h
+
+
+def _axes_svg(frame: _ChartFrame, x_label: str, y_label: str) -> list[str]:
+    """SVG of the horizontal grid lines, both axes with their ticks and tick labels, and the axis labels."""
+    left, top, plot_w, plot_h, px, py = frame.left, frame.top, frame.plot_w, frame.plot_h, frame.px, frame.py
+    parts = []
+    for t in frame.y_ticks:
         parts.append(
             f'<line class="grid" x1="{left}" x2="{left + plot_w}" y1="{py(t):.1f}" y2="{py(t):.1f}"/>'
-            f'<text x="{left - 6}" y="{py(t) + 4:.1f}" text-anchor="end">{format_tick(t, y_step)}</text>'
+            f'<text x="{left - 6}" y="{py(t) + 4:.1f}" text-anchor="end">{format_tick(t, frame.y_step)}</text>'
         )
-    for t in x_ticks:
+    for t in frame.x_ticks:
         parts.append(
             f'<line class="axis" x1="{px(t):.1f}" x2="{px(t):.1f}" y1="{top + plot_h}" '
             f'y2="{top + plot_h + 4}"/><text x="{px(t):.1f}" y="{top + plot_h + 17}" '
-            f'text-anchor="middle">{format_tick(t, x_step)}</text>'
+            f'text-anchor="middle">{format_tick(t, frame.x_step)}</text>'
         )
     parts.append(
         f'<line class="axis" x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" y2="{top + plot_h}"/>'
         f'<line class="axis" x1="{left}" x2="{left}" y1="{top}" y2="{top + plot_h}"/>'
     )
     parts.append(
-        f'<text x="{left + plot_w / 2:.1f}" y="{height - 6}" text-anchor="middle">{html.escape(x_label)}</text>'
+        f'<text x="{left + plot_w / 2:.1f}" y="{frame.height - 6}" text-anchor="middle">{html.escape(x_label)}</text>'
     )
     parts.append(
         f'<text transform="translate(14 {top + plot_h / 2:.1f}) rotate(-90)" text-anchor="middle">'
         f"{html.escape(y_label)}</text>"
     )
-    legend_x = left
+    return parts
+
+
+def _series_svg(frame: _ChartFrame, drawn: list[tuple[Series, Points]], x_label: str) -> list[str]:
+    """SVG of each series: its polyline, point markers with tooltips (up to 60 points), and a legend entry
+    when there are several series."""
+    px, py = frame.px, frame.py
+    parts = []
+    legend_x = frame.left
     for s, pts in drawn:
         line = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
         parts.append(f'<polyline points="{line}" fill="none" stroke="{s.color}" stroke-width="1.8"/>')
@@ -227,7 +295,7 @@ def line_chart(
             for x, y in pts:
                 parts.append(
                     f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="2.6" fill="{s.color}">'
-                    f"<title>{html.escape(s.label)}: {format_tick(y, y_step / 100)} at "
+                    f"<title>{html.escape(s.label)}: {format_tick(y, frame.y_step / 100)} at "
                     f"{html.escape(x_label)} {x:g}</title></circle>"
                 )
         if len(drawn) > 1:
@@ -236,5 +304,4 @@ def line_chart(
                 f'<text x="{legend_x + 16}" y="19">{html.escape(s.label)}</text>'
             )
             legend_x += 30 + 7 * len(s.label)
-    parts.append("</svg>")
-    return f'<figure class="chart">{caption}{"".join(parts)}</figure>'
+    return parts

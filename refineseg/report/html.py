@@ -193,37 +193,54 @@ def confusion_matrix(matrix: np.ndarray, names: Sequence[str], colors: Sequence[
     matrix = np.asarray(matrix, dtype=np.int64)
     totals = matrix.sum(axis=1)
     share = matrix / np.maximum(totals, 1)[:, None]
-    c = len(matrix)
-    if c <= HTML_CONFUSION_MAX:
-        columns = "".join(f'<th class="col">{swatch(colors[j])}{esc(names[j])}</th>' for j in range(c))
-        head = f'<tr><th>Ground truth \u2193 / predicted \u2192</th>{columns}<th class="num">Pixels</th></tr>'
-        rows = []
-        for i in range(c):
-            cells = []
-            for j in range(c):
-                value = share[i, j]
-                blue = f"rgba(8, 48, 107, {value**0.5:.3f})"
-                color = "#fff" if value > 0.3 else "#1d2330"
-                text = f"{100 * value:.1f}" if matrix[i, j] else ""
-                tip = (
-                    f"ground truth {names[i]}, predicted {names[j]}: {matrix[i, j]:,} px "
-                    f"({100 * value:.2f}% of {names[i]})"
-                )
-                cells.append(
-                    td(text, style=f"background: {blue}; color: {color}", title=tip, cls="diag" if i == j else "")
-                )
-            rows.append(
-                f"<tr><th>{swatch(colors[i])}{esc(names[i])}</th>{''.join(cells)}"
-                f'<td class="num">{totals[i]:,}</td></tr>'
-            )
-        picture = f'<div class="scroll"><table class="confusion">{head}{"".join(rows)}</table></div>'
+    if len(matrix) <= HTML_CONFUSION_MAX:
+        picture = _confusion_table(matrix, share, totals, names, colors)
     else:
-        cell = max(2, min(16, 640 // c))
-        picture = (
-            f'<img class="heatmap" src="{heatmap_uri(share, cell)}" width="{c * cell}" height="{c * cell}" '
-            f'alt="confusion matrix, {c} classes, rows = ground truth (top to bottom), columns = '
-            f'prediction (left to right), darker = larger share of the row">'
+        picture = _confusion_picture(share)
+    return picture + _most_confused(matrix, share, names, colors, top)
+
+
+def _confusion_table(
+    matrix: np.ndarray, share: np.ndarray, totals: np.ndarray, names: Sequence[str], colors: Sequence[Color]
+) -> str:
+    """The matrix as an HTML table: cells shaded by their share of the row, counts in the tooltips, row totals."""
+    c = len(matrix)
+    columns = "".join(f'<th class="col">{swatch(colors[j])}{esc(names[j])}</th>' for j in range(c))
+    head = f'<tr><th>Ground truth \u2193 / predicted \u2192</th>{columns}<th class="num">Pixels</th></tr>'
+    rows = []
+    for i in range(c):
+        cells = []
+        for j in range(c):
+            value = share[i, j]
+            blue = f"rgba(8, 48, 107, {value**0.5:.3f})"
+            color = "#fff" if value > 0.3 else "#1d2330"
+            text = f"{100 * value:.1f}" if matrix[i, j] else ""
+            tip = (
+                f"ground truth {names[i]}, predicted {names[j]}: {matrix[i, j]:,} px ({100 * value:.2f}% of {names[i]})"
+            )
+            cells.append(td(text, style=f"background: {blue}; color: {color}", title=tip, cls="diag" if i == j else ""))
+        rows.append(
+            f'<tr><th>{swatch(colors[i])}{esc(names[i])}</th>{"".join(cells)}<td class="num">{totals[i]:,}</td></tr>'
         )
+    return f'<div class="scroll"><table class="confusion">{head}{"".join(rows)}</table></div>'
+
+
+def _confusion_picture(share: np.ndarray) -> str:
+    """The row-normalized matrix as a heat-map image, for more classes than an HTML table can show."""
+    c = len(share)
+    cell = max(2, min(16, 640 // c))
+    return (
+        f'<img class="heatmap" src="{heatmap_uri(share, cell)}" width="{c * cell}" height="{c * cell}" '
+        f'alt="confusion matrix, {c} classes, rows = ground truth (top to bottom), columns = '
+        f'prediction (left to right), darker = larger share of the row">'
+    )
+
+
+def _most_confused(
+    matrix: np.ndarray, share: np.ndarray, names: Sequence[str], colors: Sequence[Color], top: int
+) -> str:
+    """A table of the ``top`` largest off-diagonal shares (ground truth predicted as another class), or ""."""
+    c = len(matrix)
     off = share.copy()
     np.fill_diagonal(off, 0)
     order = [int(k) for k in np.argsort(-off, axis=None, kind="stable")[:top] if off.flat[int(k)] > 0]
@@ -236,21 +253,7 @@ def confusion_matrix(matrix: np.ndarray, names: Sequence[str], colors: Sequence[
         ]
         for k in order
     ]
-    confused = (
-        (
-            "<h3>Most confused pairs</h3>"
-            + table(
-                [
-                    ("Ground truth", False),
-                    ("Predicted as", False),
-                    ("% of the ground truth class", True),
-                    ("Pixels", True),
-                ],
-                pairs,
-                table_id="confused",
-            )
-        )
-        if pairs
-        else ""
-    )
-    return picture + confused
+    if not pairs:
+        return ""
+    head = [("Ground truth", False), ("Predicted as", False), ("% of the ground truth class", True), ("Pixels", True)]
+    return "<h3>Most confused pairs</h3>" + table(head, pairs, table_id="confused")

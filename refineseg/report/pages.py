@@ -267,67 +267,27 @@ def _curve(records: Sequence[dict[str, Any]], key: str, scale: float = 1.0) -> t
 def training_page(
     folder: Path, records: list[dict[str, Any]], config: dict[str, Any], validation: dict[str, Any] | None
 ) -> str:
-    """The training run report: loss, LR and validation curves, and the last validation's details."""
+    """The training run report: loss, LR and validation curves, and the last validation's details.
+
+    ``records``, ``config`` and ``validation`` are what :func:`~refineseg.report.outputs.read_training`
+    reads: the ``metrics.jsonl`` records, ``config.yaml`` and ``last_validation.json`` (None before the first).
+    """
     steps = max((r["iter"] for r in records if "iter" in r), default=0)
-    val = [r for r in records if isinstance(r.get("mIoU"), (int, float))]
-    best = max(val, key=lambda r: r["mIoU"], default=None)
-    items = [("Step", f"{steps:,}", f"of {config['iters']:,}" if isinstance(config.get("iters"), int) else "")]
-    if val:
-        items.append((f"Last val mIoU (step {val[-1]['iter']:,})", pct(val[-1]["mIoU"]), "%"))
-        items.append((f"Best val mIoU (step {best['iter']:,})", pct(best["mIoU"]), "%"))
-    loss_x, loss_y = _curve(records, "loss")
-    lr_x, lr_y = _curve(records, "lr")
-    if loss_y:
-        items.append(("Training loss (last)", f"{loss_y[-1]:.4f}", ""))
-    axis = (0, steps)  # the three charts share the x axis
-    charts = [
-        line_chart(
-            [Series("loss", loss_x, loss_y, LINE_COLORS[0])],
-            title="Training loss",
-            x_label="iteration",
-            y_label="loss (mean since the previous point)",
-            x_range=axis,
-        ),
-        line_chart(
-            [Series("learning rate", lr_x, lr_y, LINE_COLORS[1])],
-            title="Learning rate (backbone)",
-            x_label="iteration",
-            y_label="learning rate",
-            x_range=axis,
-        ),
-        line_chart(
-            [
-                Series(label, *_curve(records, key, 100.0), LINE_COLORS[i])
-                for i, (key, label) in enumerate(
-                    [("mIoU", "mIoU"), ("aAcc", "pixel accuracy"), ("mAcc", "mean class accuracy")]
-                )
-            ],
-            title="Validation scores",
-            x_label="iteration",
-            y_label="score (%)",
-            x_range=axis,
-        ),
-    ]
     sections = [
-        ("progress", "Progress", section("progress", "Progress", cards(items))),
+        ("progress", "Progress", section("progress", "Progress", cards(_progress_cards(records, config, steps)))),
         (
             "curves",
             "Curves",
             section(
                 "curves",
                 "Training curves",
-                f'<div class="charts">{"".join(charts)}</div>',
+                f'<div class="charts">{"".join(_training_charts(records, steps))}</div>',
                 "Hover a point for its value.",
             ),
         ),
     ]
     if validation is not None:
-        sub = _validation_sections(validation, class_names(validation), class_colors(validation), prefix="val-")
-        step = validation.get("iter")
-        heading = f"<h2>Last validation (step {step:,}): " if isinstance(step, int) else "<h2>Last validation: "
-        sections += [
-            (i, "Last validation" if i.endswith("summary") else t, s.replace("<h2>", heading, 1)) for i, t, s in sub
-        ]
+        sections += _last_validation_sections(validation)
     meta = [
         ("Run", esc(folder)),
         ("Model", esc(config.get("model", "?"))),
@@ -339,3 +299,54 @@ def training_page(
         ("Generated", timestamp()),
     ]
     return page(f"Training run: {folder.name}", meta, sections)
+
+
+def _progress_cards(records: list[dict[str, Any]], config: dict[str, Any], steps: int) -> list[tuple[str, str, str]]:
+    """The progress cards: step reached, last and best validation mIoU, and the last training loss."""
+    val = [r for r in records if isinstance(r.get("mIoU"), (int, float))]
+    best = max(val, key=lambda r: r["mIoU"], default=None)
+    items = [("Step", f"{steps:,}", f"of {config['iters']:,}" if isinstance(config.get("iters"), int) else "")]
+    if val:
+        items.append((f"Last val mIoU (step {val[-1]['iter']:,})", pct(val[-1]["mIoU"]), "%"))
+        items.append((f"Best val mIoU (step {best['iter']:,})", pct(best["mIoU"]), "%"))
+    _, loss_y = _curve(records, "loss")
+    if loss_y:
+        items.append(("Training loss (last)", f"{loss_y[-1]:.4f}", ""))
+    return items
+
+
+def _training_charts(records: list[dict[str, Any]], steps: int) -> list[str]:
+    """The loss, learning-rate and validation-score charts, their x axes all spanning steps 0 to ``steps``."""
+    axis = (0, steps)
+    scores = [("mIoU", "mIoU"), ("aAcc", "pixel accuracy"), ("mAcc", "mean class accuracy")]
+    return [
+        line_chart(
+            [Series("loss", *_curve(records, "loss"), LINE_COLORS[0])],
+            title="Training loss",
+            x_label="iteration",
+            y_label="loss (mean since the previous point)",
+            x_range=axis,
+        ),
+        line_chart(
+            [Series("learning rate", *_curve(records, "lr"), LINE_COLORS[1])],
+            title="Learning rate (backbone)",
+            x_label="iteration",
+            y_label="learning rate",
+            x_range=axis,
+        ),
+        line_chart(
+            [Series(label, *_curve(records, key, 100.0), LINE_COLORS[i]) for i, (key, label) in enumerate(scores)],
+            title="Validation scores",
+            x_label="iteration",
+            y_label="score (%)",
+            x_range=axis,
+        ),
+    ]
+
+
+def _last_validation_sections(validation: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The evaluation page's sections for the last validation, their headings naming its step."""
+    sub = _validation_sections(validation, class_names(validation), class_colors(validation), prefix="val-")
+    step = validation.get("iter")
+    heading = f"<h2>Last validation (step {step:,}): " if isinstance(step, int) else "<h2>Last validation: "
+    return [(i, "Last validation" if i.endswith("summary") else t, s.replace("<h2>", heading, 1)) for i, t, s in sub]

@@ -1,10 +1,10 @@
 """Training: configuration, the training loop, crash-safe checkpoints, DDP helpers."""
 
 from refineseg.training.config import TrainConfig
+from refineseg.training.setup import build_optimizer, poly_lr_lambda
 from refineseg.training.trainer import (
-    build_optimizer,
+    TrainResult,
     optimizer_step,
-    poly_lr_lambda,
     save_last,
     train,
     validate_and_save_best,
@@ -12,6 +12,7 @@ from refineseg.training.trainer import (
 
 __all__ = [
     "TrainConfig",
+    "TrainResult",
     "train",
     "build_optimizer",
     "poly_lr_lambda",

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -69,7 +70,7 @@ class RunLock:
                     RunDirBusyError,
                     self.path.parent,
                     f"in use by another run ({holder}); wait for it to end or choose another --out",
-                )
+                ) from None  # a held lock is the answer, not a failure to chain
             # The file may have been unlinked by its previous holder between our open and flock.
             if os.fstat(fd).st_ino == _inode(self.path):
                 break
@@ -88,10 +89,8 @@ class RunLock:
         to start leaves no trace)."""
         if self._fd is None:
             return
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)  # unlinked before unlocking: a waiting opener re-checks the inode
-        except FileNotFoundError:
-            pass
         os.close(self._fd)
         self._fd = None
         for directory in self._created:

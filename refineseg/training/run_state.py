@@ -138,7 +138,7 @@ def load_training_state(directory: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise file_error(CheckpointError, path, f"cannot read training state ({type(e).__name__})")
+        raise file_error(CheckpointError, path, f"cannot read training state ({type(e).__name__})") from e
 
 
 class StopSignals:

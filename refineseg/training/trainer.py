@@ -12,12 +12,12 @@ Preemption: SIGTERM, SIGINT or SIGUSR1 during the loop (what SLURM and Kubernete
 kill) stops the run after the optimizer step in progress. The processes agree on the stop after
 every step (an all-reduce), so all stop after the same one; ``last/`` is written (a validation
 due at that step is skipped and runs first on resume), rank 0 prints one line naming the step,
-and :func:`train` returns ``preempted=True`` with ``exit_code`` :data:`PREEMPTED_EXIT_CODE`
-(75, EX_TEMPFAIL: "stopped early, resume me"), which ``refineseg train`` exits with. A second
-signal acts as without this (a double Ctrl-C interrupts). Under torchrun, signal the ranks or
-torchrun (it forwards SIGTERM and SIGINT to every rank, then kills them after 30 s; add SIGUSR1
-to ``TORCHELASTIC_SIGNALS_TO_HANDLE`` for that one); torchrun itself then exits 1, so requeue
-scripts should run with ``--resume auto``.
+and :func:`train`'s :class:`TrainResult` has ``preempted=True`` and ``exit_code``
+:data:`PREEMPTED_EXIT_CODE` (75, EX_TEMPFAIL: "stopped early, resume me"), which ``refineseg train``
+exits with. A second signal acts as without this (a double Ctrl-C interrupts). Under torchrun,
+signal the ranks or torchrun (it forwards SIGTERM and SIGINT to every rank, then kills them after
+30 s; add SIGUSR1 to ``TORCHELASTIC_SIGNALS_TO_HANDLE`` for that one); torchrun itself then exits 1,
+so requeue scripts should run with ``--resume auto``.
 """
 
 from __future__ import annotations
@@ -38,12 +38,11 @@ from tqdm import tqdm
 
 from refineseg.errors import RefineSegError
 from refineseg.evaluation.evaluate import evaluate_model
-from refineseg.models import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel
-from refineseg.models.grad_checkpointing import enable_grad_checkpointing
+from refineseg.models import SegmentationModel
 from refineseg.report import write_training_report
 from refineseg.report.visualize import plot_curves
 from refineseg.training.config import TrainConfig, resolve_amp
-from refineseg.training.losses import CrossEntropyLoss, build_loss
+from refineseg.training.losses import CrossEntropyLoss
 from refineseg.training.progress import MetricsLog, StepLog
 from refineseg.training.run_state import (
     PREEMPTED_EXIT_CODE,
@@ -51,89 +50,15 @@ from refineseg.training.run_state import (
     StopSignals,
     atomic_directory,
     capture_rng_state,
-    ignore_stop_signals,
     restore_rng_state,
     save_state,
-    shut_down_workers,
-    stop_signals_blocked,
 )
-from refineseg.training.setup import (
-    Claim,
-    build_datasets,
-    build_or_resume,
-    claim_out,
-    class_weights,
-    start_writing,
-)
+from refineseg.training.setup import Claim, Run, claim_out, micro_batches, set_up_run, start_writing
 from refineseg.utils import distributed as dist_utils
 from refineseg.utils.device import model_device, select_device
 from refineseg.utils.files import write_text
 
 log = logging.getLogger("refineseg.train")
-
-
-def poly_lr_lambda(config: TrainConfig):
-    """Multiplier of the base LR at step ``s``: linear warm-up, then ``(1 - s/iters) ** power``."""
-
-    def factor(step: int) -> float:
-        poly = (1.0 - min(step, config.iters) / config.iters) ** config.poly_power
-        if step < config.warmup_iters:
-            alpha = step / config.warmup_iters
-            return poly * (config.warmup_ratio + (1.0 - config.warmup_ratio) * alpha)
-        return poly
-
-    return factor
-
-
-def build_optimizer(model: SegmentationModel, config: TrainConfig) -> torch.optim.Optimizer:
-    """Two parameter groups: the backbone at ``lr``, decoder and head at ``lr × decoder_lr_mult``."""
-    groups = [
-        {"params": model.encoder_parameters(), "lr": config.lr},
-        {"params": model.decoder_parameters(), "lr": config.lr * config.decoder_lr_mult},
-    ]
-    groups = [g for g in groups if g["params"]]
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    if config.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
-
-
-def micro_batches(
-    train_set, config: TrainConfig, step: int, device: torch.device
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (images, masks) from the first micro-batch of step ``step + 1`` on, epoch after epoch.
-
-    Batches are ``(batch_size, 3, crop, crop)`` float and ``(batch_size, crop, crop)`` int64, on
-    the CPU. Which images, and how they are augmented, depends on the seed and position alone,
-    so a resumed run reads exactly what the uninterrupted one would have.
-    """
-    batches_per_epoch = dist_utils.ResumableShardedSampler(
-        len(train_set), config.batch_size, config.seed
-    ).batches_per_epoch()
-    index = step * config.accum_steps
-    while True:
-        epoch, start = divmod(index, batches_per_epoch)
-        sampler = dist_utils.ResumableShardedSampler(len(train_set), config.batch_size, config.seed, epoch, start)
-        train_set.set_epoch(epoch)  # augmentation = f(seed, epoch, index); workers are re-created per epoch
-        loader = torch.utils.data.DataLoader(
-            train_set,
-            batch_size=config.batch_size,
-            sampler=sampler,
-            num_workers=config.workers,
-            drop_last=True,
-            pin_memory=device.type == "cuda",
-            worker_init_fn=ignore_stop_signals,
-            generator=torch.Generator().manual_seed(config.seed + epoch),
-        )
-        with stop_signals_blocked():  # workers ignore stop signals from their first instruction on
-            iterator = iter(loader)
-        try:
-            for batch in iterator:
-                yield batch
-                index += 1
-        finally:  # also when the generator is closed or an error ends the run
-            shut_down_workers(iterator)
 
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # --amp none: no autocast
@@ -262,8 +187,21 @@ def save_last(
     return last
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
-    """Train as configured; returns ``{"best_miou", "last", "best", "out", "step", "preempted", "exit_code"}``.
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` returns: where the run's checkpoints are and how it ended."""
+
+    best_miou: float  # the best validation mIoU seen (-1.0 when the run never validated)
+    last: Path  # OUT/last: the resumable checkpoint
+    best: Path  # OUT/best: the checkpoint with the best validation mIoU
+    out: Path  # the run directory
+    step: int  # the last step completed: ``config.iters``, or the step a preempted run's ``last/`` holds
+    preempted: bool  # a stop signal ended the run before ``config.iters``
+    exit_code: int  # :data:`PREEMPTED_EXIT_CODE` when preempted, else 0; what ``refineseg train`` exits with
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train as configured: one process, or one rank of a torchrun DDP job; see :class:`TrainResult`.
 
     ``preempted`` is True when a stop signal ended the run early at ``step`` (``last/`` holds
     that step); ``exit_code`` is then :data:`PREEMPTED_EXIT_CODE`, else 0.
@@ -283,7 +221,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         dist_utils.cleanup_distributed()
 
 
-def _train(config: TrainConfig, device: torch.device, distributed: bool) -> dict[str, Any]:
+def _train(config: TrainConfig, device: torch.device, distributed: bool) -> TrainResult:
     """Claim OUT (lock and checks), train, and release the lock whatever happens."""
     claim = claim_out(config, device)
     try:
@@ -293,106 +231,20 @@ def _train(config: TrainConfig, device: torch.device, distributed: bool) -> dict
             claim.lock.release()
 
 
-@dataclasses.dataclass
-class Run:
-    """A training run set up and ready to loop: data, model, loss, optimizer and where it stands."""
-
-    train_set: Any
-    val_set: Any
-    model: SegmentationModel
-    net: nn.Module  # the model, or its DDP wrapper
-    criterion: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    scaler: torch.amp.GradScaler
-    state: dict[str, Any] | None  # the training state resumed from, or None
-    step: int = 0
-    best_miou: float = -1.0
-
-
-def load_optimizer_state(
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LambdaLR,
-    scaler: torch.amp.GradScaler,
-    state: dict[str, Any],
-) -> None:
-    """Load a checkpoint's optimizer, scheduler and scaler states, keeping the hyper-parameters of the config.
-
-    The optimizer's buffers and the schedule's position come from the checkpoint; learning rates,
-    momentum and weight decay from the freshly built ``optimizer`` and ``scheduler`` (the same values
-    unless ``--override`` changed them), the LR recomputed for the checkpoint's step by the config's
-    schedule (so a grown ``iters`` stretches it). Unchanged, this is exactly the saved state.
-    """
-    hyper = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-    base_lrs = list(scheduler.base_lrs)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    if state["scaler"]:  # empty when saved without fp16 loss scaling
-        scaler.load_state_dict(state["scaler"])
-    scheduler.base_lrs = base_lrs
-    for group, values, base, factor in zip(optimizer.param_groups, hyper, base_lrs, scheduler.lr_lambdas):
-        group.update(values, initial_lr=base, lr=base * factor(scheduler.last_epoch))
-
-
-def _set_up(config: TrainConfig, device: torch.device, distributed: bool) -> Run:
-    """Build everything the loop needs, resuming from ``OUT/last`` if asked; writes nothing into OUT."""
-    torch.manual_seed(config.seed)  # identical initialization on every rank
-    train_set, val_set = build_datasets(config, IMAGENET_MEAN, IMAGENET_STD)  # the models' input normalization
-    model, state = build_or_resume(config, train_set, Path(config.out))
-    criterion = build_loss(
-        config.loss,
-        num_classes=train_set.num_classes,
-        ignore_index=train_set.ignore_index,
-        class_weights=class_weights(config, train_set),
-        ohem_thresh=config.ohem_thresh,
-        ohem_min_kept=config.ohem_min_kept,
-    )
-    model.to(device).train()
-    if config.channels_last:  # 4-D weights NHWC (checkpoints stay standard: save_pretrained copies them)
-        model.to(memory_format=torch.channels_last)
-    if config.grad_checkpointing:
-        enable_grad_checkpointing(model)
-    if config.sync_bn and distributed and device.type == "cuda":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer = build_optimizer(model, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lr_lambda(config))
-    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
-    run = Run(train_set, val_set, model, model, criterion, optimizer, scheduler, scaler, state)
-    if state is not None:
-        load_optimizer_state(optimizer, scheduler, scaler, state)
-        run.step, run.best_miou = int(state["step"]), float(state["best_miou"])
-        restore_rng_state(state["rng"])
-    if distributed:
-        run.net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    return run
-
-
 #: What a DataLoader's RuntimeError says when one of its workers died.
 WORKER_DIED = "DataLoader worker (pid"
 
 
-def _train_claimed(config: TrainConfig, device: torch.device, distributed: bool, claim: Claim) -> dict[str, Any]:
+def _train_claimed(config: TrainConfig, device: torch.device, distributed: bool, claim: Claim) -> TrainResult:
     """Set the run up, only then write into OUT, and loop under :class:`StopSignals`; :func:`train`'s result."""
     out, main = Path(config.out), dist_utils.is_main_process()
-    run = _set_up(config, device, distributed)
+    run = set_up_run(config, device, distributed)
     if main:
         start_writing(config, claim, run.step)
     metrics = MetricsLog(out, run.step if run.state is not None else None, main)
     progress = StepLog(config, metrics, run.step, window=run.state.get("log_window") if run.state else None)
     if main:
-        log.info(
-            "training %s on %d images (%s/%s), %d process(es) × batch %d × accum %d, %d steps; amp %s, %s",
-            config.model,
-            len(run.train_set),
-            config.dataset,
-            config.train_split,
-            dist_utils.world_size(),
-            config.batch_size,
-            config.accum_steps,
-            config.iters,
-            config.amp,
-            "channels-last" if config.channels_last else "contiguous",
-        )
+        _log_start(config, run)
     stopped_by, lost_step = None, False
     try:
         with StopSignals() as stop:
@@ -406,22 +258,44 @@ def _train_claimed(config: TrainConfig, device: torch.device, distributed: bool,
         progress.close()
         metrics.close()
     if stopped_by and main:
-        where = (
-            f"during step {run.step}, which a data-loading worker killed by it did not finish; "
-            f"the checkpoint in {out / 'last'} (if any) is older"
-            if lost_step
-            else f"after step {run.step}/{config.iters}; checkpoint in {out / 'last'}"
-        )
-        print(f"stopped by {stopped_by} {where}; run the same command with --resume to continue", flush=True)
-    return {
-        "best_miou": run.best_miou,
-        "last": out / "last",
-        "best": out / "best",
-        "out": out,
-        "step": run.step - lost_step,
-        "preempted": stopped_by is not None,
-        "exit_code": PREEMPTED_EXIT_CODE if stopped_by else 0,
-    }
+        _print_stop(config, run.step, out, stopped_by, lost_step)
+    return TrainResult(
+        best_miou=run.best_miou,
+        last=out / "last",
+        best=out / "best",
+        out=out,
+        step=run.step - lost_step,
+        preempted=stopped_by is not None,
+        exit_code=PREEMPTED_EXIT_CODE if stopped_by else 0,
+    )
+
+
+def _log_start(config: TrainConfig, run: Run) -> None:
+    """Log one line saying what is trained on what, how it is batched, and in which precision and layout."""
+    log.info(
+        "training %s on %d images (%s/%s), %d process(es) × batch %d × accum %d, %d steps; amp %s, %s",
+        config.model,
+        len(run.train_set),
+        config.dataset,
+        config.train_split,
+        dist_utils.world_size(),
+        config.batch_size,
+        config.accum_steps,
+        config.iters,
+        config.amp,
+        "channels-last" if config.channels_last else "contiguous",
+    )
+
+
+def _print_stop(config: TrainConfig, step: int, out: Path, stopped_by: str, lost_step: bool) -> None:
+    """Print the one line of a preempted run: which signal, after (or during) which step, and how to resume."""
+    where = (
+        f"during step {step}, which a data-loading worker killed by it did not finish; "
+        f"the checkpoint in {out / 'last'} (if any) is older"
+        if lost_step
+        else f"after step {step}/{config.iters}; checkpoint in {out / 'last'}"
+    )
+    print(f"stopped by {stopped_by} {where}; run the same command with --resume to continue", flush=True)
 
 
 def _loop(
@@ -433,57 +307,86 @@ def _loop(
     stop: StopSignals,
     device: torch.device,
 ) -> str | None:
-    """Train from ``run.step`` to ``config.iters``, updating ``run``; returns what stopped it early, or None."""
-    state = run.state
-    if state is not None and state.get("validate_pending"):  # skipped when the run was stopped
+    """Train from ``run.step`` to ``config.iters``, updating ``run``; returns what stopped it early, or None.
+
+    Each step: :func:`optimizer_step`, a log record, then validation and checkpoint when due. The RNG
+    states are put back after those, so they never change what the following steps compute.
+    """
+    if run.state is not None and run.state.get("validate_pending"):  # skipped when the run was stopped
         run.best_miou = validate_and_save_best(
             run.model, run.val_set, out, metrics, step=run.step, best_miou=run.best_miou
         )
-        restore_rng_state(state["rng"])
+        restore_rng_state(run.state["rng"])
     batches = micro_batches(run.train_set, config, run.step, device)
     try:
         while run.step < config.iters:
             run.step += 1
-            step = run.step
-            loss = optimizer_step(
-                run.net,
-                batches,
-                run.optimizer,
-                run.scheduler,
-                run.scaler,
-                step=step,
-                accum_steps=config.accum_steps,
-                amp=config.amp,
-                clip_grad_norm=config.clip_grad_norm,
-                criterion=run.criterion,
-                channels_last=config.channels_last,
-            )
+            loss = _train_step(config, run, batches)
             rng_after_step = capture_rng_state()
-            progress.add(step, loss, run.optimizer.param_groups[0]["lr"])
-            final = step == config.iters
+            progress.add(run.step, loss, run.optimizer.param_groups[0]["lr"])
+            final = run.step == config.iters
             # A signal to any process stops every process after this same step.
             stopping = not final and dist_utils.any_process(stop.requested, device)
-            validate = bool(config.val_interval and step % config.val_interval == 0) or final
-            if validate and not stopping:
-                run.best_miou = validate_and_save_best(
-                    run.model, run.val_set, out, metrics, step=step, best_miou=run.best_miou
-                )
-            if step % config.ckpt_interval == 0 or final or stopping:
-                save_last(
-                    out,
-                    run.model,
-                    run.optimizer,
-                    run.scheduler,
-                    run.scaler,
-                    step=step,
-                    best_miou=run.best_miou,
-                    rng_state=rng_after_step,
-                    config=config,
-                    extra={"validate_pending": validate and stopping, "log_window": progress.window()},
-                )
+            _validate_and_checkpoint(
+                config, run, out, metrics, progress, rng_after_step, final=final, stopping=stopping
+            )
             restore_rng_state(rng_after_step)  # validation and checkpointing must not perturb the run
             if stopping:
                 return stop.received.name if stop.received else "a signal to another process"
     finally:  # the data-loading workers stopped, also when an error ends the run
         batches.close()
     return None
+
+
+def _train_step(config: TrainConfig, run: Run, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """Optimizer step ``run.step`` with the config's accumulation, precision, clipping and layout; its loss."""
+    return optimizer_step(
+        run.net,
+        batches,
+        run.optimizer,
+        run.scheduler,
+        run.scaler,
+        step=run.step,
+        accum_steps=config.accum_steps,
+        amp=config.amp,
+        clip_grad_norm=config.clip_grad_norm,
+        criterion=run.criterion,
+        channels_last=config.channels_last,
+    )
+
+
+def _validate_and_checkpoint(
+    config: TrainConfig,
+    run: Run,
+    out: Path,
+    metrics: MetricsLog,
+    progress: StepLog,
+    rng_after_step: dict[str, Any],
+    *,
+    final: bool,
+    stopping: bool,
+) -> None:
+    """Validate every ``val_interval`` steps and at the end; checkpoint every ``ckpt_interval``, at the end
+    and when stopping.
+
+    A validation due at a step the run stops after is skipped, and ``last/`` records it as pending:
+    stopping must be quick, and a resumed run validates first, so the records match an unstopped run.
+    """
+    validate = bool(config.val_interval and run.step % config.val_interval == 0) or final
+    if validate and not stopping:
+        run.best_miou = validate_and_save_best(
+            run.model, run.val_set, out, metrics, step=run.step, best_miou=run.best_miou
+        )
+    if run.step % config.ckpt_interval == 0 or final or stopping:
+        save_last(
+            out,
+            run.model,
+            run.optimizer,
+            run.scheduler,
+            run.scaler,
+            step=run.step,
+            best_miou=run.best_miou,
+            rng_state=rng_after_step,
+            config=config,
+            extra={"validate_pending": validate and stopping, "log_window": progress.window()},
+        )

@@ -284,7 +284,7 @@ def check_bounds(config: Any) -> None:
             try:
                 check_value(f, Any, getattr(config, f.name))
             except ValueError as e:
-                raise ValueError(f"{f.name}: {e}")
+                raise ValueError(f"{f.name}: {e}") from None
 
 
 def check_values(cls: type, values: dict[str, Any], source: str) -> dict[str, Any]:
@@ -302,7 +302,7 @@ def check_values(cls: type, values: dict[str, Any], source: str) -> dict[str, An
         try:
             checked[key] = check_value(fields[key], hints[key], value)
         except ValueError as e:
-            raise ConfigError(f"{source}: {key}: {e}")
+            raise ConfigError(f"{source}: {key}: {e}") from None
     return checked
 
 
@@ -319,7 +319,7 @@ def config_from_values(cls: type[T], values: dict[str, Any], source: str) -> T:
     try:
         return cls(**checked)
     except (TypeError, ValueError) as e:  # the dataclass's own checks (ranges between fields)
-        raise ConfigError(f"{source}: {e}")
+        raise ConfigError(f"{source}: {e}") from None
 
 
 def build_config(cls: type[T], args: argparse.Namespace, config_file: str | None = None) -> T:

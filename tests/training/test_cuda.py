@@ -205,13 +205,13 @@ def test_ddp_on_nccl_with_sync_bn_stops_on_a_signal_and_resumes(tmp_path, monkey
     assert not dist.is_initialized()  # train() left the group
     assert isinstance(nets[0], DistributedDataParallel) and next(nets[0].parameters()).is_cuda
     assert any(isinstance(m, nn.SyncBatchNorm) for m in nets[0].modules())
-    assert stopped["preempted"] and stopped["step"] == 2  # the stop flag went through an NCCL all-reduce
+    assert stopped.preempted and stopped.step == 2  # the stop flag went through an NCCL all-reduce
     assert load_training_state(out / "last")["step"] == 2
 
     monkeypatch.undo()
     nccl_group()
     resumed = train(dataclasses.replace(config, resume=True))
-    assert not resumed["preempted"] and resumed["step"] == 4
+    assert not resumed.preempted and resumed.step == 4
     assert load_training_state(out / "last")["step"] == 4
     assert json.loads((out / "best" / "metrics.json").read_text())["mIoU"] >= 0  # validation over NCCL
     assert len(losses(out)) == 4

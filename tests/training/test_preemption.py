@@ -245,7 +245,7 @@ def test_stop_at_a_validation_step_then_resume_gives_the_same_log_and_checkpoint
         out=str(tmp_path / "straight"),
     )
     straight = train(config)
-    assert (straight["preempted"], straight["exit_code"], straight["step"]) == (False, 0, 6)
+    assert (straight.preempted, straight.exit_code, straight.step) == (False, 0, 6)
 
     step_once = trainer.optimizer_step
 
@@ -260,7 +260,7 @@ def test_stop_at_a_validation_step_then_resume_gives_the_same_log_and_checkpoint
     out = tmp_path / "stopped"
     stopped = train(dataclasses.replace(config, out=str(out)))
     assert signal.getsignal(signal.SIGTERM) is handler
-    assert (stopped["preempted"], stopped["exit_code"], stopped["step"]) == (True, PREEMPTED_EXIT_CODE, 4)
+    assert (stopped.preempted, stopped.exit_code, stopped.step) == (True, PREEMPTED_EXIT_CODE, 4)
     state = load_training_state(out / "last")
     assert state["step"] == 4 and state["validate_pending"] and state["log_window"]["steps"] == 1
     assert not (out / "best").exists()
@@ -268,7 +268,7 @@ def test_stop_at_a_validation_step_then_resume_gives_the_same_log_and_checkpoint
 
     monkeypatch.undo()
     resumed = train(dataclasses.replace(config, out=str(out), resume=True))
-    assert (resumed["preempted"], resumed["step"]) == (False, 6)
+    assert (resumed.preempted, resumed.step) == (False, 6)
     assert records(out) == records(tmp_path / "straight")
     assert_same_weights(out / "last", tmp_path / "straight" / "last")
     assert_same_weights(out / "best", tmp_path / "straight" / "best")
@@ -406,7 +406,7 @@ def test_a_data_worker_killed_by_the_stop_signal_still_ends_the_run_as_a_stop(tm
 
     monkeypatch.setattr(trainer, "optimizer_step", worker_dies_in_step_3)
     result = train(config)
-    assert (result["preempted"], result["exit_code"], result["step"]) == (True, PREEMPTED_EXIT_CODE, 2)
+    assert (result.preempted, result.exit_code, result.step) == (True, PREEMPTED_EXIT_CODE, 2)
     assert load_training_state(tmp_path / "run" / "last")["step"] == 2
     monkeypatch.setattr(
         trainer,
