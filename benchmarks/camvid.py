@@ -5,8 +5,8 @@ and the same recipe with ``--model fcn32_mbv2``), evaluates each run's ``best`` 
 CamVid val split with ``refineseg evaluate`` (whole 480x360 frames, mIoU, per-class IoU, mean
 Boundary IoU, trimap accuracy), and writes to BENCHMARKS.md:
 
-* "CamVid recipes": one row per run (model, steps, crop, scales, class weights, training time, val mIoU);
-* "CamVid comparison": per-class IoU, mIoU, mBoundaryIoU and trimap accuracy of the runs side by side;
+* section "CamVid": one row per run (model, steps, crop, scales, class weights, training time, val
+  mIoU), then per-class IoU, mIoU, mBoundaryIoU and trimap accuracy of the runs side by side;
 * ``docs/figures/camvid_frames.png``: val frames as image | ground truth | one column per run.
 
     python benchmarks/camvid.py --data-root ../shared/datasets/camvid \
@@ -137,6 +137,7 @@ def main() -> None:
     parser.add_argument("--data-root", required=True, help="CamVid root (train/, val/, trainannot/, valannot/)")
     parser.add_argument("--run", action="append", required=True, metavar="NAME=DIR", help="a training run folder")
     parser.add_argument("--frames", type=int, nargs="+", default=[0, 21, 80], help="val indices for the figure")
+    parser.add_argument("--notes", type=Path, help="markdown put before the tables (how the recipe was chosen)")
     args = parser.parse_args()
     runs = {name: Path(path) for name, _, path in (r.partition("=") for r in args.run)}
     results = {name: evaluate_run(run, args.data_root) for name, run in runs.items()}
@@ -148,14 +149,15 @@ def main() -> None:
         f"Machine: {machine_description()}; commit {git_revision()}. Val split (101 frames, 480x360, whole "
         f"frames, fp32, void ignored); each run's `best` checkpoint.\n\n"
     )
-    write_section("camvid-recipes", "### CamVid recipes (val)\n\n" + header + recipes)
-    write_section(
-        "camvid-comparison",
-        "### CamVid: LW-RefineNet vs FCN-32s (val)\n\n"
-        + header
-        + table
-        + f"\n\n![CamVid val frames]({figure.relative_to(ROOT)})",
-    )
+    notes = args.notes.read_text().strip() + "\n\n" if args.notes else ""
+    figure_link = f"![CamVid val frames: image, ground truth, predictions]({figure.relative_to(ROOT)})"
+    body = [
+        f"## CamVid\n\n{header}{notes}".rstrip(),
+        f"### Recipes (val)\n\n{recipes}",
+        f"### LW-RefineNet vs FCN-32s (val)\n\n{table}",
+        figure_link,
+    ]
+    write_section("camvid", "\n\n".join(body))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from refineseg.cli.app import build_parser
 from refineseg.cli.evaluate import EvalConfig
 from refineseg.data import (
     ADE20K_CLASSES,
+    CAMVID_CLASSES,
     CITYSCAPES_CLASSES,
     DATASETS,
     NYUDV2_CLASSES,
@@ -48,6 +49,7 @@ CLASSES = {
     "pascal_context": PASCAL_CONTEXT_CLASSES,
     "sunrgbd": SUNRGBD_CLASSES,
     "synthetic": SYNTHETIC_CLASSES,
+    "camvid": CAMVID_CLASSES,
 }
 PAPER_CLASS_COUNTS = {
     "voc": 21,
@@ -59,6 +61,7 @@ PAPER_CLASS_COUNTS = {
     "pascal_context": 60,
     "sunrgbd": 37,
     "synthetic": 6,
+    "camvid": 11,  # SegNet's CamVid (not in the RefineNet papers)
 }
 
 
