@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from refineseg.data import write_label_png
 from refineseg.errors import CheckpointError, ConfigError, file_error
@@ -30,6 +29,7 @@ from refineseg.utils.config import read_yaml
 from refineseg.utils.device import model_device
 from refineseg.utils.files import write_text
 from refineseg.utils.palette import color_palette
+from refineseg.utils.progress import progress as show_progress
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +130,10 @@ def _score_images(
         torch.utils.data.Subset(dataset, indices), batch_size=1, shuffle=False, num_workers=workers
     )
     rows: list[dict[str, Any]] = []
-    # disable=None: no bar when stderr is not a terminal (logs, captured output).
-    bar = tqdm(loader, desc="evaluate", unit="img", disable=True if not progress or rank != 0 else None)
-    with torch.inference_mode(), bar:
-        for index, (image, mask) in zip(indices, bar):
+    # A bar on a terminal, else a line with the ETA every few seconds (rank 0 only).
+    batches = show_progress(loader, "evaluate", total=len(indices)) if progress and rank == 0 else loader
+    with torch.inference_mode():
+        for index, (image, mask) in zip(indices, batches):
             pred = predict_labels(image)
             counts, band_counts = counters.update(pred, mask.to(counters.device))
             name = dataset.sample_name(index) if hasattr(dataset, "sample_name") else f"{index:06d}"

@@ -6,8 +6,9 @@
 * :func:`validate_onnx`: onnxruntime vs PyTorch on random inputs of a few sizes.
 * :class:`OnnxSegmenter`: loads an exported file and is called like the model, ``logits = m(x)``,
   so :mod:`refineseg.inference.predictor` works with it unchanged.
-* :func:`run_export`: what ``refineseg export`` runs; ``--int8 --calibration DIR`` quantizes the
-  export with :func:`refineseg.inference.quantize.quantize_onnx` (same interface, int8 inside).
+
+``refineseg export`` (:mod:`refineseg.cli.export`) chains these, and with ``--int8`` quantizes the
+export with :func:`refineseg.inference.quantize.quantize_onnx` (same interface, int8 inside).
 
 Needs the optional dependencies ``onnx``, ``onnxscript`` and ``onnxruntime``
 (``pip install 'refineseg[export]'``); :class:`OnnxSegmenter` needs only ``onnxruntime``.
@@ -21,27 +22,17 @@ import importlib
 import json
 import logging
 import os
-import tempfile
 import warnings
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from refineseg.data import read_image
 from refineseg.errors import CheckpointError, MissingDependencyError, RefineSegError, file_error
-from refineseg.inference.quantize import (
-    CALIBRATION_METHODS,
-    QUANTIZATION_KEY,
-    argmax_agreement,
-    calibration_files,
-    calibration_input,
-    quantize_onnx,
-)
-from refineseg.models import MIN_SIDE, ModelConfig, from_pretrained
-from refineseg.utils.config import option, required
+from refineseg.inference.quantize import QUANTIZATION_KEY
+from refineseg.models import MIN_SIDE, ModelConfig
 from refineseg.utils.device import model_device
 from refineseg.version import __version__
 
@@ -52,52 +43,14 @@ METADATA_KEY = "refineseg_config"
 VALIDATION_SIZES = ((64, 64), (97, 130))
 
 
-@dataclass
-class ExportConfig:
-    """Everything ``refineseg export`` needs; one CLI flag / YAML key per field."""
-
-    checkpoint: str = required("checkpoint directory written by save_pretrained (e.g. runs/train/best)")
-    out: str = required("path of the exported file (e.g. model.onnx)")
-    format: str = option("onnx", "export format", choices=FORMATS)
-    opset: int = option(18, "ONNX opset version")
-    height: int = option(512, "height of the example input used for tracing and of --int8 calibration images "
-                               "(the graph accepts any size)")
-    width: int = option(512, "width of the example input used for tracing and of --int8 calibration images "
-                              "(the graph accepts any size)")
-    check: bool = option(True, "compare onnxruntime with PyTorch outputs after exporting (and, with --int8, "
-                               "the int8 argmax with the fp32 one on calibration images)")
-    int8: bool = option(False, "write an int8 model (onnxruntime static quantization, QDQ) calibrated on "
-                               "--calibration; faster on CPUs, most with int8 dot-product instructions (AVX-512 VNNI)")
-    calibration: str | None = option(None, "--int8: folder of images representative of the inputs (e.g. a few "
-                                           "training images); each is resized to cover --height x --width and cropped")
-    calibration_samples: int = option(32, "--int8: use at most this many calibration images (sorted by name)")
-    calibration_method: str = option("minmax", "--int8: activation ranges: observed min/max, 99.999th "
-                                               "percentile or minimum KL divergence (slower)",
-                                     choices=list(CALIBRATION_METHODS))
-
-    def __post_init__(self) -> None:
-        if self.format not in FORMATS:
-            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
-        if self.int8 and not self.calibration:
-            raise ValueError("int8 needs calibration: a folder of images (--calibration DIR)")
-        if self.calibration_samples < 1:
-            raise ValueError(f"calibration_samples must be >= 1, got {self.calibration_samples}")
-        if self.calibration_method not in CALIBRATION_METHODS:
-            raise ValueError(f"calibration_method must be one of {', '.join(CALIBRATION_METHODS)}, "
-                             f"got {self.calibration_method!r}")
-        if self.opset < 18:
-            raise ValueError(f"opset must be >= 18 (the torch.onnx exporter's minimum), got {self.opset}")
-        if min(self.height, self.width) < MIN_SIDE:
-            raise ValueError(f"height and width must be >= {MIN_SIDE}, got {self.height}x{self.width}")
-
-
-def _import(*modules: str) -> list[Any]:
-    """Import the optional export dependencies, or say how to install them."""
+def import_export_dependencies(*modules: str) -> list[Any]:
+    """Import optional export dependencies, or raise MissingDependencyError naming the pip command."""
     try:
         return [importlib.import_module(m) for m in modules]
     except ImportError as e:
-        raise MissingDependencyError(f"ONNX support needs {', '.join(modules)} ({e.name} is not installed): "
-                                     "pip install 'refineseg[export]'") from None
+        raise MissingDependencyError(
+            f"ONNX support needs {', '.join(modules)} ({e.name} is not installed): pip install 'refineseg[export]'"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -122,8 +75,12 @@ def _check_dynamic(proto: Any, path: Path) -> None:
         fixed = [i for i in (0, 2, 3) if not dims[i].dim_param]
         if fixed:
             shape = [d.dim_param or d.dim_value for d in dims]
-            raise file_error(RefineSegError, path, f"export fixed axes {fixed} of {value.name!r} (shape {shape}); "
-                             "the model has size-dependent control flow that cannot be exported")
+            raise file_error(
+                RefineSegError,
+                path,
+                f"export fixed axes {fixed} of {value.name!r} (shape {shape}); "
+                "the model has size-dependent control flow that cannot be exported",
+            )
 
 
 def export_onnx(
@@ -142,7 +99,7 @@ def export_onnx(
     taken from other tensors' shapes: the graph is valid for any batch and any H, W >= 32.
     The model config is stored as JSON in the metadata under ``refineseg_config``.
     """
-    onnx, _, _ = _import("onnx", "onnxscript", "onnxruntime")
+    onnx, _, _ = import_export_dependencies("onnx", "onnxscript", "onnxruntime")
     from torch.export import Dim
 
     if min(height, width) < MIN_SIDE:
@@ -156,8 +113,16 @@ def export_onnx(
     axes = {0: Dim("batch", min=1), 2: Dim("height", min=MIN_SIDE), 3: Dim("width", min=MIN_SIDE)}
     with _quiet_exporter():
         program = torch.onnx.export(
-            model, (example,), None, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            opset_version=opset, dynamo=True, dynamic_shapes=(axes,), external_data=False, verbose=False,
+            model,
+            (example,),
+            None,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=opset,
+            dynamo=True,
+            dynamic_shapes=(axes,),
+            external_data=False,
+            verbose=False,
         )
     proto = program.model_proto
     _check_dynamic(proto, path)
@@ -184,7 +149,7 @@ def validate_onnx(
     differs at a pixel whose top-2 logit margin is wider than twice that tolerance (narrower
     margins are ties that rounding alone may flip).
     """
-    (ort,) = _import("onnxruntime")
+    (ort,) = import_export_dependencies("onnxruntime")
     session = _session(ort, Path(path), ["CPUExecutionProvider"])
     device = model_device(model)
     generator = torch.Generator().manual_seed(seed)
@@ -198,8 +163,12 @@ def validate_onnx(
                 expected = model(x.to(device)).float().cpu()
             got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
             if got.shape != expected.shape:
-                raise file_error(RefineSegError, path, f"onnxruntime output shape {tuple(got.shape)} for input "
-                                 f"{h}x{w}, PyTorch gives {tuple(expected.shape)}")
+                raise file_error(
+                    RefineSegError,
+                    path,
+                    f"onnxruntime output shape {tuple(got.shape)} for input "
+                    f"{h}x{w}, PyTorch gives {tuple(expected.shape)}",
+                )
             diff = (got - expected).abs().max().item()
             scale = expected.abs().max().item()
             tolerance = 1e-4 * max(1.0, scale)
@@ -208,11 +177,18 @@ def validate_onnx(
             if mismatch.any():
                 top2 = expected.topk(2, dim=1).values
                 unexplained = (mismatch & (top2[:, 0] - top2[:, 1] > 2 * tolerance)).sum().item()
-            results[(h, w)] = {"max_abs_diff": diff, "max_abs_logit": scale,
-                               "argmax_agreement": 1.0 - mismatch.float().mean().item()}
+            results[(h, w)] = {
+                "max_abs_diff": diff,
+                "max_abs_logit": scale,
+                "argmax_agreement": 1.0 - mismatch.float().mean().item(),
+            }
             if diff > tolerance or unexplained:
-                raise file_error(RefineSegError, path, f"onnxruntime differs from PyTorch at {h}x{w}: max abs diff "
-                                 f"{diff:.3g} (tolerance {tolerance:.3g}), {unexplained} pixels with another class")
+                raise file_error(
+                    RefineSegError,
+                    path,
+                    f"onnxruntime differs from PyTorch at {h}x{w}: max abs diff "
+                    f"{diff:.3g} (tolerance {tolerance:.3g}), {unexplained} pixels with another class",
+                )
     finally:
         model.train(was_training)
     return results
@@ -226,14 +202,20 @@ def _default_providers(ort: Any) -> list[str]:
 def _session(ort: Any, path: Path, providers: Sequence[str] | None) -> Any:
     """An onnxruntime session for the ``.onnx`` file at ``path``; CheckpointError names what is wrong."""
     if path.is_dir():
-        raise file_error(CheckpointError, path, "is a checkpoint directory; --backend onnxruntime runs an .onnx "
-                         f"file: export one with 'refineseg export --checkpoint {path} --out model.onnx'")
+        raise file_error(
+            CheckpointError,
+            path,
+            "is a checkpoint directory; --backend onnxruntime runs an .onnx "
+            f"file: export one with 'refineseg export --checkpoint {path} --out model.onnx'",
+        )
     if not path.is_file():
         raise file_error(CheckpointError, path, "no such file")
     try:
         return ort.InferenceSession(os.fspath(path), providers=list(providers or _default_providers(ort)))
     except Exception as e:  # not an ONNX file, unknown provider, unsupported opset ...
-        raise file_error(CheckpointError, path, f"cannot load ONNX model ({type(e).__name__}: {e})".splitlines()[0])
+        raise file_error(
+            CheckpointError, path, f"cannot load ONNX model ({type(e).__name__}: {e})".splitlines()[0]
+        ) from None
 
 
 class OnnxSegmenter:
@@ -246,19 +228,20 @@ class OnnxSegmenter:
     """
 
     def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None) -> None:
-        (ort,) = _import("onnxruntime")
+        (ort,) = import_export_dependencies("onnxruntime")
         self.path = Path(path)
         self.session = _session(ort, self.path, providers)
         self.input_name = self.session.get_inputs()[0].name
         self.device = torch.device("cpu")
         metadata = self.session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in metadata:
-            raise file_error(CheckpointError, self.path,
-                             f"no {METADATA_KEY!r} metadata; export it with refineseg export")
+            raise file_error(
+                CheckpointError, self.path, f"no {METADATA_KEY!r} metadata; export it with refineseg export"
+            )
         try:
             self.config = ModelConfig.from_dict(json.loads(metadata[METADATA_KEY]))
         except (ValueError, TypeError) as e:
-            raise file_error(CheckpointError, self.path, f"invalid {METADATA_KEY!r} metadata ({e})")
+            raise file_error(CheckpointError, self.path, f"invalid {METADATA_KEY!r} metadata ({e})") from None
         # How an int8 file was quantized (refineseg.inference.quantize); None for fp32 files.
         self.quantization = json.loads(metadata[QUANTIZATION_KEY]) if QUANTIZATION_KEY in metadata else None
 
@@ -273,11 +256,11 @@ class OnnxSegmenter:
 
     training = False  # always in inference mode; for code that saves and restores ``model.training``
 
-    def eval(self) -> "OnnxSegmenter":
+    def eval(self) -> OnnxSegmenter:
         """No-op, for code that calls ``model.eval()``."""
         return self
 
-    def train(self, mode: bool = True) -> "OnnxSegmenter":
+    def train(self, mode: bool = True) -> OnnxSegmenter:
         """No-op (an exported graph has no training mode), for code that restores ``model.train(...)``."""
         return self
 
@@ -293,37 +276,3 @@ class OnnxSegmenter:
     def __repr__(self) -> str:
         precision = "int8" if self.quantization else "fp32"
         return f"OnnxSegmenter({os.fspath(self.path)!r}, {self.config.name}, {precision}, providers={self.providers})"
-
-
-INT8_CHECK_IMAGES = 8  # calibration images on which run_export compares int8 with fp32
-
-
-def run_export(config: ExportConfig) -> Path:
-    """Load ``config.checkpoint``, export it to ``config.out`` and optionally validate it.
-
-    With ``config.int8`` the fp32 export goes to a temporary folder, is validated there, and
-    :func:`refineseg.inference.quantize.quantize_onnx` writes the int8 model to ``config.out``.
-    """
-    _import("onnx", "onnxscript", "onnxruntime")
-    if config.int8:
-        calibration_files(config.calibration)  # a missing or empty folder fails now, not after the export
-    model = from_pretrained(config.checkpoint)
-    with tempfile.TemporaryDirectory(prefix="refineseg-export-") as tmp:
-        fp32_path = Path(tmp) / "fp32.onnx" if config.int8 else config.out
-        path = export_onnx(model, fp32_path, config.height, config.width, config.opset)
-        if config.check:
-            for (h, w), r in validate_onnx(model, path).items():
-                print(f"check {h}x{w}: max abs diff {r['max_abs_diff']:.2e} (max |logit| {r['max_abs_logit']:.2f}), "
-                      f"argmax agreement {100 * r['argmax_agreement']:.2f}%")
-        if config.int8:
-            path = quantize_onnx(fp32_path, config.out, config.calibration, model.config.mean, model.config.std,
-                                 config.calibration_samples, config.calibration_method, config.height, config.width)
-            if config.check:
-                files = calibration_files(config.calibration, INT8_CHECK_IMAGES)
-                inputs = [calibration_input(read_image(f), config.height, config.width, model.config.mean,
-                                            model.config.std) for f in files]
-                agreement = argmax_agreement(OnnxSegmenter(fp32_path), OnnxSegmenter(path), inputs)
-                print(f"check int8: argmax agreement with fp32 {100 * agreement:.2f}% on {len(files)} calibration "
-                      "images (held-out images are the real test: evaluate --backend onnxruntime)")
-    print(f"Wrote {path}")
-    return path

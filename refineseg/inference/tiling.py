@@ -6,10 +6,12 @@ window that ramps linearly from 0 to 1 over ``overlap`` pixels on every side tha
 another tile, so neighbouring tiles blend smoothly instead of meeting at a seam.
 
 Tiles run in raster order and only two small buffers of weighted logits are kept: the strip of
-``overlap`` rows shared with the next row of tiles (C × overlap × W, stored as float16) and the
-``overlap`` columns shared with the next tile (C × tile × overlap). A pixel's label is final once
-the last tile covering it is done; it goes straight into the uint8 label map. No float tensor of
-the full image is ever allocated, and rows of a memory-mapped input are released once done.
+``overlap`` rows shared with the next row of tiles (C × overlap × W, stored as float16; one buffer,
+refilled in place by the next row as it reads it) and the ``overlap`` columns shared with the next
+tile (C × tile × overlap). A pixel's label is final once the last tile covering it is done; it goes
+straight into the uint8 label map. No float tensor of the full image is ever allocated, and rows of
+a memory-mapped input are released once done. :func:`preview` makes the small copies an overlay
+of such an image is drawn from, reading a memory-mapped input band by band in the same way.
 
 When one tile covers the whole image the result equals whole-image inference exactly.
 
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import math
 import mmap
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -117,19 +119,30 @@ def tile_logits(
         raise ValueError(f"tile_batch must be >= 1, got {tile_batch}")
     spans = [(r, c) for r in rows for c in cols]
     for start in range(0, len(spans), tile_batch):
-        chunk = spans[start:start + tile_batch]
+        chunk = spans[start : start + tile_batch]
         groups: dict[tuple[int, int], list[int]] = {}
         for k, ((y0, y1), (x0, x1)) in enumerate(chunk):
             groups.setdefault((y1 - y0, x1 - x0), []).append(k)
         results: list[torch.Tensor | None] = [None] * len(chunk)
         for members in groups.values():
-            x = torch.cat([preprocess(image[y0:y1, x0:x1], mean, std) for (y0, y1), (x0, x1) in
-                           (chunk[k] for k in members)]).to(device)
+            x = torch.cat(
+                [preprocess(image[y0:y1, x0:x1], mean, std) for (y0, y1), (x0, x1) in (chunk[k] for k in members)]
+            ).to(device)
             for k, logits in zip(members, _run(model, x)):
                 results[k] = logits
         for k in range(len(results)):
             yield results[k]
             results[k] = None  # let the consumer's copy be the only reference
+
+
+def _check_tiling(tile: int, overlap: int, tile_batch: int) -> None:
+    """ValueError naming the first bad tiling option."""
+    if tile_batch < 1:
+        raise ValueError(f"tile_batch must be >= 1, got {tile_batch}")
+    if not 0 <= overlap < tile:
+        raise ValueError(f"need 0 <= overlap < tile, got tile={tile}, overlap={overlap}")
+    if tile < MIN_SIDE:
+        raise ValueError(f"tile must be >= {MIN_SIDE}, got {tile}")
 
 
 @torch.inference_mode()
@@ -153,12 +166,7 @@ def predict_tiled(
     ``tile_batch`` tiles of equal size run per forward pass (see :func:`tile_logits`): faster on
     a GPU with room to spare; memory grows to about ``tile_batch`` × one tile's activations.
     """
-    if tile_batch < 1:
-        raise ValueError(f"tile_batch must be >= 1, got {tile_batch}")
-    if not 0 <= overlap < tile:
-        raise ValueError(f"need 0 <= overlap < tile, got tile={tile}, overlap={overlap}")
-    if tile < MIN_SIDE:
-        raise ValueError(f"tile must be >= {MIN_SIDE}, got {tile}")
+    _check_tiling(tile, overlap, tile_batch)
     config = getattr(model, "config", None)
     mean = mean or config.mean
     std = std or config.std
@@ -169,30 +177,67 @@ def predict_tiled(
     rows, cols = tile_spans(height, tile, overlap), tile_spans(width, tile, overlap)
     row_windows, col_windows = _windows(rows), _windows(cols)
     tiles = tile_logits(model, image, rows, cols, mean, std, device, tile_batch)
-    bottom: torch.Tensor | None = None  # weighted logits of rows shared with the next row of tiles
+    carry: torch.Tensor | None = None  # weighted logits of the rows this row of tiles shares with the one above
     bar = tqdm(total=len(rows) * len(cols), desc="tiles", disable=not progress or None, dynamic_ncols=True)
     for i, (y0, y1) in enumerate(rows):
         y_final = rows[i + 1][0] if i + 1 < len(rows) else y1  # rows < y_final are done after this row
-        new_bottom = None
         right: torch.Tensor | None = None  # weighted logits of columns shared with the next tile
+        strip: torch.Tensor | None = None  # weighted logits of the rows shared with the next row of tiles
         for j, (x0, x1) in enumerate(cols):
             x_final = cols[j + 1][0] if j + 1 < len(cols) else x1
             logits = next(tiles)
-            weight = (row_windows[i][:, None] * col_windows[j][None, :]).to(logits.device)
-            acc = logits * weight
+            acc = logits * (row_windows[i][:, None] * col_windows[j][None, :]).to(logits.device)
+            del logits  # the next tile's forward pass runs without this tile's raw logits
             if right is not None:  # includes the carried rows above for these columns
                 acc[:, :, : right.shape[2]] += right
-            if bottom is not None:
+            if carry is not None:
                 done = cols[j - 1][1] - x0 if j > 0 else 0  # columns already added through `right`
-                acc[:, : bottom.shape[1], done:] += bottom[:, :, x0 + done:x1].to(acc)
-            if new_bottom is None and y_final < y1:
-                new_bottom = torch.zeros(acc.shape[0], y1 - y_final, width, dtype=torch.float16, device=acc.device)
-            labels[y0:y_final, x0:x_final] = acc[:, : y_final - y0, : x_final - x0].argmax(0).to(torch.uint8).cpu().numpy()
-            if new_bottom is not None:
-                new_bottom[:, :, x0:x_final] = acc[:, y_final - y0:, : x_final - x0]
-            right = acc[:, :, x_final - x0:] if x_final < x1 else None
+                acc[:, : carry.shape[1], done:] += carry[:, :, x0 + done : x1].to(acc)
+            tile_labels = acc[:, : y_final - y0, : x_final - x0].argmax(0).to(torch.uint8)
+            labels[y0:y_final, x0:x_final] = tile_labels.cpu().numpy()
+            if y_final < y1:
+                strip = strip if strip is not None else _strip_for(carry, acc.shape[0], y1 - y_final, width, acc.device)
+                # Refilled in place when it is `carry`: later tiles of this row read its columns >= x1 only.
+                strip[:, :, x0:x_final] = acc[:, y_final - y0 :, : x_final - x0]
+            right = acc[:, :, x_final - x0 :] if x_final < x1 else None
             bar.update(1)
-        bottom = new_bottom
+        carry = strip
         _release_rows(image, y_final)
     bar.close()
     return labels
+
+
+def _strip_for(carry: torch.Tensor | None, classes: int, rows: int, width: int, device: torch.device) -> torch.Tensor:
+    """The buffer for the next carried strip: ``carry`` itself when its shape fits (always, but after a
+    short last row of tiles), else a new float16 one."""
+    if carry is not None and carry.shape == (classes, rows, width):
+        return carry
+    return torch.zeros(classes, rows, width, dtype=torch.float16, device=device)
+
+
+def downsample(image: np.ndarray, step: int, band: int = 256) -> np.ndarray:
+    """A contiguous copy of ``image[::step, ::step]``, read ``band`` output rows at a time.
+
+    The pages of a memory-mapped ``image`` are released after each band (see :func:`_release_rows`),
+    so only about one band of the file is resident, not every ``step``-th row of it.
+    """
+    if step < 1:
+        raise ValueError(f"step must be >= 1, got {step}")
+    height = image.shape[0]
+    out = np.empty((-(-height // step), -(-image.shape[1] // step), *image.shape[2:]), image.dtype)
+    for k in range(0, out.shape[0], band):
+        out[k : k + band] = image[k * step : (k + band) * step : step, ::step]
+        _release_rows(image, min(height, (k + band) * step))
+    return out
+
+
+def preview(image: np.ndarray, labels: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(image, labels)`` downsampled by the smallest integer step that fits both within ``side`` px.
+
+    Contiguous copies (see :func:`downsample`), made for drawing an overlay of a huge image; the
+    inputs themselves when they already fit.
+    """
+    step = max(1, -(-max(labels.shape) // side))
+    if step == 1:
+        return image, labels
+    return downsample(image, step), np.ascontiguousarray(labels[::step, ::step])

@@ -21,7 +21,20 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model: "SegmentationModel", height: int = 512, width: int = 512, batch: int = 1) -> int:
+def _meta_pass(model: nn.Module, height: int, width: int, batch: int) -> tuple[int, tuple[int, ...]]:
+    """(MACs, output shape) of one forward pass of a model whose parameters are on the meta device.
+
+    Run outside any ``torch.device("meta")`` context: under one, every op also goes through the
+    context's dispatch and the pass is several times slower.
+    """
+    x = torch.empty(batch, 3, height, width, device="meta")
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        out = model.eval()(x)
+    return counter.get_total_flops() // 2, tuple(out.shape)
+
+
+def count_macs(model: SegmentationModel, height: int = 512, width: int = 512, batch: int = 1) -> int:
     """Multiply-accumulates of one forward pass at (batch, 3, height, width).
 
     Counts convolutions, matmuls and the like (FlopCounterMode's FLOPs / 2); pooling,
@@ -32,24 +45,22 @@ def count_macs(model: "SegmentationModel", height: int = 512, width: int = 512, 
     if not all(p.is_meta for p in model.parameters()):  # measure a shape-only twin, not the real weights
         with torch.device("meta"):
             model = build_model(model.config)
-    x = torch.empty(batch, 3, height, width, device="meta")
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model.eval()(x)
-    return counter.get_total_flops() // 2
+    return _meta_pass(model, height, width, batch)[0]
 
 
 def summarize_model(name: str, num_classes: int = 21, height: int = 512, width: int = 512) -> dict:
-    """Name, parameter count, GMACs and output shape of a registered variant at (1, 3, H, W)."""
+    """Name, parameter count, GMACs and output shape of a registered variant at (1, 3, H, W).
+
+    One forward pass on the meta device gives both the MACs and the output shape.
+    """
     from refineseg.models import create_model
 
     with torch.device("meta"):
-        model = create_model(name, num_classes=num_classes).eval()
-        with torch.no_grad():
-            out = model(torch.empty(1, 3, height, width))
+        model = create_model(name, num_classes=num_classes)
+    macs, shape = _meta_pass(model, height, width, 1)
     return {
         "model": name,
         "params": count_parameters(model),
-        "GMACs": count_macs(model, height, width) / 1e9,
-        "output": "×".join(str(s) for s in out.shape),
+        "GMACs": macs / 1e9,
+        "output": "×".join(str(s) for s in shape),
     }

@@ -130,16 +130,24 @@ def overlay(
     # and no full-size intermediate images of very large photos; alpha=0 returns the photo exactly.
     for y in range(0, h, OVERLAY_BAND_ROWS):
         rows = slice(y, y + OVERLAY_BAND_ROWS)
-        band = Image.blend(Image.fromarray(np.ascontiguousarray(image[rows])),
-                           Image.fromarray(colorize(labels[rows], palette, ignore_index)), alpha)
+        band = Image.blend(
+            Image.fromarray(np.ascontiguousarray(image[rows])),
+            Image.fromarray(colorize(labels[rows], palette, ignore_index)),
+            alpha,
+        )
         canvas.paste(band, (0, y))
     if panel is not None:
         canvas.paste(panel, (w, 0))
     return canvas
 
 
-def _legend_panel(labels: np.ndarray, palette: Sequence[tuple[int, int, int]], class_names: Sequence[str] | None,
-                  ignore_index: int | None, h: int) -> Image.Image | None:
+def _legend_panel(
+    labels: np.ndarray,
+    palette: Sequence[tuple[int, int, int]],
+    class_names: Sequence[str] | None,
+    ignore_index: int | None,
+    h: int,
+) -> Image.Image | None:
     """The legend of :func:`overlay` for a photo ``h`` px high: the classes present in ``labels``; None if none."""
     entries = []
     for idx in _present_labels(labels):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -13,6 +11,7 @@ from refineseg.data import DATASETS
 from refineseg.models import MIN_SIDE, model_spec
 from refineseg.training.losses import parse_loss_spec
 from refineseg.utils.config import bool_or_str, check_bounds, option
+from refineseg.utils.device import cpu_has_native_bf16, has_native_bf16  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -32,39 +31,68 @@ class TrainConfig:
     scale_min: float = option(0.5, "random scale lower bound")
     scale_max: float = option(2.0, "random scale upper bound")
     optimizer: str = option("sgd", "optimizer", choices=["sgd", "adam", "adamw"])
-    lr: float | None = option(None, "backbone learning rate (default: the model's recipe, see `refineseg models`)", min=0.0)
-    decoder_lr_mult: float | None = option(None, "decoder/head learning rate = lr × this (default: the model's recipe)", min=0.0)
+    lr: float | None = option(
+        None, "backbone learning rate (default: the model's recipe, see `refineseg models`)", min=0.0
+    )
+    decoder_lr_mult: float | None = option(
+        None, "decoder/head learning rate = lr × this (default: the model's recipe)", min=0.0
+    )
     momentum: float = option(0.9, "SGD momentum", min=0.0, max=1.0)
     weight_decay: float = option(1e-4, "weight decay", min=0.0)
     poly_power: float = option(0.9, "poly learning-rate decay power", min=0.0)
-    warmup_iters: int | None = option(None, "linear warm-up steps (default: the model's recipe, at most iters / 10)", min=0)
+    warmup_iters: int | None = option(
+        None, "linear warm-up steps (default: the model's recipe, at most iters / 10)", min=0
+    )
     warmup_ratio: float = option(0.1, "learning rate at the start of warm-up, as a fraction", min=0.0, max=1.0)
-    clip_grad_norm: float | None = option(None, "clip the gradients' global norm to this "
-                                                "(0: off; default: the model's recipe)", min=0.0)
-    loss: str = option("ce", "loss: ce, ohem, dice, lovasz, focal, or a weighted sum such as ce+0.5*dice "
-                             "(see refineseg.training.losses)")
+    clip_grad_norm: float | None = option(
+        None, "clip the gradients' global norm to this (0: off; default: the model's recipe)", min=0.0
+    )
+    loss: str = option(
+        "ce",
+        "loss: ce, ohem, dice, lovasz, focal, or a weighted sum such as ce+0.5*dice (see refineseg.training.losses)",
+    )
     ohem_thresh: float = option(0.7, "ohem: keep pixels whose true-class probability is below this", min=0.0, max=1.0)
     ohem_min_kept: int = option(100000, "ohem: keep at least this many of the hardest pixels per image", min=1)
-    class_weights: str = option("none", "per-class loss weights: none; auto (median-frequency balancing of the "
-                                        "training split's pixel counts, as `refineseg check-data` counts them); "
-                                        "or a FILE: check-data's data_report.json, a YAML/JSON list, one number per line")
+    class_weights: str = option(
+        "none",
+        "per-class loss weights: none; auto (median-frequency balancing of the "
+        "training split's pixel counts, as `refineseg check-data` counts them); "
+        "or a FILE: check-data's data_report.json, a YAML/JSON list, one number per line",
+    )
     freeze_bn: bool = option(False, "freeze backbone BatchNorm (statistics and affine)")
     sync_bn: bool = option(False, "SyncBatchNorm across processes (CUDA DDP only)")
-    dropout: float | None = option(None, "dropout probability (default: the family's published value)", min=0.0, max=1.0)
+    dropout: float | None = option(
+        None, "dropout probability (default: the family's published value)", min=0.0, max=1.0
+    )
     output_stride: int = option(32, "backbone output stride (ResNet: 32, 16 or 8)", choices=[8, 16, 32])
-    backbone_weights: str | None = option(None, "torchvision ImageNet checkpoint for the backbone: a file, or "
-                                               "`imagenet` / `imagenet_v2` (cached or downloaded; "
-                                               "see `refineseg weights`)")
-    init_from: str | None = option(None, "start from the weights of this checkpoint directory (e.g. the previous stage's "
-                                         "OUT/best in the COCO -> SBD -> VOC schedule); same model, classifier "
-                                         "reinitialized when the class count differs")
-    grad_checkpointing: bool = option(False, "recompute backbone stages and RefineNet blocks in the backward pass: "
-                                              "several times less activation memory, slower steps")
-    amp: str = option("auto", "mixed precision: auto (bf16 on CPUs with native bf16 instructions and on CUDA GPUs "
-                              "of compute capability 8.0+, else none), none, bf16, or fp16 (CUDA)",
-                      choices=["auto", "none", "bf16", "fp16"])
-    channels_last: bool = option(True, "channels-last (NHWC) weights and inputs: faster training steps on CPU "
-                                       "and CUDA (BENCHMARKS.md), same results up to float rounding")
+    backbone_weights: str | None = option(
+        None,
+        "torchvision ImageNet checkpoint for the backbone: a file, or "
+        "`imagenet` / `imagenet_v2` (cached or downloaded; "
+        "see `refineseg weights`)",
+    )
+    init_from: str | None = option(
+        None,
+        "start from the weights of this checkpoint directory (e.g. the previous stage's "
+        "OUT/best in the COCO -> SBD -> VOC schedule); same model, classifier "
+        "reinitialized when the class count differs",
+    )
+    grad_checkpointing: bool = option(
+        False,
+        "recompute backbone stages and RefineNet blocks in the backward pass: "
+        "several times less activation memory, slower steps",
+    )
+    amp: str = option(
+        "auto",
+        "mixed precision: auto (bf16 on CPUs with native bf16 instructions and on CUDA GPUs "
+        "of compute capability 8.0+, else none), none, bf16, or fp16 (CUDA)",
+        choices=["auto", "none", "bf16", "fp16"],
+    )
+    channels_last: bool = option(
+        True,
+        "channels-last (NHWC) weights and inputs: faster training steps on CPU "
+        "and CUDA (BENCHMARKS.md), same results up to float rounding",
+    )
     seed: int = option(0, "random seed (data order, augmentation, initialization)")
     workers: int = option(2, "data-loading worker processes per training process", min=0)
     val_interval: int = option(500, "validate every N steps (0: only at the end)", min=0)
@@ -74,20 +102,34 @@ class TrainConfig:
     synthetic_train: int = option(512, "synthetic dataset: training samples", min=1)
     synthetic_val: int = option(64, "synthetic dataset: validation samples", min=1)
     synthetic_size: int = option(128, "synthetic dataset: image side", min=32)
-    binary_masks: bool = option(False, "folder dataset: masks are 0/255 background/foreground "
-                                       "(0 -> 0; 1 and 128..255 -> 1), as `binary: true` in classes.yaml")
+    binary_masks: bool = option(
+        False,
+        "folder dataset: masks are 0/255 background/foreground "
+        "(0 -> 0; 1 and 128..255 -> 1), as `binary: true` in classes.yaml",
+    )
     device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: cuda when available)")
     skip_data_check: bool = option(False, "start without checking every image and mask of both splits first")
     resume: bool | Literal["auto"] = option(
-        False, "continue from the checkpoint in OUT/last (bit-identical to an uninterrupted run on CPU) with the "
-               "options of OUT/config.yaml, those given here overriding them where allowed (see --override); "
-               "`--resume auto`: only if OUT/last holds one, else start a new run",
-        nargs="?", const=True, type=bool_or_str, metavar="auto")
-    override: bool = option(False, "with --resume: accept options that change the run's meaning (crop, batch size, "
-                                   "LR, data, ... ; see refineseg.training.resume), recorded in "
-                                   "OUT/config_changes.yaml")
-    overwrite: bool = option(False, "OUT holds an earlier run: move it aside to OUT.archived-<time>/ and start "
-                                    "a new one (without this or --resume, such an OUT is refused)")
+        False,
+        "continue from the checkpoint in OUT/last (bit-identical to an uninterrupted run on CPU) with the "
+        "options of OUT/config.yaml, those given here overriding them where allowed (see --override); "
+        "`--resume auto`: only if OUT/last holds one, else start a new run",
+        nargs="?",
+        const=True,
+        type=bool_or_str,
+        metavar="auto",
+    )
+    override: bool = option(
+        False,
+        "with --resume: accept options that change the run's meaning (crop, batch size, "
+        "LR, data, ... ; see refineseg.training.resume), recorded in "
+        "OUT/config_changes.yaml",
+    )
+    overwrite: bool = option(
+        False,
+        "OUT holds an earlier run: move it aside to OUT.archived-<time>/ and start "
+        "a new one (without this or --resume, such an OUT is refused)",
+    )
 
     def __post_init__(self) -> None:
         check_bounds(self)
@@ -118,39 +160,23 @@ class TrainConfig:
         if self.clip_grad_norm is None:
             self.clip_grad_norm = recipe.clip_grad_norm
         if self.lr < 0 or self.decoder_lr_mult < 0 or self.warmup_iters < 0 or self.clip_grad_norm < 0:
-            raise ValueError(f"need lr >= 0, decoder_lr_mult >= 0, warmup_iters >= 0, clip_grad_norm >= 0; got "
-                             f"{self.lr}, {self.decoder_lr_mult}, {self.warmup_iters}, {self.clip_grad_norm}")
-
-
-def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether this CPU computes bfloat16 natively: x86 AVX512_BF16 or AMX-BF16, or Arm's BF16 extension.
-
-    Read from the ``flags`` / ``Features`` lines of ``/proc/cpuinfo`` (``cpuinfo`` replaces the
-    file, for tests); False where that file is missing or oneDNN (the bf16 convolutions) is not built in.
-    """
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-    line = re.search(r"^(?:flags|features)\s*:(.*)$", cpuinfo, re.M | re.I)  # the first core's; all agree
-    flags = set(line[1].split()) if line else set()
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"}) and torch.backends.mkldnn.is_available()
+            raise ValueError(
+                f"need lr >= 0, decoder_lr_mult >= 0, warmup_iters >= 0, clip_grad_norm >= 0; got "
+                f"{self.lr}, {self.decoder_lr_mult}, {self.warmup_iters}, {self.clip_grad_norm}"
+            )
 
 
 def resolve_amp(amp: str, device: torch.device) -> str:
     """``--amp auto`` -> ``"bf16"`` or ``"none"`` for ``device``; other values unchanged.
 
     bf16 where the hardware has it natively: CUDA compute capability 8.0+ (Ampere on), or a CPU
-    per :func:`cpu_has_native_bf16`. There bf16 autocast makes a training step faster, more so
-    with channels-last, at equal convergence (measured in BENCHMARKS.md, training and convergence
-    sections); elsewhere it is emulated and can be slower than fp32.
+    per :func:`~refineseg.utils.device.cpu_has_native_bf16` (one rule,
+    :func:`refineseg.utils.device.has_native_bf16`, shared with inference's ``--precision auto``).
+    There bf16 autocast makes a training step faster, more so with channels-last, at equal
+    convergence (measured in BENCHMARKS.md, training and convergence sections); elsewhere it is
+    emulated and can be slower than fp32.
     fp16 is never chosen automatically: it needs loss scaling and can overflow.
     """
     if amp != "auto":
         return amp
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.get_device_capability(device) >= (8, 0) else "none"
-    if device.type == "cpu":
-        return "bf16" if cpu_has_native_bf16() else "none"
-    return "none"
+    return "bf16" if has_native_bf16(device) else "none"

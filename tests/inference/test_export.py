@@ -16,12 +16,13 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 pytest.importorskip("onnxruntime")
 
-import conftest  # noqa: E402
+import helpers  # noqa: E402
 import onnx  # noqa: E402
 
 import refineseg  # noqa: E402
+from refineseg.cli.export import ExportConfig, run_export  # noqa: E402
 from refineseg.errors import CheckpointError, RefineSegError  # noqa: E402
-from refineseg.inference.export import ExportConfig, OnnxSegmenter, export_onnx, run_export, validate_onnx  # noqa: E402
+from refineseg.inference.export import OnnxSegmenter, export_onnx, validate_onnx  # noqa: E402
 from refineseg.inference.predictor import predict_probabilities, segment  # noqa: E402
 
 TRACED = (64, 64)
@@ -33,7 +34,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 def make_model(name: str) -> refineseg.SegmentationModel:
-    return conftest.make_model(name, warm_batch_norm=True)
+    return helpers.make_model(name, warm_batch_norm=True)
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +43,9 @@ def mbv2(tmp_path_factory):
     root = tmp_path_factory.mktemp("mbv2")
     model = make_model("lw_refinenet_mbv2")
     model.save_pretrained(root / "ckpt")
-    config = ExportConfig(checkpoint=str(root / "ckpt"), out=str(root / "onnx" / "model.onnx"),
-                          height=TRACED[0], width=TRACED[1])
+    config = ExportConfig(
+        checkpoint=str(root / "ckpt"), out=str(root / "onnx" / "model.onnx"), height=TRACED[0], width=TRACED[1]
+    )
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         path = run_export(config)
@@ -116,7 +118,7 @@ def test_metadata_round_trip(exported):
     model, path = exported
     segmenter = OnnxSegmenter(path)
     assert segmenter.config == model.config
-    assert segmenter.config.class_names == conftest.CLASS_NAMES and segmenter.config.palette == conftest.PALETTE
+    assert segmenter.config.class_names == helpers.CLASS_NAMES and segmenter.config.palette == helpers.PALETTE
     assert segmenter.device == torch.device("cpu") and segmenter.eval() is segmenter
 
 
@@ -162,11 +164,9 @@ def test_missing_dependency_is_a_clear_error(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_export_then_predict_with_onnxruntime(tmp_path):
-    """`refineseg export` then `refineseg predict --backend onnxruntime` gives the torch labels."""
-    import subprocess
-    import sys
-
+def test_cli_export_then_predict_with_onnxruntime(tmp_path, run_cli):
+    """`refineseg export` (quiet: its results on stdout, progress lines on stderr, none of the exporter's
+    messages) then `refineseg predict --backend onnxruntime` gives the torch labels."""
     from PIL import Image
 
     torch.manual_seed(0)
@@ -175,11 +175,34 @@ def test_cli_export_then_predict_with_onnxruntime(tmp_path):
     image = np.random.default_rng(0).integers(0, 255, (70, 90, 3), dtype=np.uint8)
     Image.fromarray(image).save(tmp_path / "img.png")
     onnx_file = tmp_path / "model.onnx"
-    for args in (["export", "--checkpoint", str(tmp_path / "ckpt"), "--format", "onnx", "--out", str(onnx_file),
-                  "--height", "64", "--width", "64"],
-                 ["predict", "--checkpoint", str(onnx_file), "--backend", "onnxruntime", "--out",
-                  str(tmp_path / "pred"), str(tmp_path / "img.png")]):
-        proc = subprocess.run([sys.executable, "-m", "refineseg", *args], capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr[-2000:]
+    export = run_cli(
+        "export",
+        "--checkpoint",
+        str(tmp_path / "ckpt"),
+        "--format",
+        "onnx",
+        "--out",
+        str(onnx_file),
+        "--height",
+        "64",
+        "--width",
+        "64",
+    )
+    out = export.stdout.splitlines()
+    assert [line.split(":")[0] for line in out] == ["check 64x64", "check 97x130", f"Wrote {onnx_file}"], out
+    err = export.stderr.splitlines()  # progress only (no terminal: a line per step, one every 10 s while it runs)
+    assert err[0] == "export: [1/2] tracing" and "export: [2/2] validation" in err, err
+    assert all(line.startswith("export: ") for line in err), err
+    assert err[-1].startswith("export: validation done (")
+    run_cli(
+        "predict",
+        "--checkpoint",
+        str(onnx_file),
+        "--backend",
+        "onnxruntime",
+        "--out",
+        str(tmp_path / "pred"),
+        str(tmp_path / "img.png"),
+    )
     labels = np.asarray(Image.open(tmp_path / "pred" / "img.png"))
     assert np.array_equal(labels, segment(model, image))

@@ -14,12 +14,13 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 pytest.importorskip("onnxruntime")
 
-import conftest  # noqa: E402
+import helpers  # noqa: E402
 import onnx  # noqa: E402
 
+from refineseg.cli.export import ExportConfig, run_export  # noqa: E402
 from refineseg.data import SyntheticSegmentation, eval_transform, write_image  # noqa: E402
 from refineseg.errors import DataError  # noqa: E402
-from refineseg.inference.export import ExportConfig, OnnxSegmenter, run_export  # noqa: E402
+from refineseg.inference.export import OnnxSegmenter  # noqa: E402
 from refineseg.inference.quantize import calibration_files, calibration_input, quantize_onnx  # noqa: E402
 
 SIZE = 64  # synthetic image side, export and calibration size
@@ -35,15 +36,21 @@ def int8(tmp_path_factory):
     """(fp32 torch model, int8 .onnx path, run_export stdout, root): the briefly trained model exported
     with --int8, calibrated on synthetic *train* images written to a folder."""
     root = tmp_path_factory.mktemp("int8")
-    model = conftest.briefly_trained_model()
+    model = helpers.briefly_trained_model()
     model.save_pretrained(root / "ckpt")
     train = SyntheticSegmentation("train", num_samples=CALIBRATION, size=SIZE)
     (root / "calib").mkdir()
     for i in range(CALIBRATION):
         write_image(root / "calib" / f"{i:03d}.png", train.load_sample(i)[0])
     (root / "calib" / "notes.txt").write_text("not an image: ignored")
-    config = ExportConfig(checkpoint=str(root / "ckpt"), out=str(root / "model.int8.onnx"), height=SIZE, width=SIZE,
-                          int8=True, calibration=str(root / "calib"))
+    config = ExportConfig(
+        checkpoint=str(root / "ckpt"),
+        out=str(root / "model.int8.onnx"),
+        height=SIZE,
+        width=SIZE,
+        int8=True,
+        calibration=str(root / "calib"),
+    )
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         path = run_export(config)
@@ -109,7 +116,7 @@ def test_int8_argmax_agrees_with_fp32_on_held_out_images(int8):
 
 
 def test_int8_val_miou_within_one_point_of_fp32(int8, tmp_path):
-    from refineseg.evaluation.evaluate import EvalConfig, run_evaluate
+    from refineseg.cli.evaluate import EvalConfig, run_evaluate
 
     model, path, _, root = int8
     x, masks = held_out()
@@ -118,8 +125,15 @@ def test_int8_val_miou_within_one_point_of_fp32(int8, tmp_path):
     quantized = miou(OnnxSegmenter(path)(x).argmax(1).numpy(), masks, model.config.num_classes)
     assert abs(quantized - fp32) <= 0.01, (quantized, fp32)
     # `evaluate --backend onnxruntime` scores the same predictions (the synthetic val split at this size).
-    config = EvalConfig(checkpoint=str(path), backend="onnxruntime", dataset="synthetic", synthetic_val=HELD_OUT,
-                        synthetic_size=SIZE, out=str(tmp_path / "eval"), confusion_png=False)
+    config = EvalConfig(
+        checkpoint=str(path),
+        backend="onnxruntime",
+        dataset="synthetic",
+        synthetic_val=HELD_OUT,
+        synthetic_size=SIZE,
+        out=str(tmp_path / "eval"),
+        confusion_png=False,
+    )
     with contextlib.redirect_stdout(io.StringIO()):
         summary = run_evaluate(config)
     assert summary["mIoU"] == pytest.approx(quantized, abs=1e-6)
@@ -135,8 +149,18 @@ def test_predict_runs_the_int8_file_tiled_and_batched(int8, tmp_path):
     _, path, _, _ = int8
     image = SyntheticSegmentation("test", num_samples=1, size=(90, 130)).load_sample(0)[0]
     Image.fromarray(image).save(tmp_path / "scene.png")
-    written = run_predict(PredictConfig(checkpoint=str(path), backend="onnxruntime", inputs=[str(tmp_path / "scene.png")],
-                                        out=str(tmp_path / "pred"), tile=64, overlap=16, tile_batch=4, overlay=False))
+    written = run_predict(
+        PredictConfig(
+            checkpoint=str(path),
+            backend="onnxruntime",
+            inputs=[str(tmp_path / "scene.png")],
+            out=str(tmp_path / "pred"),
+            tile=64,
+            overlap=16,
+            tile_batch=4,
+            overlay=False,
+        )
+    )
     expected = predict_tiled(OnnxSegmenter(path), image, tile=64, overlap=16, progress=False)  # one tile at a time
     assert np.array_equal(np.asarray(Image.open(written[0])), expected)
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import refineseg
+from refineseg.inference import tiling
 from refineseg.inference.predictor import segment
-from refineseg.inference.tiling import _windows, predict_tiled, tile_logits, tile_spans
+from refineseg.inference.tiling import _windows, downsample, predict_tiled, preview, tile_logits, tile_spans
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tiles: one thread is fastest on a busy machine
 
@@ -98,9 +99,18 @@ def test_predict_cli_tiled_mode_reads_and_writes_tiff(tmp_path, model):
     image = np.random.default_rng(2).integers(0, 255, (120, 200, 3), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "scan.tif", image)
     from PIL import Image
+
     Image.fromarray(image).save(tmp_path / "photo.png")
-    written = run_predict(PredictConfig(checkpoint=str(tmp_path / "ckpt"), inputs=[str(tmp_path / "scan.tif"),
-                                        str(tmp_path / "photo.png")], out=str(tmp_path / "out"), tile=96, overlap=24))
+    written = run_predict(
+        PredictConfig(
+            checkpoint=str(tmp_path / "ckpt"),
+            inputs=[str(tmp_path / "scan.tif"), str(tmp_path / "photo.png")],
+            out=str(tmp_path / "out"),
+            tile=96,
+            overlap=24,
+            precision="fp32",
+        )
+    )  # fp32: compared with the plain model's labels
     assert [p.name for p in written] == ["scan.tif", "photo.png"]
     expected = predict_tiled(model, image, tile=96, overlap=24, progress=False)
     assert np.array_equal(tifffile.imread(written[0]), expected)
@@ -159,12 +169,14 @@ def test_batched_tiles_equal_one_tile_at_a_time_exactly(image, tile_batch):
     shapes = [(y1 - y0, x1 - x0) for y0, y1 in rows for x0, x1 in cols]
     expected = []
     for start in range(0, 12, tile_batch):
-        chunk = shapes[start:start + tile_batch]
+        chunk = shapes[start : start + tile_batch]
         expected += [(chunk.count(s), 3, *s) for s in dict.fromkeys(chunk)]
     assert sorted(model.batch_sizes) == sorted(expected)
     assert 1 < max(n for n, *_ in model.batch_sizes) <= tile_batch
-    assert np.array_equal(predict_tiled(model, image, tile=64, overlap=20, progress=False, tile_batch=tile_batch),
-                          predict_tiled(model, image, tile=64, overlap=20, progress=False))
+    assert np.array_equal(
+        predict_tiled(model, image, tile=64, overlap=20, progress=False, tile_batch=tile_batch),
+        predict_tiled(model, image, tile=64, overlap=20, progress=False),
+    )
 
 
 @pytest.mark.parametrize("tile_batch", [3, 12])
@@ -211,9 +223,75 @@ def test_predict_cli_passes_tile_batch(tmp_path, model, image):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(refineseg.inference.predict, "predict_tiled", spy)
-        written = run_predict(PredictConfig(checkpoint=str(tmp_path / "ckpt"), inputs=[str(tmp_path / "photo.png")],
-                                            out=str(tmp_path / "out"), tile=64, overlap=20, tile_batch=4,
-                                            overlay=False, optimize=False))
+        written = run_predict(
+            PredictConfig(
+                checkpoint=str(tmp_path / "ckpt"),
+                inputs=[str(tmp_path / "photo.png")],
+                out=str(tmp_path / "out"),
+                tile=64,
+                overlap=20,
+                tile_batch=4,
+                overlay=False,
+                optimize=False,
+                precision="fp32",
+            )
+        )
     assert calls == [4]
     expected = predict_tiled(model, image, tile=64, overlap=20, progress=False)
     assert np.array_equal(np.asarray(Image.open(written[0])), expected)
+
+
+def test_the_carried_strip_is_one_buffer_refilled_in_place(model, image, monkeypatch):
+    """Memory: one strip of C × overlap × W float16 is carried from row to row, not one per row."""
+    buffers = []
+
+    def recording(*args):
+        buffers.append(original(*args))
+        return buffers[-1]
+
+    original = tiling._strip_for
+    monkeypatch.setattr(tiling, "_strip_for", recording)
+    labels = predict_tiled(model, image, tile=64, overlap=20, progress=False)
+    rows = len(tile_spans(image.shape[0], 64, 20))
+    assert rows >= 3 and len(buffers) == rows - 1  # asked for by every row of tiles but the last
+    assert len({id(b) for b in buffers}) == 1
+    monkeypatch.undo()
+    assert np.array_equal(labels, predict_tiled(model, image, tile=64, overlap=20, progress=False))
+
+
+def test_preview_reads_a_memory_mapped_image_band_by_band(tmp_path, image):
+    import tifffile
+
+    from refineseg.data import read_large_image
+
+    tifffile.imwrite(tmp_path / "big.tif", image)
+    mapped = read_large_image(tmp_path / "big.tif")
+    assert isinstance(mapped, np.memmap)
+    for step in (1, 2, 3, 7):
+        small = downsample(mapped, step, band=5)
+        assert small.flags.c_contiguous and np.array_equal(small, image[::step, ::step])
+    labels = np.random.default_rng(3).integers(0, 5, image.shape[:2], dtype=np.uint8)
+    small_image, small_labels = preview(mapped, labels, side=60)  # 170 px wide: every 3rd pixel
+    assert np.array_equal(small_image, image[::3, ::3]) and np.array_equal(small_labels, labels[::3, ::3])
+    assert small_labels.flags.c_contiguous and max(small_labels.shape) <= 60
+    assert preview(image, labels, side=170) == (image, labels)  # fits: the inputs themselves
+    assert np.array_equal(np.asarray(mapped), image)  # released pages are read back from the file
+    with pytest.raises(ValueError, match="step"):
+        downsample(image, 0)
+
+
+def test_overlay_blends_band_by_band_exactly_like_one_blend():
+    from PIL import Image
+
+    from refineseg.report.visualize import OVERLAY_BAND_ROWS, colorize, overlay
+
+    rng = np.random.default_rng(4)
+    h = 2 * OVERLAY_BAND_ROWS + 17
+    image = rng.integers(0, 255, (h, 40, 3), dtype=np.uint8)
+    labels = rng.integers(0, 5, (h, 40), dtype=np.uint8)
+    labels[:3] = 255  # ignored pixels
+    palette = [(0, 0, 0), (200, 0, 0), (0, 200, 0), (0, 0, 200), (90, 90, 90)]
+    expected = Image.blend(Image.fromarray(image), Image.fromarray(colorize(labels, palette)), 0.3)
+    assert np.array_equal(np.asarray(overlay(image, labels, palette, alpha=0.3, legend=False)), np.asarray(expected))
+    with_legend = np.asarray(overlay(image, labels, palette, alpha=0.3))
+    assert with_legend.shape[1] > 40 and np.array_equal(with_legend[:h, :40], np.asarray(expected))

@@ -11,13 +11,13 @@ import dataclasses
 import pytest
 import torch
 import yaml
-from conftest import saved_weights, synthetic_batch
+from helpers import saved_weights, synthetic_batch
 
 import refineseg
 from refineseg.data import SYNTHETIC_CLASSES
 from refineseg.training import TrainConfig, optimizer_step, train
-from refineseg.training import config as config_module
 from refineseg.training.config import cpu_has_native_bf16, resolve_amp
+from refineseg.utils import device as device_module
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -31,8 +31,9 @@ def tiny_model() -> refineseg.SegmentationModel:
     pass with batch statistics is compared on its own below.
     """
     torch.manual_seed(0)
-    return refineseg.create_model("lw_refinenet_mbv2", num_classes=len(SYNTHETIC_CLASSES), dropout=0.0,
-                                  freeze_bn=True).train()
+    return refineseg.create_model(
+        "lw_refinenet_mbv2", num_classes=len(SYNTHETIC_CLASSES), dropout=0.0, freeze_bn=True
+    ).train()
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -46,7 +47,8 @@ def three_sgd_steps(channels_last: bool) -> tuple[dict[str, torch.Tensor], list[
         model.to(memory_format=torch.channels_last)
     seen = []
     model.encoder.register_forward_pre_hook(
-        lambda _, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+        lambda _, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     batch = synthetic_batch(2)
     losses = [optimizer_step(model, iter([batch]), optimizer, step=s, channels_last=channels_last) for s in (1, 2, 3)]
@@ -102,9 +104,25 @@ def test_channels_last_model_saves_and_loads_the_same_values(tmp_path):
 
 
 def test_train_channels_last_equals_contiguous_and_records_the_resolved_amp(tmp_path):
-    base = TrainConfig(model="lw_refinenet_mbv2", dataset="synthetic", crop=64, batch_size=2, lr=0.002, iters=2,
-                       synthetic_train=4, synthetic_val=2, synthetic_size=64, workers=0, val_interval=0,
-                       ckpt_interval=2, dropout=0.0, freeze_bn=True, amp="none", out=str(tmp_path / "contiguous"), channels_last=False)
+    base = TrainConfig(
+        model="lw_refinenet_mbv2",
+        dataset="synthetic",
+        crop=64,
+        batch_size=2,
+        lr=0.002,
+        iters=2,
+        synthetic_train=4,
+        synthetic_val=2,
+        synthetic_size=64,
+        workers=0,
+        val_interval=0,
+        ckpt_interval=2,
+        dropout=0.0,
+        freeze_bn=True,
+        amp="none",
+        out=str(tmp_path / "contiguous"),
+        channels_last=False,
+    )
     train(base)
     train(dataclasses.replace(base, channels_last=True, out=str(tmp_path / "nhwc")))
     a, b = saved_weights(tmp_path / "contiguous" / "last"), saved_weights(tmp_path / "nhwc" / "last")
@@ -120,14 +138,17 @@ X86_FLAGS = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2
 ARM_FEATURES = "processor\t: 0\nFeatures\t: fp asimd sve {extra}\nCPU implementer\t: 0x41\n"
 
 
-@pytest.mark.parametrize("cpuinfo, native", [
-    (X86_FLAGS.format(extra="avx512_bf16 avx512_vnni"), True),  # AMD Zen 4, Intel Cooper Lake
-    (X86_FLAGS.format(extra="amx_bf16 amx_tile"), True),  # Intel Sapphire Rapids
-    (X86_FLAGS.format(extra="avx512_vnni"), False),  # Skylake/Cascade Lake: bf16 only emulated
-    (ARM_FEATURES.format(extra="bf16 i8mm"), True),  # Graviton 3, Neoverse V1
-    (ARM_FEATURES.format(extra="i8mm"), False),
-    ("", False),
-])
+@pytest.mark.parametrize(
+    "cpuinfo, native",
+    [
+        (X86_FLAGS.format(extra="avx512_bf16 avx512_vnni"), True),  # AMD Zen 4, Intel Cooper Lake
+        (X86_FLAGS.format(extra="amx_bf16 amx_tile"), True),  # Intel Sapphire Rapids
+        (X86_FLAGS.format(extra="avx512_vnni"), False),  # Skylake/Cascade Lake: bf16 only emulated
+        (ARM_FEATURES.format(extra="bf16 i8mm"), True),  # Graviton 3, Neoverse V1
+        (ARM_FEATURES.format(extra="i8mm"), False),
+        ("", False),
+    ],
+)
 def test_native_bf16_is_read_from_the_cpu_flags(cpuinfo, native):
     if native and not torch.backends.mkldnn.is_available():
         pytest.skip("torch built without oneDNN: never native")
@@ -143,7 +164,7 @@ def test_amp_auto_on_cuda_follows_the_compute_capability(monkeypatch, capability
 
 @pytest.mark.parametrize("native", [True, False])
 def test_amp_auto_on_cpu_follows_native_bf16(monkeypatch, native):
-    monkeypatch.setattr(config_module, "cpu_has_native_bf16", lambda cpuinfo=None: native)
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda cpuinfo=None: native)
     assert resolve_amp("auto", torch.device("cpu")) == ("bf16" if native else "none")
     assert resolve_amp("none", torch.device("cpu")) == "none"
     assert resolve_amp("bf16", torch.device("cpu")) == "bf16"
