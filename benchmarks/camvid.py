@@ -37,7 +37,8 @@ from refineseg.data import CAMVID_CLASSES, CAMVID_PALETTE, build_dataset  # noqa
 from refineseg.report.visualize import colorize  # noqa: E402
 
 FIGURE = ROOT / "docs" / "figures" / "camvid_frames.png"
-TRIMAP_KEYS = ("trimap/2px", "trimap/8px")
+SUMMARY_KEYS = ("mIoU", "aAcc", "mAcc", "mBoundaryIoU")
+TRIMAP_WIDTHS = (2, 4, 8, 16)
 
 
 def evaluate_run(run: Path, data_root: str, checkpoint: str = "best") -> dict:
@@ -97,15 +98,30 @@ def markdown(rows: list[dict]) -> str:
 
 
 def comparison_table(results: dict[str, dict]) -> str:
-    """Per-class IoU and the summary metrics (%), one column per run."""
+    """Per-class IoU and Boundary IoU, the summary metrics and the trimap accuracy (%), one column per run."""
 
-    def pct(m: dict, key: str) -> str:
-        value = m.get(key)
+    def pct(value: float | None) -> str:
         return "–" if value is None else f"{100 * value:.1f}"
 
-    rows = [{"metric": f"IoU {c}", **{n: pct(m, f"IoU/{c}") for n, m in results.items()}} for c in CAMVID_CLASSES]
-    for key in ("mIoU", "aAcc", "mBoundaryIoU", *TRIMAP_KEYS):
-        rows.append({"metric": key, **{n: pct(m, key) for n, m in results.items()}})
+    def per_class(metrics: dict, name: str, key: str) -> float | None:
+        return next((c.get(key) for c in metrics["per_class"] if c["name"] == name), None)
+
+    def trimap(metrics: dict, width: int) -> float | None:
+        widths = metrics.get("trimap", {}).get("widths", [])
+        return metrics["trimap"]["accuracy"][widths.index(width)] if width in widths else None
+
+    rows = [
+        {"metric": f"IoU {c}", **{n: pct(per_class(m, c, "IoU")) for n, m in results.items()}} for c in CAMVID_CLASSES
+    ]
+    rows += [{"metric": key, **{n: pct(m.get(key)) for n, m in results.items()}} for key in SUMMARY_KEYS]
+    rows += [
+        {"metric": f"Boundary IoU {c}", **{n: pct(per_class(m, c, "boundary_iou")) for n, m in results.items()}}
+        for c in CAMVID_CLASSES
+    ]
+    rows += [
+        {"metric": f"trimap accuracy, {w} px", **{n: pct(trimap(m, w)) for n, m in results.items()}}
+        for w in TRIMAP_WIDTHS
+    ]
     return markdown(rows)
 
 
