@@ -13,7 +13,8 @@
 
 Targets: agreement ≥ 99.5%, |mIoU difference| ≤ 0.2 points, default path ≥ 2× eager fp32.
 
-    python benchmarks/precision.py [--data-root /work/shared/datasets/camvid] [--rounds 7] [--no-write]
+    python benchmarks/precision.py [--data-root /work/shared/datasets/camvid] [--rounds 7]
+                                   [--agreement-json FILE] [--no-write]
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def agreement(model: torch.nn.Module, root: str, limit: int | None) -> dict:
 
 
 def speed(name: str, size: int, rounds: int) -> dict:
-    """Median ms of eager fp32, the fp32 fast path and the default path, in alternating rounds."""
+    """Median and fastest ms of eager fp32, the fp32 fast path and the default path, in alternating rounds."""
     torch.manual_seed(0)
     model = refineseg.create_model(name, num_classes=21).eval()
     default_options = InferenceOptions()
@@ -137,6 +138,7 @@ def speed(name: str, size: int, rounds: int) -> dict:
                 runners[path](x)
                 times[path].append(time.perf_counter() - start)
     ms = {path: 1000 * statistics.median(t) for path, t in times.items()}
+    best = {path: 1000 * min(t) for path, t in times.items()}
     return {
         "model": name,
         "size": size,
@@ -144,6 +146,8 @@ def speed(name: str, size: int, rounds: int) -> dict:
         "precision": default_options.precision,
         "ms": ms,
         "speedup": {path: ms["eager fp32"] / m for path, m in ms.items()},
+        "best_ms": best,
+        "best_speedup": {path: best["eager fp32"] / m for path, m in best.items()},
     }
 
 
@@ -153,7 +157,8 @@ def body(a: dict, s: dict, note: str) -> str:
     fast_enough = s["speedup"]["default"] >= 2.0
     h, w = a["size"]
     rows = "\n".join(
-        f"| {s['model']} | {s['size']}×{s['size']} | {path} | {ms:,.0f} | {s['speedup'][path]:.2f}× |"
+        f"| {s['model']} | {s['size']}×{s['size']} | {path} | {ms:,.0f} | {s['speedup'][path]:.2f}× | "
+        f"{s['best_ms'][path]:,.0f} | {s['best_speedup'][path]:.2f}× |"
         for path, ms in s["ms"].items()
     )
     return (
@@ -174,12 +179,15 @@ def body(a: dict, s: dict, note: str) -> str:
         f"{'yes' if abs(a['miou_default'] - a['miou_fp32']) <= 0.002 else 'NO'} |\n"
         f"| ms/frame (this model) | {a['ms_fp32']:,.0f} | {a['ms_default']:,.0f} "
         f"({a['ms_fp32'] / a['ms_default']:.2f}×) | | |\n\n"
-        f"Speed: {s['model']}, random weights, batch 1, median of {s['rounds']} alternating rounds after a "
-        "warm-up (the machine is shared with a training job: only the ratios of one run compare):\n\n"
-        "| model | input | path | ms/image | vs eager fp32 |\n| --- | --- | --- | ---: | ---: |\n"
+        f"Speed: {s['model']}, random weights, batch 1, {s['rounds']} alternating rounds after a warm-up, median "
+        "and fastest (the machine is shared with training jobs and test runs: only the ratios of one run "
+        "compare, and the fastest round is the one least slowed by the others):\n\n"
+        "| model | input | path | median ms | vs eager fp32 | fastest ms | vs eager fp32 |\n"
+        "| --- | --- | --- | ---: | ---: | ---: | ---: |\n"
         f"{rows}\n\n"
         f"Targets: agreement and mIoU {'met' if ok else 'NOT met'}; default path ≥ 2× eager fp32: "
-        f"{'met' if fast_enough else 'NOT met'} ({s['speedup']['default']:.2f}×).\n"
+        f"{'met' if fast_enough else 'NOT met'} ({s['speedup']['default']:.2f}× median, "
+        f"{s['best_speedup']['default']:.2f}× fastest).\n"
     )
 
 
@@ -191,11 +199,21 @@ def main() -> None:
     parser.add_argument("--speed-model", default="refinenet101")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument(
+        "--agreement-json",
+        type=Path,
+        help="keep the label figures in this file; when it exists, reuse them and measure only the speed",
+    )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
 
-    model, note = load_camvid_model(args.checkpoint)
-    a = agreement(model, args.data_root, args.limit)
+    if args.agreement_json and args.agreement_json.is_file():  # figures of an earlier run: speed only
+        a, note = (lambda d: (d["agreement"], d["note"]))(json.loads(args.agreement_json.read_text()))
+    else:
+        model, note = load_camvid_model(args.checkpoint)
+        a = agreement(model, args.data_root, args.limit)
+        if args.agreement_json:
+            args.agreement_json.write_text(json.dumps({"agreement": a, "note": note}))
     print(json.dumps(a), flush=True)
     s = speed(args.speed_model, args.size, args.rounds)
     print(json.dumps(s), flush=True)
