@@ -199,7 +199,7 @@ def test_trainer_passes_binary_masks_to_the_folder_dataset(tmp_path):
     raws = {"a": binary_mask(), "b": binary_mask()}
     make_folder(tmp_path, raws)
     config = TrainConfig(
-        dataset="folder", data_root=str(tmp_path), train_split=None, val_split=None, binary_masks=True, crop=4, iters=1
+        dataset="folder", data_root=str(tmp_path), train_split=None, val_split=None, binary_masks=True, crop=32, iters=1
     )
     train_set, val_set = build_datasets(config, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     assert train_set.num_classes == val_set.num_classes == 2
