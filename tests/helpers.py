@@ -145,3 +145,34 @@ def briefly_trained_model(device: str | torch.device = "cpu") -> refineseg.Segme
         loss.backward()
         optimizer.step()
     return model.eval()
+
+
+#: ``refineseg train`` flags of a tiny run (seconds on a CPU): the shared part of the CLI training tests.
+TINY_TRAIN = [
+    "--model",
+    "lw_refinenet_mbv2",
+    "--dataset",
+    "synthetic",
+    "--crop",
+    "64",
+    "--batch-size",
+    "2",
+    "--lr",
+    "0.001",
+    "--decoder-lr-mult",
+    "1",
+    "--warmup-iters",
+    "0",
+    "--synthetic-train",
+    "16",
+    "--synthetic-val",
+    "2",
+    "--synthetic-size",
+    "64",
+    "--workers",
+    "0",
+    "--log-interval",
+    "1",
+    "--val-interval",
+    "0",
+]

@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from helpers import briefly_trained_model, free_port, make_model, synthetic_batch
+from helpers import TINY_TRAIN, briefly_trained_model, free_port, make_model, synthetic_batch
 from safetensors.torch import load_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -41,36 +41,7 @@ needs_bf16 = pytest.mark.skipif(
 AMPS = ["fp16", pytest.param("bf16", marks=needs_bf16)]
 
 # A tiny, stable run on the GPU: LW-RefineNet-MobileNetV2 on 64-pixel synthetic images.
-TINY = [
-    "--model",
-    "lw_refinenet_mbv2",
-    "--dataset",
-    "synthetic",
-    "--crop",
-    "64",
-    "--batch-size",
-    "2",
-    "--lr",
-    "0.001",
-    "--decoder-lr-mult",
-    "1",
-    "--warmup-iters",
-    "0",
-    "--synthetic-train",
-    "16",
-    "--synthetic-val",
-    "2",
-    "--synthetic-size",
-    "64",
-    "--workers",
-    "0",
-    "--log-interval",
-    "1",
-    "--val-interval",
-    "0",
-    "--device",
-    "cuda",
-]
+TINY = [*TINY_TRAIN, "--device", "cuda"]
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY_TRAIN
 from helpers import saved_weights as weights
 
 from refineseg.training import TrainConfig, train, trainer
@@ -33,38 +34,7 @@ sys.exit(main(["train", *sys.argv[1:]]))
 
 # A tiny, stable run: LW-RefineNet-MobileNetV2 on 64-pixel synthetic images, a log line per step,
 # validation only at the end, no periodic checkpoint (so `last/` can only come from the stop).
-TINY = [
-    "--model",
-    "lw_refinenet_mbv2",
-    "--dataset",
-    "synthetic",
-    "--crop",
-    "64",
-    "--batch-size",
-    "2",
-    "--lr",
-    "0.001",
-    "--decoder-lr-mult",
-    "1",
-    "--warmup-iters",
-    "0",
-    "--synthetic-train",
-    "16",
-    "--synthetic-val",
-    "2",
-    "--synthetic-size",
-    "64",
-    "--workers",
-    "0",
-    "--log-interval",
-    "1",
-    "--val-interval",
-    "0",
-    "--ckpt-interval",
-    "1000",
-    "--seed",
-    "5",
-]
+TINY = [*TINY_TRAIN, "--ckpt-interval", "1000", "--seed", "5"]
 TINY_DEFAULT_WORKERS = TINY[: TINY.index("--workers")] + TINY[TINY.index("--workers") + 2 :]  # 2 workers
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
