@@ -26,12 +26,12 @@ test: $(STAMP)
 
 # ruff: lint and formatting (configured in pyproject.toml); .ci/run runs this before the tests.
 lint: $(STAMP)
-	$(VENV)/bin/ruff check refineseg tests benchmarks
-	$(VENV)/bin/ruff format --check refineseg tests benchmarks
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 format: $(STAMP)
-	$(VENV)/bin/ruff check --fix refineseg tests benchmarks
-	$(VENV)/bin/ruff format refineseg tests benchmarks
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 bench: $(STAMP)
 	$(PY) benchmarks/models.py

@@ -12,11 +12,13 @@ from __future__ import annotations
 import functools
 import json
 import math
+import shutil
 import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -176,3 +178,36 @@ TINY_TRAIN = [
     "--val-interval",
     "0",
 ]
+
+
+#: Headless Chromium for the page tests (Debian's chromium + chromium-driver; .ci/run installs them).
+BROWSER = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+CHROMEDRIVER = shutil.which("chromedriver")
+NEEDS_CHROMIUM = [
+    pytest.mark.skipif(BROWSER is None, reason="Chromium is not installed (apt-get install chromium chromium-driver)"),
+    pytest.mark.skipif(CHROMEDRIVER is None, reason="chromedriver is not installed (apt-get install chromium-driver)"),
+]
+
+
+def chromium(window_size: str = "1400,1000"):
+    """A headless Chromium WebDriver that keeps the browser console log (``get_log("browser")``)."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = BROWSER
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--window-size={window_size}",
+        "--disable-extensions",
+        "--no-first-run",
+    ):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    browser.set_page_load_timeout(30)
+    browser.set_script_timeout(30)
+    return browser

@@ -7,46 +7,24 @@ the three pages are saved in the test's temporary folder (paths printed; ``pytes
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import NEEDS_CHROMIUM, chromium
 from test_report import validation_summary, write_eval_fixture, write_training_fixture
 
 from refineseg.data import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE
 from refineseg.report import write_compare_report, write_eval_report, write_training_report
 
 K = len(SYNTHETIC_CLASSES)
-BROWSER = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
-DRIVER = shutil.which("chromedriver")
 
-pytestmark = [
-    pytest.mark.skipif(BROWSER is None, reason="Chromium is not installed (apt-get install chromium chromium-driver)"),
-    pytest.mark.skipif(DRIVER is None, reason="chromedriver is not installed (apt-get install chromium-driver)"),
-]
+pytestmark = NEEDS_CHROMIUM
 
 
 @pytest.fixture(scope="module")
 def driver():
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = BROWSER
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1400,1000",
-        "--disable-extensions",
-        "--no-first-run",
-    ):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    browser = webdriver.Chrome(service=Service(DRIVER), options=options)
-    browser.set_page_load_timeout(30)
+    browser = chromium("1400,1000")
     yield browser
     browser.quit()
 

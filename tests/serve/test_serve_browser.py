@@ -9,26 +9,21 @@ no request leaves the origin. Skipped without Chromium, chromedriver or selenium
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 
 import httpx
 import pytest
-from helpers import free_port
+from helpers import NEEDS_CHROMIUM, chromium, free_port
 from PIL import Image
 from serve_helpers import make_service
 
 from refineseg.serve.app import create_app
 
-BROWSER = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
-DRIVER = shutil.which("chromedriver")
-
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.usefixtures("one_thread"),
-    pytest.mark.skipif(BROWSER is None, reason="Chromium is not installed (apt-get install chromium chromium-driver)"),
-    pytest.mark.skipif(DRIVER is None, reason="chromedriver is not installed (apt-get install chromium-driver)"),
+    *NEEDS_CHROMIUM,
 ]
 
 DROP_SCRIPT = """
@@ -77,25 +72,7 @@ def server(checkpoint):
 
 @pytest.fixture(scope="module")
 def driver():
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = BROWSER
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1300,900",
-        "--disable-extensions",
-        "--no-first-run",
-    ):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    browser = webdriver.Chrome(service=Service(DRIVER), options=options)
-    browser.set_page_load_timeout(30)
-    browser.set_script_timeout(30)
+    browser = chromium("1300,900")
     yield browser
     browser.quit()
 
