@@ -9,7 +9,7 @@
    (random decoder): the section says which.
 2. Speed: ``--speed-model`` (refinenet101) at ``--size``² (512), batch 1, random weights, eager fp32
    against the default path and the fp32 fast path, in one process, in alternating rounds (the
-   machine is shared: every path sees the same load), median ms.
+   machine may be shared: every path sees the same load), median and fastest ms, with the load average.
 
 Targets: agreement ≥ 99.5%, |mIoU difference| ≤ 0.2 points, default path ≥ 2× eager fp32.
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -180,8 +181,8 @@ def body(a: dict, s: dict, note: str) -> str:
         f"| ms/frame (this model) | {a['ms_fp32']:,.0f} | {a['ms_default']:,.0f} "
         f"({a['ms_fp32'] / a['ms_default']:.2f}×) | | |\n\n"
         f"Speed: {s['model']}, random weights, batch 1, {s['rounds']} alternating rounds after a warm-up, median "
-        "and fastest (the machine is shared with training jobs and test runs: only the ratios of one run "
-        "compare, and the fastest round is the one least slowed by the others):\n\n"
+        f"and fastest; load average {s['load_before']:.2f} before and {s['load_after']:.2f} after (only the "
+        "ratios of one run compare: on a shared machine the fastest round is the one least slowed by others):\n\n"
         "| model | input | path | median ms | vs eager fp32 | fastest ms | vs eager fp32 |\n"
         "| --- | --- | --- | ---: | ---: | ---: | ---: |\n"
         f"{rows}\n\n"
@@ -215,7 +216,9 @@ def main() -> None:
         if args.agreement_json:
             args.agreement_json.write_text(json.dumps({"agreement": a, "note": note}))
     print(json.dumps(a), flush=True)
+    load_before = os.getloadavg()[0]
     s = speed(args.speed_model, args.size, args.rounds)
+    s.update(load_before=load_before, load_after=os.getloadavg()[0])
     print(json.dumps(s), flush=True)
     text = body(a, s, note)
     print(text)
