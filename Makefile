@@ -21,8 +21,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m refineseg demo --config configs/demo.yaml
 
+# The suite on every core (pytest-xdist; each worker gets its share of the threads, see
+# tests/conftest.py). TEST_WORKERS=0 runs it in this process, e.g. to debug with pdb.
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 # ruff: lint and formatting (configured in pyproject.toml); .ci/run runs this before the tests.
 lint: $(STAMP)

@@ -1,5 +1,5 @@
 """Shared fixtures: a private REFINESEG_HOME, a saved small checkpoint, one torch thread, the CLI in a
-subprocess (``run_cli``) and a gloo process group (``gloo_group``).
+subprocess (``run_cli``), a gloo process group (``gloo_group``) and one exported ONNX model (``exported_mbv2``).
 
 Plain helpers (small models, manifests, synthetic batches, free ports) are in ``helpers.py``, imported as
 ``from helpers import make_model``. Tests are laid out like the package (``tests/models/``,
@@ -16,7 +16,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_model, run_gloo_group
+from helpers import Exported, make_model, run_gloo_group
+
+
+def _share_the_cores_between_workers() -> None:
+    """Under pytest-xdist (``make test`` runs ``-n auto``), each worker gets its share of the cores, so
+    workers do not oversubscribe them; the processes tests start inherit it through ``OMP_NUM_THREADS``."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, len(os.sched_getaffinity(0)) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+_share_the_cores_between_workers()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -87,3 +100,30 @@ def gloo_group() -> Callable[..., None]:
     """``gloo_group(fn, world_size, *args)`` runs ``fn(rank, *args)`` in ``world_size`` processes joined in
     one gloo process group (:func:`helpers.run_gloo_group`; ``fn`` must be a module-level function)."""
     return run_gloo_group
+
+
+@pytest.fixture(scope="session")
+def exported_mbv2(tmp_path_factory, run_cli) -> Exported:
+    """lw_refinenet_mbv2 (warm BN, the test classes) saved in ``<tmp>/ckpt`` and exported at 64x64 by
+    ``refineseg export`` to ``<tmp>/onnx/model.onnx``: one export shared by the export, ONNX-predict and
+    serve tests (an export traces the model symbolically, 10-20 s on a small CPU)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    root = tmp_path_factory.mktemp("exported_mbv2")
+    model = make_model("lw_refinenet_mbv2", warm_batch_norm=True)
+    model.save_pretrained(root / "ckpt")
+    path = root / "onnx" / "model.onnx"
+    args = (
+        "--checkpoint",
+        str(root / "ckpt"),
+        "--format",
+        "onnx",
+        "--out",
+        str(path),
+        "--height",
+        "64",
+        "--width",
+        "64",
+    )
+    proc = run_cli("export", *args)
+    return Exported(model, root / "ckpt", path, proc.stdout, proc.stderr)

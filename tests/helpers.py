@@ -16,7 +16,7 @@ import shutil
 import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import torch
@@ -82,6 +82,16 @@ def make_model(
         model.head.conv.bias.zero_()
         model.head.conv.bias -= model(torch.randn(2, 3, 64, 64)).mean((0, 2, 3))
     return model
+
+
+class Exported(NamedTuple):
+    """A model and its ONNX file written by ``refineseg export`` (the ``exported_mbv2`` fixture)."""
+
+    model: refineseg.SegmentationModel
+    checkpoint: Path
+    path: Path
+    stdout: str
+    stderr: str
 
 
 def saved_weights(directory: Path) -> dict[str, torch.Tensor]:

@@ -7,7 +7,6 @@ import asyncio
 
 import httpx
 import pytest
-from helpers import make_model
 from serve_helpers import encode, make_service, photo
 
 from refineseg.cli.predict import PredictConfig, run_predict
@@ -17,12 +16,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")
-def onnx_file(tmp_path_factory):
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
-    from refineseg.inference.export import export_onnx
-
-    return export_onnx(make_model(), tmp_path_factory.mktemp("onnx") / "model.onnx", height=64, width=64)
+def onnx_file(exported_mbv2):
+    return exported_mbv2.path
 
 
 async def _post_all(app, bodies: list[bytes]) -> list[httpx.Response]:
