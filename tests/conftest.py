@@ -111,19 +111,7 @@ def exported_mbv2(tmp_path_factory, run_cli) -> Exported:
     pytest.importorskip("onnxscript")
     root = tmp_path_factory.mktemp("exported_mbv2")
     model = make_model("lw_refinenet_mbv2", warm_batch_norm=True)
-    model.save_pretrained(root / "ckpt")
-    path = root / "onnx" / "model.onnx"
-    args = (
-        "--checkpoint",
-        str(root / "ckpt"),
-        "--format",
-        "onnx",
-        "--out",
-        str(path),
-        "--height",
-        "64",
-        "--width",
-        "64",
-    )
-    proc = run_cli("export", *args)
-    return Exported(model, root / "ckpt", path, proc.stdout, proc.stderr)
+    ckpt, path = root / "ckpt", root / "onnx" / "model.onnx"
+    model.save_pretrained(ckpt)
+    proc = run_cli("export", "--checkpoint", str(ckpt), "--out", str(path), "--height", "64", "--width", "64")
+    return Exported(model, ckpt, path, proc.stdout, proc.stderr)

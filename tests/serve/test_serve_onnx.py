@@ -15,11 +15,6 @@ from refineseg.serve.app import create_app
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
-@pytest.fixture(scope="module")
-def onnx_file(exported_mbv2):
-    return exported_mbv2.path
-
-
 async def _post_all(app, bodies: list[bytes]) -> list[httpx.Response]:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as client:
         return await asyncio.gather(
@@ -27,7 +22,8 @@ async def _post_all(app, bodies: list[bytes]) -> list[httpx.Response]:
         )
 
 
-def test_onnxruntime_backend_matches_predict_and_batches(onnx_file, tmp_path):
+def test_onnxruntime_backend_matches_predict_and_batches(exported_mbv2, tmp_path):
+    onnx_file = exported_mbv2.path
     bodies = [encode(photo(seed, 48, 64)) for seed in range(6)]
     for i, body in enumerate(bodies):
         (tmp_path / f"p{i}.png").write_bytes(body)
