@@ -159,35 +159,31 @@ def briefly_trained_model(device: str | torch.device = "cpu") -> refineseg.Segme
     return model.eval()
 
 
-#: ``refineseg train`` flags of a tiny run (seconds on a CPU): the shared part of the CLI training tests.
-TINY_TRAIN = [
-    "--model",
-    "lw_refinenet_mbv2",
-    "--dataset",
-    "synthetic",
-    "--crop",
-    "64",
-    "--batch-size",
-    "2",
-    "--lr",
-    "0.001",
-    "--decoder-lr-mult",
-    "1",
-    "--warmup-iters",
-    "0",
-    "--synthetic-train",
-    "16",
-    "--synthetic-val",
-    "2",
-    "--synthetic-size",
-    "64",
-    "--workers",
-    "0",
-    "--log-interval",
-    "1",
-    "--val-interval",
-    "0",
-]
+#: A tiny training run (seconds on a CPU), the shared part of the training tests: as ``TrainConfig`` fields
+#: (:func:`tiny_train_config`) and as ``refineseg train`` flags (``TINY_TRAIN``).
+_TINY_RUN = {
+    "model": "lw_refinenet_mbv2",
+    "dataset": "synthetic",
+    "crop": 64,
+    "batch_size": 2,
+    "lr": 0.001,
+    "decoder_lr_mult": 1.0,
+    "warmup_iters": 0,
+    "synthetic_train": 16,
+    "synthetic_val": 2,
+    "synthetic_size": 64,
+    "workers": 0,
+    "log_interval": 1,
+    "val_interval": 0,
+}
+TINY_TRAIN = [arg for key, value in _TINY_RUN.items() for arg in (f"--{key.replace('_', '-')}", str(value))]
+
+
+def tiny_train_config(**changes: Any):
+    """The tiny run as a ``TrainConfig``, with ``changes`` (other fields, or other values)."""
+    from refineseg.training import TrainConfig
+
+    return TrainConfig(**{**_TINY_RUN, **changes})
 
 
 #: Headless Chromium for the page tests (Debian's chromium + chromium-driver; .ci/run installs them).

@@ -1,11 +1,14 @@
-"""Helpers of the ``refineseg serve`` tests: photos, encoded uploads, an app over a checkpoint."""
+"""Helpers of the ``refineseg serve`` tests: photos, encoded uploads, an app over a checkpoint, concurrent
+uploads."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import warnings
 from pathlib import Path
 
+import httpx
 import numpy as np
 from PIL import Image
 
@@ -39,3 +42,30 @@ def make_service(checkpoint: Path, **options) -> SegmentService:
 def make_client(checkpoint: Path, **options) -> TestClient:
     """A TestClient of an app over ``checkpoint``; use it as a context manager (starts the batcher)."""
     return TestClient(create_app(make_service(checkpoint, **options)))
+
+
+async def post_all(app, bodies: list[bytes]) -> list[httpx.Response]:
+    """POST every body (a PNG) to ``/v1/segment`` at once, through httpx's ASGI transport on one event loop,
+    as uvicorn would run them."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        return await asyncio.gather(
+            *(client.post("/v1/segment", content=b, headers={"content-type": "image/png"}) for b in bodies)
+        )
+
+
+def post_concurrently(
+    service: SegmentService, bodies: list[bytes]
+) -> tuple[list[httpx.Response], list[list[tuple[int, ...]]]]:
+    """Start ``service``, :func:`post_all` the bodies to its app, stop it: the responses, and the image
+    shapes of each batch its batcher ran."""
+    batches: list[list[tuple[int, ...]]] = []
+    run = service._run_batch
+    service.batcher.run_batch = lambda images: batches.append([im.shape for im in images]) or run(images)
+    app = create_app(service)
+    service.start()
+    try:
+        responses = asyncio.run(post_all(app, bodies))
+    finally:
+        service.stop()
+    return responses, batches

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from helpers import make_model
 from PIL import Image
-from serve_helpers import encode, make_service, photo
+from serve_helpers import encode, make_service, photo, post_all, post_concurrently
 
 from refineseg.inference import InferenceOptions, segment
 from refineseg.serve.app import create_app
@@ -71,14 +71,6 @@ def test_failed_batch_is_retried_one_by_one():
     batcher.stop(timeout=10)
 
 
-async def _post_all(app, bodies: list[bytes], path: str = "/v1/segment") -> list[httpx.Response]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
-        return await asyncio.gather(
-            *(client.post(path, content=b, headers={"content-type": "image/png"}) for b in bodies)
-        )
-
-
 def test_concurrent_requests_equal_one_at_a_time(checkpoint):
     """16 concurrent uploads of mixed sizes: batches form (only same-size) and every answer equals
     the unbatched server's answer for the same image."""
@@ -86,16 +78,7 @@ def test_concurrent_requests_equal_one_at_a_time(checkpoint):
     bodies = [encode(photo(seed, h, w)) for seed, (h, w) in enumerate(sizes)]
 
     def answers(**options):
-        service = make_service(checkpoint, **options)
-        batches: list[list[tuple[int, ...]]] = []
-        run = service._run_batch
-        service.batcher.run_batch = lambda images: batches.append([im.shape for im in images]) or run(images)
-        app = create_app(service)
-        service.start()
-        try:
-            responses = asyncio.run(_post_all(app, bodies))
-        finally:
-            service.stop()
+        responses, batches = post_concurrently(make_service(checkpoint, **options), bodies)
         assert all(r.status_code == 200 for r in responses)
         return [r.content for r in responses], batches
 
@@ -157,7 +140,7 @@ def test_timeout_gets_504(checkpoint):
     service.start()
     try:
         start = time.monotonic()
-        (response,) = asyncio.run(_post_all(app, [encode(photo(0))]))
+        (response,) = asyncio.run(post_all(app, [encode(photo(0))]))
         assert response.status_code == 504 and "timeout" in response.json()["error"]
         assert time.monotonic() - start < 10
     finally:

@@ -3,23 +3,12 @@ onnxruntime`` writes, batched or not."""
 
 from __future__ import annotations
 
-import asyncio
-
-import httpx
 import pytest
-from serve_helpers import encode, make_service, photo
+from serve_helpers import encode, make_service, photo, post_concurrently
 
 from refineseg.cli.predict import PredictConfig, run_predict
-from refineseg.serve.app import create_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
-
-
-async def _post_all(app, bodies: list[bytes]) -> list[httpx.Response]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as client:
-        return await asyncio.gather(
-            *(client.post("/v1/segment", content=b, headers={"content-type": "image/png"}) for b in bodies)
-        )
 
 
 def test_onnxruntime_backend_matches_predict_and_batches(exported_mbv2, tmp_path):
@@ -39,15 +28,7 @@ def test_onnxruntime_backend_matches_predict_and_batches(exported_mbv2, tmp_path
     expected = [(tmp_path / "out" / f"p{i}.png").read_bytes() for i in range(6)]
 
     service = make_service(onnx_file, backend="onnxruntime", max_batch=6, max_wait_ms=300)
-    sizes: list[int] = []
-    run = service._run_batch
-    service.batcher.run_batch = lambda images: sizes.append(len(images)) or run(images)
-    app = create_app(service)
-    service.start()
-    try:
-        responses = asyncio.run(_post_all(app, bodies))
-    finally:
-        service.stop()
+    responses, batches = post_concurrently(service, bodies)
     assert [r.status_code for r in responses] == [200] * 6
     assert [r.content for r in responses] == expected
-    assert max(sizes) > 1 and service.model_info()["options"]["backend"] == "onnxruntime"
+    assert max(len(b) for b in batches) > 1 and service.model_info()["options"]["backend"] == "onnxruntime"

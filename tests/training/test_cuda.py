@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from helpers import TINY_TRAIN, briefly_trained_model, free_port, make_model, synthetic_batch
+from helpers import TINY_TRAIN, briefly_trained_model, free_port, make_model, synthetic_batch, tiny_train_config
 from safetensors.torch import load_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -28,7 +28,7 @@ from refineseg.data import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE
 from refineseg.inference.optimize import optimize_for_inference
 from refineseg.inference.predictor import segment
 from refineseg.inference.tiling import predict_tiled
-from refineseg.training import TrainConfig, optimizer_step, train, trainer
+from refineseg.training import optimizer_step, train, trainer
 from refineseg.training.run_state import load_training_state
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -140,22 +140,9 @@ def nccl_group():
 
 def test_ddp_on_nccl_with_sync_bn_stops_on_a_signal_and_resumes(tmp_path, monkeypatch, nccl_group):
     out = tmp_path / "run"
-    config = TrainConfig(
-        model="lw_refinenet_mbv2",
-        dataset="synthetic",
-        crop=64,
-        batch_size=2,
-        lr=0.001,
-        decoder_lr_mult=1.0,
-        warmup_iters=0,
-        synthetic_train=16,
-        synthetic_val=2,
-        synthetic_size=64,
-        workers=0,
+    config = tiny_train_config(
         iters=4,
-        val_interval=0,
         ckpt_interval=100,
-        log_interval=1,
         sync_bn=True,
         device="cuda",
         out=str(out),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY_TRAIN
+from helpers import TINY_TRAIN, tiny_train_config
 from helpers import saved_weights as weights
 
 from refineseg.training import TrainConfig, train, trainer
@@ -195,18 +195,7 @@ def test_stop_at_a_validation_step_then_resume_gives_the_same_log_and_checkpoint
     # Stop after step 4: validation is due there (skipped, then run first on resume) and the log
     # window (every 3 steps) is half full, so the step-6 record must still average steps 4-6.
     # The default training path (channels-last, --amp auto: bf16 on CPUs with native bf16).
-    config = TrainConfig(
-        model="lw_refinenet_mbv2",
-        dataset="synthetic",
-        crop=64,
-        batch_size=2,
-        lr=0.001,
-        decoder_lr_mult=1.0,
-        warmup_iters=0,
-        synthetic_train=16,
-        synthetic_val=2,
-        synthetic_size=64,
-        workers=0,
+    config = tiny_train_config(
         iters=6,
         seed=2,
         val_interval=4,
