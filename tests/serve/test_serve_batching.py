@@ -92,21 +92,31 @@ def test_concurrent_requests_equal_one_at_a_time(checkpoint):
 
 
 def _blocked_service(checkpoint, **options):
-    """A service whose model waits for ``release`` (an Event) before each batch."""
+    """A service whose model sets ``busy`` and waits for ``release`` (Events) before each batch:
+    (service, release, busy)."""
     service = make_service(checkpoint, **options)
-    release = threading.Event()
+    release, busy = threading.Event(), threading.Event()
     run = service._run_batch
 
     def blocked(images):
+        busy.set()
         release.wait(30)
         return run(images)
 
     service.batcher.run_batch = blocked
-    return service, release
+    return service, release, busy
+
+
+async def _until(condition, seconds: float = 10.0) -> None:
+    """Yield to the event loop until ``condition()`` holds (at most ``seconds``)."""
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
 
 
 def test_full_queue_gets_503_with_retry_after(checkpoint):
-    service, release = _blocked_service(checkpoint, max_queue=2, max_batch=1, max_wait_ms=0)
+    service, release, busy = _blocked_service(checkpoint, max_queue=2, max_batch=1, max_wait_ms=0)
     app = create_app(service)
     body = encode(photo(0))
 
@@ -114,28 +124,29 @@ def test_full_queue_gets_503_with_retry_after(checkpoint):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             send = lambda: client.post("/v1/segment", content=body, headers={"content-type": "image/png"})  # noqa: E731
-            waiting = [asyncio.create_task(send()) for _ in range(3)]  # 1 running (blocked) + 2 queued
-            for _ in range(200):
-                await asyncio.sleep(0.02)
-                if service.batcher.queued == 2:
-                    break
+            waiting = [asyncio.create_task(send())]  # taken by the batcher, which then blocks
+            await _until(busy.is_set)
+            waiting += [asyncio.create_task(send()) for _ in range(2)]  # queued behind it
+            await _until(lambda: service.batcher.queued == 2)
+            queued = service.batcher.queued
             refused = await send()
             release.set()
-            return refused, await asyncio.gather(*waiting)
+            return queued, refused, await asyncio.gather(*waiting)
 
     service.start()
     try:
-        refused, served = asyncio.run(scenario())
+        queued, refused, served = asyncio.run(scenario())
     finally:
         release.set()
         service.stop()
+    assert busy.is_set() and queued == 2
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
     assert "queue" in refused.json()["error"]
     assert [r.status_code for r in served] == [200, 200, 200]
 
 
 def test_timeout_gets_504(checkpoint):
-    service, release = _blocked_service(checkpoint, timeout_s=0.2)
+    service, release, _ = _blocked_service(checkpoint, timeout_s=0.2)
     app = create_app(service)
     service.start()
     try:
